@@ -1,0 +1,1 @@
+"""The ``voicelab`` command line: thin click commands over the library's stage functions."""

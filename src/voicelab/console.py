@@ -1,0 +1,109 @@
+"""Console output, logging and progress bars: the conventions every command follows.
+
+Library modules log through ``logging.getLogger(__name__)`` (under ``voicelab``) and never print.
+Only the CLI calls :func:`setup_logging`, which sends INFO to the console (WARNING with ``-q``,
+DEBUG with ``-v``) and everything at DEBUG to a per-run log file in the workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"quiet": False, "verbose": False}
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
+    """Configure the ``voicelab`` logger once per process (CLI only)."""
+    _state.update(quiet=quiet, verbose=verbose)
+    root = logging.getLogger("voicelab")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(
+        console=console, show_time=False, show_path=verbose, markup=False, rich_tracebacks=verbose
+    )
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def progress_enabled() -> bool:
+    """Bars only where a person watches: not with -q, not in CI logs, not when piped."""
+    if _state["quiet"] or os.environ.get("VOICELAB_NO_PROGRESS"):
+        return False
+    return console.is_terminal or bool(os.environ.get("VOICELAB_FORCE_PROGRESS"))
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A rich progress bar with count, elapsed time and ETA."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=not progress_enabled(),
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (ETA); plain iteration when progress is off."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with make_progress() as prog:
+        task = prog.add_task(description, total=total)
+        for item in items:
+            yield item
+            prog.advance(task)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner for work with no count (a clone, a model load)."""
+    if progress_enabled():
+        with console.status(message):
+            yield
+    else:
+        logging.getLogger("voicelab").info(message)
+        yield
+
+
+def echo(message: str = "") -> None:
+    """Command results meant for the user (summaries, tables) go to stdout."""
+    Console(file=sys.stdout, highlight=False, soft_wrap=True).print(message, markup=False)

@@ -1,0 +1,308 @@
+"""The voice workspace: one folder per voice project, and every path inside it.
+
+Layout (as in the user's notes)::
+
+    <workspace>/voicelab.toml            speaker id, source folder, chosen options
+    <workspace>/data/<spk>_sft/           prepare/ (clips, caches, QC), train/, dev/ (kaldi dirs)
+    <workspace>/configs/                  generated training YAML
+    <workspace>/exp/<spk>_sft/<model>/torch_ddp
+    <workspace>/tensorboard/<spk>_sft/<model>/torch_ddp
+    <workspace>/pretrained_models/        base model and exported voices
+    <workspace>/reports/  logs/  .voicelab/state/
+
+No stage joins workspace paths itself: they all come from :class:`Workspace`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from voicelab.errors import ConfigError, WorkspaceError
+from voicelab.fsutil import atomic_write_text
+from voicelab.paths import to_local_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "voicelab.toml"
+MANIFEST_NAME = "vendors.toml"
+BASE_MODEL_NAME = "Fun-CosyVoice3-0.5B"
+DEFAULT_INSTRUCT = "You are a helpful assistant.<|endofprompt|>"
+_SPEAKER_RE = re.compile(r"^[A-Za-z0-9\u4e00-\u9fff][\w\u4e00-\u9fff-]{0,63}$")
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The VoiceLab root: ``VOICELAB_ROOT``, else the nearest folder above ``start`` (the current
+    folder) holding ``vendors.toml``, else the source checkout this package runs from, else the
+    current folder."""
+    env = os.environ.get("VOICELAB_ROOT")
+    if env:
+        return to_local_path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / MANIFEST_NAME).is_file():
+            return p
+    src = Path(__file__).resolve().parents[2]
+    if (src / MANIFEST_NAME).is_file():
+        return src
+    return here
+
+
+def user_config_path() -> Path:
+    """User-level settings (mirrors, download source) shared by every workspace."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(os.environ.get("VOICELAB_CONFIG", Path(base) / "voicelab" / "config.toml"))
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the file or delete it") from e
+
+
+def load_user_config() -> dict[str, Any]:
+    return load_toml(user_config_path())
+
+
+def save_user_config(data: dict[str, Any]) -> Path:
+    path = user_config_path()
+    atomic_write_text(path, tomli_w.dumps(_drop_none(data)))
+    return path
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def check_speaker_id(speaker: str) -> str:
+    if not _SPEAKER_RE.match(speaker or ""):
+        raise ConfigError(
+            f"speaker id {speaker!r} is not usable as a file and kaldi name",
+            "use letters, digits, Chinese characters, '_' or '-', no spaces, e.g. --speaker xuan",
+        )
+    return speaker
+
+
+@dataclass
+class VoiceConfig:
+    """What ``voicelab.toml`` holds. Sections (``[prepare]``, ``[train]`` ...) hold each stage's
+    chosen options; command-line flags override them for one run."""
+
+    speaker: str = ""
+    wav_dir: str = ""
+    locked_epoch: int | None = None
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.sections.get(name, {}))
+
+    def to_toml(self) -> dict[str, Any]:
+        voice: dict[str, Any] = {"speaker": self.speaker, "wav_dir": self.wav_dir}
+        if self.locked_epoch is not None:
+            voice["locked_epoch"] = self.locked_epoch
+        return {"voice": voice, **{k: v for k, v in self.sections.items() if v}}
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> VoiceConfig:
+        voice = dict(data.get("voice", {}))
+        sections = {k: dict(v) for k, v in data.items() if k != "voice" and isinstance(v, dict)}
+        locked = voice.get("locked_epoch", data.get("locked_epoch"))
+        return cls(
+            speaker=str(voice.get("speaker", "")),
+            wav_dir=str(voice.get("wav_dir", "")),
+            locked_epoch=int(locked) if locked is not None else None,
+            sections=sections,
+        )
+
+
+@dataclass
+class Workspace:
+    """A voice project folder and every path in it."""
+
+    root: Path
+    config: VoiceConfig = field(default_factory=VoiceConfig)
+
+    # ---- construction ---------------------------------------------------------------------
+    @staticmethod
+    def default_root(voicelab_root: Path | None = None) -> Path:
+        env = os.environ.get("VOICELAB_WORKSPACE")
+        if env:
+            return to_local_path(env).resolve()
+        return (voicelab_root or find_root()) / "workflows" / "cosyvoice"
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None, must_exist: bool = True) -> Workspace:
+        """Open the workspace at ``root`` (``--workspace``), ``VOICELAB_WORKSPACE`` or the
+        default ``workflows/cosyvoice`` under the VoiceLab root."""
+        path = to_local_path(root).resolve() if root else cls.default_root()
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            if must_exist:
+                raise WorkspaceError(
+                    f"no voice workspace at {path}",
+                    'create one with: voicelab init --speaker NAME --wav-dir "DIR"'
+                    " (or pass --workspace DIR)",
+                )
+            return cls(path)
+        return cls(path, VoiceConfig.from_toml(load_toml(cfg_file)))
+
+    @classmethod
+    def init(
+        cls,
+        root: str | os.PathLike[str] | None,
+        speaker: str,
+        wav_dir: str | None = None,
+        options: dict[str, dict[str, Any]] | None = None,
+    ) -> Workspace:
+        """Create (or update) a workspace. Existing settings are kept unless given again."""
+        ws = cls.open(root, must_exist=False)
+        cfg = ws.config
+        cfg.speaker = check_speaker_id(speaker or cfg.speaker)
+        if wav_dir:
+            cfg.wav_dir = str(to_local_path(wav_dir))
+        for name, values in (options or {}).items():
+            cfg.sections.setdefault(name, {}).update({k: v for k, v in values.items() if v is not None})
+        for d in (ws.data_dir, ws.exp_root, ws.pretrained_dir, ws.tensorboard_root, ws.reports_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        ws.save()
+        gi = ws.root / ".gitignore"
+        if not gi.exists():
+            atomic_write_text(gi, "# generated by voicelab: nothing here belongs in git\n*\n")
+        return ws
+
+    def save(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(self.config_file, tomli_w.dumps(_drop_none(self.config.to_toml())))
+
+    def set_option(self, section: str, key: str, value: Any) -> None:
+        self.config.sections.setdefault(section, {})[key] = value
+        self.save()
+
+    def option(self, section: str, key: str, cli_value: Any = None, default: Any = None) -> Any:
+        """Resolve one option: the command-line value, else voicelab.toml, else the default."""
+        if cli_value is not None:
+            return cli_value
+        return self.config.sections.get(section, {}).get(key, default)
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def speaker(self) -> str:
+        if not self.config.speaker:
+            raise WorkspaceError(
+                f"{self.config_file} names no speaker", "run: voicelab init --speaker NAME"
+            )
+        return self.config.speaker
+
+    @property
+    def wav_dir(self) -> Path:
+        if not self.config.wav_dir:
+            raise WorkspaceError(
+                "no source folder is set for this voice", 'run: voicelab init --wav-dir "DIR"'
+            )
+        return to_local_path(self.config.wav_dir)
+
+    @property
+    def tag(self) -> str:
+        """``<speaker>_sft``: the name of this voice's data, exp and tensorboard folders."""
+        return f"{self.speaker}_sft"
+
+    # ---- paths ----------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data_dir / self.tag
+
+    @property
+    def prepare_dir(self) -> Path:
+        """Intake clips, ASR cache, segments.jsonl, qc.tsv, review.tsv."""
+        return self.dataset_dir / "prepare"
+
+    def split_dir(self, split: str) -> Path:
+        """Kaldi dir of ``train`` or ``dev``; features (.pt) are written beside the lists."""
+        if split not in ("train", "dev"):
+            raise ValueError(split)
+        return self.dataset_dir / split
+
+    def parquet_dir(self, split: str) -> Path:
+        return self.split_dir(split) / "parquet"
+
+    def data_list(self, split: str) -> Path:
+        return self.parquet_dir(split) / "data.list"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def train_yaml(self) -> Path:
+        return self.configs_dir / f"cosyvoice3_{self.tag}.yaml"
+
+    @property
+    def exp_root(self) -> Path:
+        return self.root / "exp"
+
+    def exp_dir(self, model: str, engine: str = "torch_ddp") -> Path:
+        return self.exp_root / self.tag / model / engine
+
+    @property
+    def tensorboard_root(self) -> Path:
+        return self.root / "tensorboard"
+
+    def tensorboard_dir(self, model: str, engine: str = "torch_ddp") -> Path:
+        return self.tensorboard_root / self.tag / model / engine
+
+    @property
+    def pretrained_dir(self) -> Path:
+        return self.root / "pretrained_models"
+
+    @property
+    def base_model_dir(self) -> Path:
+        override = self.config.sections.get("model", {}).get("base_dir")
+        return to_local_path(override) if override else self.pretrained_dir / BASE_MODEL_NAME
+
+    @property
+    def voice_name(self) -> str:
+        override = self.config.sections.get("export", {}).get("name")
+        return override or f"{BASE_MODEL_NAME}-{self.speaker}-sft"
+
+    @property
+    def voice_dir(self) -> Path:
+        return self.pretrained_dir / self.voice_name
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".voicelab" / "state"
+
+    @property
+    def instruct(self) -> str:
+        return str(self.option("prepare", "instruct", default=DEFAULT_INSTRUCT))
