@@ -22,8 +22,10 @@ COMMAND_MODULES = (
     "voicelab.cli.setup",  # init, doctor
     "voicelab.cli.vendor",  # vendor sync|status|link|pin
     "voicelab.cli.models",  # download, models
-    "voicelab.cli.data",  # prepare, features, pack
-    "voicelab.cli.training",  # train, checkpoints, export
+    "voicelab.cli.prepare",  # prepare
+    "voicelab.cli.features",  # features, pack
+    "voicelab.cli.training",  # train
+    "voicelab.cli.export",  # checkpoints, export
     "voicelab.cli.speak",  # say, audition
     "voicelab.cli.pipeline",  # run, status, demo, report
 )

@@ -1,0 +1,3 @@
+"""Commands: see voicelab.cli.main.COMMAND_MODULES."""
+
+commands: list = []
