@@ -1,7 +1,8 @@
 """Errors a user can cause: each carries one line saying what is wrong and what to do.
 
 The CLI prints ``error: <message>`` (and ``  fix: <hint>`` folded into the same line) with exit
-code 1 and no traceback unless ``-v`` is given. Bugs are not VoiceLabErrors and keep their traceback.
+code 1 and no traceback unless ``-v`` is given. Bugs are not VoiceLabErrors and keep their
+traceback.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
-    return atomic_write_text(dest, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(
+        dest, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:

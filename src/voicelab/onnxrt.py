@@ -67,7 +67,10 @@ def _options(threads: int) -> Any:
 
 
 def create_session(
-    model: str | os.PathLike[str] | bytes, device: str = "auto", threads: int = 1, device_id: int = 0
+    model: str | os.PathLike[str] | bytes,
+    device: str = "auto",
+    threads: int = 1,
+    device_id: int = 0,
 ) -> Session:
     """Open ``model`` on ``device`` (``auto``, ``cpu`` or ``cuda``).
 
@@ -93,7 +96,7 @@ def create_session(
             )
             if sess.get_providers()[0] == CUDA:
                 return Session(sess, CUDA)
-            note = "onnxruntime lists CUDA but could not load it (CUDA/cuDNN libraries?): using the CPU"
+            note = "onnxruntime lists CUDA but cannot load it (CUDA/cuDNN libs?): using the CPU"
         except Exception as e:  # any failure to build a CUDA session means: use the CPU
             note = f"onnxruntime CUDA session failed ({type(e).__name__}): using the CPU"
     elif device == "cuda" and not note:
@@ -110,13 +113,14 @@ def tiny_probe_model() -> bytes:
     return _TINY_ADD_MODEL
 
 
-def probe_providers() -> dict[str, str]:
-    """For each provider onnxruntime lists, try a real session: {provider: "ok" | error}."""
+def probe_providers(providers: list[str] | None = None) -> dict[str, str]:
+    """For each provider (default: those onnxruntime lists), try a real session on a tiny model:
+    {provider: "ok" | what went wrong}."""
     import numpy as np
 
     ort = _ort()
     result: dict[str, str] = {}
-    for prov in ort.get_available_providers():
+    for prov in providers or ort.get_available_providers():
         try:
             sess = ort.InferenceSession(tiny_probe_model(), providers=[prov])
             got = sess.get_providers()
@@ -154,7 +158,12 @@ def _build_tiny_add_model() -> bytes:
         return field(1, name.encode()) + field(2, field(1, tensor_type))
 
     node = field(1, b"x") + field(1, b"x") + field(2, b"y") + field(4, b"Add")
-    graph = field(1, node) + field(2, b"probe") + field(11, value_info("x")) + field(12, value_info("y"))
+    graph = (
+        field(1, node)
+        + field(2, b"probe")
+        + field(11, value_info("x"))
+        + field(12, value_info("y"))
+    )
     opset = field(1, b"") + vint(2, 13)
     return vint(1, 8) + field(7, graph) + field(8, opset)
 

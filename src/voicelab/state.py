@@ -55,9 +55,7 @@ def save_record(ws: Workspace, rec: StageRecord) -> None:
     atomic_write_json(record_path(ws, rec.stage), asdict(rec))
 
 
-def staleness(
-    ws: Workspace, stage: str, inputs: Any, params: dict[str, Any]
-) -> tuple[bool, str]:
+def staleness(ws: Workspace, stage: str, inputs: Any, params: dict[str, Any]) -> tuple[bool, str]:
     """(up_to_date, reason). ``inputs`` is anything JSON-able that identifies the inputs."""
     rec = load_record(ws, stage)
     if rec is None or rec.status == "pending":

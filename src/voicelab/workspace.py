@@ -176,7 +176,9 @@ class Workspace:
         if wav_dir:
             cfg.wav_dir = str(to_local_path(wav_dir))
         for name, values in (options or {}).items():
-            cfg.sections.setdefault(name, {}).update({k: v for k, v in values.items() if v is not None})
+            cfg.sections.setdefault(name, {}).update(
+                {k: v for k, v in values.items() if v is not None}
+            )
         for d in (ws.data_dir, ws.exp_root, ws.pretrained_dir, ws.tensorboard_root, ws.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
         ws.save()

@@ -14,7 +14,9 @@ from voicelab.workspace import Workspace
 
 @click.command()
 @click.option("--speaker", required=True, help="Speaker id: letters, digits, Chinese, '_' or '-'.")
-@click.option("--wav-dir", metavar="DIR", help="Folder of the speaker's recordings (any path form).")
+@click.option(
+    "--wav-dir", metavar="DIR", help="Folder of the speaker's recordings (any path form)."
+)
 @click.option("--instruct", help="Instruct prefix used in training and by 'say' (keep the marker).")
 @pass_ctx
 def init(ctx: Ctx, speaker: str, wav_dir: str | None, instruct: str | None) -> None:
