@@ -177,7 +177,7 @@ def test_no_checkpoints_and_no_cv(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no epoch checkpoints"):
         ck.select(ck.discover(d), "last:3")
     write_ckpt(d, "epoch_0_whole", state(1), 0, 10)  # no loss_dict in its yaml
-    with pytest.raises(ModelError, match="no epoch checkpoint .* has a CV loss"):
+    with pytest.raises(ModelError, match=r"no epoch checkpoint .* has a CV loss"):
         ck.select(ck.discover(d), "best-cv:1")
     with pytest.raises(ModelError, match="no step checkpoints"):
         ck.select(ck.discover(d), "step:last:1")
@@ -221,12 +221,12 @@ def test_average_refuses_mixed_models_and_int_drift(tmp_path: Path) -> None:
         ck.average([a, b])
     extra = {**state(3), "flow.extra": torch.zeros(2)}
     c = write_ckpt(tmp_path, "epoch_2_whole", extra, 2, 3)
-    with pytest.raises(ModelError, match="has 'flow.extra' that"):
+    with pytest.raises(ModelError, match=r"has 'flow\.extra' that"):
         ck.average([a, c])
     drift = state(4)
     drift["some.num_batches_tracked"] = torch.tensor(8)
     d = write_ckpt(tmp_path, "epoch_3_whole", drift, 3, 4)
-    with pytest.raises(ModelError, match="integer tensor some.num_batches_tracked differs"):
+    with pytest.raises(ModelError, match=r"integer tensor some\.num_batches_tracked differs"):
         ck.average([a, d])
     with pytest.raises(ModelError, match="no checkpoints"):
         ck.average([])
