@@ -34,7 +34,7 @@ import numpy as np
 
 from voicelab.errors import EnvironmentProblem
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 VOICE = "en-us"
 SPEED = 150  # words per minute
 PITCH = 50
@@ -114,7 +114,8 @@ class Corpus:
     clips: list[CorpusClip]
     long_path: Path
     long_sentences: list[str]
-    # (start, end) in seconds of each pause inserted between two sentences of the long recording.
+    # (start, end) in seconds of the silence between two sentences of the long recording: the
+    # inserted 0.6-1.5 s pause plus espeak-ng's own near-silent lead-out and lead-in around it.
     long_pauses: list[tuple[float, float]]
     hard: dict[str, Path] = field(default_factory=dict)
 
@@ -239,22 +240,32 @@ def _build(root: Path) -> None:
 
     # The long recording: sentences with seeded pauses of 0.6-1.5 s between them.
     rng = np.random.default_rng(1234)
-    pieces: list[np.ndarray] = []
-    pauses: list[tuple[float, float]] = []
     sr_long = 22050
-    pos = int(0.3 * sr_long)
-    pieces.append(np.zeros(pos, dtype=np.float32))
+    waves: list[np.ndarray] = []
     for i, text in enumerate(LONG_SENTENCES):
         raw = tmp / f"l{i}.wav"
         _speak(text, raw)
         wav, sr = sf.read(str(raw), dtype="float32")
         if sr != sr_long:  # pragma: no cover - espeak-ng always writes 22050 Hz
             raise EnvironmentProblem(f"espeak-ng wrote {sr} Hz, expected {sr_long}")
+        waves.append(wav)
+
+    def edges(wav: np.ndarray) -> tuple[int, int]:
+        # espeak-ng pads each sentence with its own near-silence: it belongs to the pause.
+        loud = np.flatnonzero(np.abs(wav) > 1e-3)
+        return (int(loud[0]), len(wav) - int(loud[-1]) - 1) if loud.size else (len(wav), 0)
+
+    pieces: list[np.ndarray] = []
+    pauses: list[tuple[float, float]] = []
+    pos = int(0.3 * sr_long)
+    pieces.append(np.zeros(pos, dtype=np.float32))
+    for i, wav in enumerate(waves):
         pieces.append(wav)
         pos += len(wav)
-        if i < len(LONG_SENTENCES) - 1:
+        if i < len(waves) - 1:
             gap = round(float(rng.uniform(0.6, 1.5)) * sr_long)
-            pauses.append((pos / sr_long, (pos + gap) / sr_long))
+            trail, lead = edges(wav)[1], edges(waves[i + 1])[0]
+            pauses.append(((pos - trail) / sr_long, (pos + gap + lead) / sr_long))
             pieces.append(np.zeros(gap, dtype=np.float32))
             pos += gap
     pieces.append(np.zeros(int(0.3 * sr_long), dtype=np.float32))
