@@ -1,3 +1,289 @@
-"""Commands: see voicelab.cli.main.COMMAND_MODULES."""
+"""``voicelab say`` and ``voicelab audition``."""
 
-commands: list = []
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from voicelab.cli.main import Ctx, pass_ctx
+from voicelab.console import echo
+
+
+def _voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by say and audition: which voice, which weights, how to speak."""
+    options = [
+        click.option(
+            "--model-dir",
+            metavar="DIR",
+            help="Exported voice dir (default: the workspace's pretrained_models/<voice>).",
+        ),
+        click.option(
+            "--speaker", metavar="ID", help="Speaker in spk2info.pt (default: the voice's)."
+        ),
+        click.option(
+            "--llm-ckpt",
+            metavar="PATH",
+            help="Hot-load this llm training checkpoint over the voice.",
+        ),
+        click.option(
+            "--flow-ckpt",
+            metavar="PATH",
+            help="Hot-load this flow training checkpoint over the voice.",
+        ),
+        click.option(
+            "--epoch",
+            type=int,
+            metavar="N",
+            help="Hot-load llm epoch N of the training run (default: the locked epoch).",
+        ),
+        click.option(
+            "--preset",
+            type=click.Choice(["neutral", "hype"], case_sensitive=False),
+            help="Instruct preset: neutral (the training instruct, default) or hype "
+            "(马头有大！马头来啦！).",
+        ),
+        click.option(
+            "--prompt-text",
+            metavar="TEXT",
+            help="Instruct to use instead, e.g. '温柔地说<|endofprompt|>' "
+            "(the marker is added if missing).",
+        ),
+        click.option("--speed", type=float, default=1.0, show_default=True, help="Speaking rate."),
+        click.option(
+            "--no-text-frontend",
+            "no_frontend",
+            is_flag=True,
+            help="Skip normalization (numbers, dates read as typed); text is still split.",
+        ),
+        click.option("--fp16", is_flag=True, help="Half precision on a CUDA GPU (faster)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _workspace(ctx: Ctx) -> Any:
+    """The workspace if there is one: say/audition also work on a bare --model-dir."""
+    if ctx.workspace_arg:
+        return ctx.workspace()
+    ws = ctx.workspace(must_exist=False)
+    return ws if ws.config_file.is_file() else None
+
+
+def _read_texts(text: str | None, text_file: str | None, paragraphs: bool) -> list[str]:
+    from voicelab.errors import ConfigError, InputError
+    from voicelab.paths import to_local_path
+    from voicelab.tts_text import split_input
+
+    if text is not None and text_file is not None:
+        raise ConfigError("give the text or --text-file, not both", None)
+    if text_file is not None:
+        path = to_local_path(text_file)
+        try:
+            raw = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError as e:
+            raise InputError(f"text file {path} does not exist", "check the path") from e
+        except UnicodeDecodeError as e:
+            raise InputError(f"text file {path} is not UTF-8", "save it as UTF-8") from e
+    elif text == "-":
+        raw = sys.stdin.read()
+    elif text is not None:
+        raw = text
+    else:
+        raise InputError(
+            "no text to say", "voicelab say '你好' (or - for stdin, or --text-file FILE)"
+        )
+    texts = split_input(raw, "paragraph" if paragraphs else "line")
+    if not texts:
+        raise InputError("the text is empty", "give the text to say, e.g. voicelab say '你好'")
+    return texts
+
+
+@click.command("say")
+@click.argument("text", required=False)
+@click.option(
+    "--text-file",
+    metavar="FILE",
+    help="Read the text from FILE: one utterance per line (or per paragraph).",
+)
+@click.option(
+    "--paragraphs", is_flag=True, help="One utterance per blank-line separated paragraph."
+)
+@click.option(
+    "-o",
+    "--out",
+    metavar="PATH",
+    help="A .wav file, or a folder for one NNN-<text>.wav per utterance (default: out_wav/).",
+)
+@click.option("--join", is_flag=True, help="Also write all utterances in one file, with pauses.")
+@click.option(
+    "--pause", type=float, default=0.3, show_default=True, help="Seconds between joined utterances."
+)
+@_voice_options
+@click.option("--stream", is_flag=True, help="Write audio to the file as it arrives.")
+@click.option("--seed", type=int, help="Seed the sampling: the same seed gives the same audio.")
+@pass_ctx
+def say(
+    ctx: Ctx,
+    text: str | None,
+    text_file: str | None,
+    paragraphs: bool,
+    out: str | None,
+    join: bool,
+    pause: float,
+    model_dir: str | None,
+    speaker: str | None,
+    llm_ckpt: str | None,
+    flow_ckpt: str | None,
+    epoch: int | None,
+    preset: str | None,
+    prompt_text: str | None,
+    speed: float,
+    no_frontend: bool,
+    fp16: bool,
+    stream: bool,
+    seed: int | None,
+) -> None:
+    """Speak TEXT in the voice: one 24 kHz wav per line (TEXT, - for stdin, or --text-file).
+
+    \b
+    Uses the exported voice, or the locked epoch / --epoch / --llm-ckpt hot-loaded over it.
+    Every segment gets the training instruct (or --preset / --prompt-text) in front, as
+    CosyVoice 3 needs; long text is normalized and split first. Examples:
+      voicelab say "你好，这是一个推理测试。" --out hello.wav
+      voicelab say --text-file lines.txt --out out_wav/ --join --pause 0.5
+      voicelab say "今天天气真好！" --preset hype --speed 1.1 --epoch 6
+      echo "Hello there." | voicelab say - --stream --out hi.wav
+    """
+    from pathlib import Path
+
+    from voicelab.errors import ConfigError
+    from voicelab.synth import SayOptions, describe, run_say
+
+    if preset is not None and prompt_text is not None:
+        raise ConfigError("--preset and --prompt-text both set the instruct", "pass one of them")
+    texts = _read_texts(text, text_file, paragraphs)
+    opts = SayOptions(
+        out=Path(out) if out else None,
+        model_dir=model_dir,
+        speaker=speaker,
+        llm_ckpt=llm_ckpt,
+        flow_ckpt=flow_ckpt,
+        epoch=epoch,
+        preset=preset,
+        prompt_text=prompt_text,
+        speed=speed,
+        stream=stream,
+        fp16=fp16,
+        seed=seed,
+        text_frontend=not no_frontend,
+        join=join,
+        pause=pause,
+    )
+    result = run_say(_workspace(ctx), texts, opts)
+    for line in describe(result):
+        echo(line)
+
+
+@click.command("audition")
+@click.option(
+    "--sentences", metavar="FILE", help="Test sentences, one per line ('id<TAB>text' names one)."
+)
+@click.option("--compare", is_flag=True, help="The 2 x 2 grid: neutral/hype x speed 1.0/1.1.")
+@click.option(
+    "--compare-ckpts",
+    metavar="LIST",
+    help="Checkpoints side by side, e.g. epoch_4,epoch_6,avg (avg = the exported voice).",
+)
+@click.option("--blind", is_flag=True, help="Shuffle and hide the variant names; record picks.")
+@click.option(
+    "--unblind",
+    "unblind_file",
+    metavar="FILE",
+    help="Read a blind test's downloaded choices and print which variants won.",
+)
+@click.option("--key", "key_file", metavar="FILE", help="The blind key (found by default).")
+@click.option(
+    "-o", "--out", metavar="DIR", help="Report folder (default: reports/audition-<time>)."
+)
+@_voice_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every take.")
+@pass_ctx
+def audition(
+    ctx: Ctx,
+    sentences: str | None,
+    compare: bool,
+    compare_ckpts: str | None,
+    blind: bool,
+    unblind_file: str | None,
+    key_file: str | None,
+    out: str | None,
+    model_dir: str | None,
+    speaker: str | None,
+    llm_ckpt: str | None,
+    flow_ckpt: str | None,
+    epoch: int | None,
+    preset: str | None,
+    prompt_text: str | None,
+    speed: float,
+    no_frontend: bool,
+    fp16: bool,
+    seed: int,
+) -> None:
+    """Speak fixed test sentences and write a static HTML page to listen and compare.
+
+    \b
+    Sentences: Chinese and English, numbers, dates, polyphones (银行/行走, 重要/重复), a long
+    paragraph (or --sentences FILE). One wav per sentence per variant, same seed for all.
+    Examples:
+      voicelab audition                              # the voice as `say` would speak it
+      voicelab audition --compare                    # neutral/hype x speed 1.0/1.1
+      voicelab audition --compare-ckpts epoch_4,epoch_6,avg --blind
+      voicelab audition --unblind ~/Downloads/audition-20261125-101500-choices.json
+    """
+    from pathlib import Path
+
+    from voicelab.audition import AuditionOptions, describe_unblind, run_audition, run_unblind
+    from voicelab.errors import ConfigError
+
+    ws = _workspace(ctx)
+    if unblind_file is not None:
+        dirs = [ws.reports_dir] if ws is not None else []
+        dirs.append(Path.cwd() / "reports")
+        for line in describe_unblind(run_unblind(unblind_file, key_file, dirs)):
+            echo(line)
+        return
+    if preset is not None and prompt_text is not None:
+        raise ConfigError("--preset and --prompt-text both set the instruct", "pass one of them")
+    opts = AuditionOptions(
+        sentences=sentences,
+        compare=compare,
+        compare_ckpts=compare_ckpts,
+        blind=blind,
+        model_dir=model_dir,
+        speaker=speaker,
+        llm_ckpt=llm_ckpt,
+        flow_ckpt=flow_ckpt,
+        epoch=epoch,
+        preset=preset,
+        prompt_text=prompt_text,
+        speed=speed,
+        fp16=fp16,
+        seed=seed,
+        text_frontend=not no_frontend,
+        out=out,
+    )
+    res = run_audition(ws, opts)
+    echo(f"{res.index}")
+    echo(
+        f"{res.takes} takes ({len(res.variants)} variant(s): {', '.join(res.variants)}), "
+        f"{res.audio_seconds:.1f} s of audio, RTF {res.rtf:.2f}"
+    )
+    if res.key is not None:
+        echo(f"blind key (keep it from the listener): {res.key}")
+
+
+commands = [say, audition]
