@@ -791,49 +791,45 @@ def _sync_submodules(
     for name, mod in mods.items():
         path = mod["path"]
         sub_spec = by_path.get(prefix + path)
+        # `init` copied the .gitmodules URL into .git/config; `update` clones from there, so
+        # that is where the mirror or override goes (and goes back to upstream without one).
         url = sources.resolve(sub_spec.short if sub_spec else None, mod.get("url", ""))
-        # The URL git uses for `submodule update` is the one in .git/config, set by `init`.
-        configured = _git(["config", f"submodule.{name}.url"], cwd=repo, check=False).stdout.strip()
-        if url and url != mod.get("url") and url != configured:
-            _git(["config", f"submodule.{name}.url", url], cwd=repo)
-        effective = url if url != mod.get("url") else configured or url
+        key = f"submodule.{name}.url"
+        configured = _git(["config", key], cwd=repo, check=False).stdout.strip()
+        if url and url != configured and not url.startswith(("./", "../")):
+            _git(["config", key, url], cwd=repo)
+            configured = url
         want = sub_spec.commit if sub_spec else _gitlink(repo, head, path)
         sub_dir = repo / path
-        current = _head(sub_dir)
         label = sub_spec.short if sub_spec else path
-        if current is None or (force and current != want):
+        current = _head(sub_dir)
+        if current is None:
             try:
                 _git_progress(
-                    [
-                        "submodule",
-                        "update",
-                        "--init",
-                        "--progress",
-                        *(["--force"] if force else []),
-                        "--",
-                        path,
-                    ],
+                    ["submodule", "update", "--init", "--progress", "--", path],
                     repo,
                     f"{spec.name}: {label}",
                     allow_file,
                 )
             except GitFailed as e:
                 if e.disk_full():
-                    raise _fetch_error(spec, effective, e, repo) from None
+                    raise _fetch_error(spec, configured, e, repo) from None
                 if "did not contain" in e.output or "not our ref" in e.output:
                     raise VendorError(
-                        f"commit {(want or '')[:12]} of submodule {label} is not on {effective}",
+                        f"commit {(want or '')[:12]} of submodule {label} is not on {configured}",
                         "the mirror may be behind upstream; try another --url or --mirror",
                     ) from None
                 raise VendorError(
-                    f"cannot fetch submodule {label} of {spec.name} from {effective}: "
+                    f"cannot fetch submodule {label} of {spec.name} from {configured}: "
                     f"{e.last_line()}",
-                    f"check the network or the URL; use --mirror PREFIX or --url {label}=URL",
+                    "check the network or the URL; behind a firewall use a mirror: "
+                    f"--mirror https://MIRROR/ (or --url {label}=URL)",
                 ) from None
             done.append(f"{label} checked out")
             current = _head(sub_dir)
         if want and current != want:
-            _ensure_commit(spec, sub_dir, want, effective, allow_file, label)
+            # The submodule's own `origin` may still name an old source: fetch from ours.
+            _ensure_commit(spec, sub_dir, want, configured, allow_file, label)
             _checkout(sub_dir, want, force)
             done.append(f"{label} at {want[:12]}")
         done += _sync_submodules(spec, sub_dir, sources, allow_file, force, f"{prefix}{path}/")
