@@ -450,12 +450,19 @@ def _enospc(e: BaseException) -> bool:
     return False
 
 
-def save_state_dict(state: dict[str, Any], dest: Path) -> Path:
+def save_state_dict(
+    state: dict[str, Any],
+    dest: Path,
+    shown: Path | None = None,
+    then: str = "run the command again",
+) -> Path:
     """``torch.save`` through a temp file, fsync'ed, then renamed onto ``dest``: a full disk or a
-    crash never leaves a half-written file under ``dest``; errors are one line."""
+    crash never leaves a half-written file under ``dest``; errors are one line, naming ``shown``
+    (default ``dest``) and ending their hint with ``then``."""
     import torch
 
     dest = Path(dest)
+    shown = Path(shown) if shown is not None else dest
     try:
         # A Python file object (not a path) so the OSError behind torch's RuntimeError survives.
         with atomic_path(dest) as tmp, open(tmp, "wb") as f:
@@ -466,11 +473,11 @@ def save_state_dict(state: dict[str, Any], dest: Path) -> Path:
         free = free_bytes(dest.parent)
         if _enospc(e):
             raise ModelError(
-                f"disk full while writing {dest} ({free / 1e6:.1f} MB free)",
-                f"free space on the disk of {dest.parent} and run the command again",
+                f"disk full while writing {shown} ({free / 1e6:.1f} MB free)",
+                f"free space on the disk of {shown.parent} and {then}",
             ) from e
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ModelError(
-            f"could not write {dest}: {first}", "check the disk and permissions"
+            f"could not write {shown}: {first}", f"check the disk and its permissions, then {then}"
         ) from e
     return dest

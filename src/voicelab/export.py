@@ -284,13 +284,16 @@ def _swap_in(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_AGAIN = "export again; the previous voice is kept"
+
+
 def _write_fail(e: OSError, what: Path) -> ModelError:
     from voicelab.checkpoints import _enospc
 
     if _enospc(e):
         return ModelError(
             f"disk full while writing {what} ({free_bytes(what.parent) / 1e6:.1f} MB free)",
-            f"free space on the disk of {what.parent} and export again; the previous voice is kept",
+            f"free space on the disk of {what.parent} and {_AGAIN}",
         )
     return ModelError(f"could not write {what}: {e}", "check the disk and permissions")
 
@@ -413,7 +416,7 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
                     else f"average of {', '.join(c.label for c in ckpts)}",
                 )
                 state = average([c.path for c in ckpts])
-                save_state_dict(state, staging / f"{model}.pt")
+                save_state_dict(state, staging / f"{model}.pt", target / f"{model}.pt", _AGAIN)
                 del state
             for rel in carry:
                 try:
@@ -430,7 +433,7 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
             spk2info = _load_spk2info(base_dir / SPK2INFO)
             spk2info.update(_load_spk2info(target / SPK2INFO))
             spk2info[speaker] = {"embedding": embedding}
-            save_state_dict(spk2info, staging / SPK2INFO)
+            save_state_dict(spk2info, staging / SPK2INFO, target / SPK2INFO, _AGAIN)
             res.speakers = sorted(map(str, spk2info))
 
             res.removed = list(stale)

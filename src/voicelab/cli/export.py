@@ -111,7 +111,9 @@ def checkpoints(
             _fmt_size(c.size),
             str(c.info.get("save_time", ""))[:19],
         )
-    Console(file=sys.stdout, highlight=False, soft_wrap=True).print(table)
+    # Piped or captured output gets 120 columns (rich would cut file names at 80).
+    width = None if sys.stdout.isatty() else 120
+    Console(file=sys.stdout, highlight=False, width=width).print(table)
     echo(f"rule: {effective}" + ("" if problem is None else f"  ({problem})"))
 
 
