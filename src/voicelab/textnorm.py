@@ -374,12 +374,13 @@ def split_for_tts(
     """Split text into pieces for synthesis, like upstream's ``split_paragraph``.
 
     Sentences (ending in ``。！？；`` / ``.!?;``) are packed greedily into pieces of at most
-    ``max_len`` units (:func:`count_units`). A sentence that does not fit goes to the next piece,
-    except while the current piece is shorter than ``min_len``: then its clauses (cut at commas)
-    fill the current piece first. A sentence longer than ``max_len`` is cut at commas, a clause
-    still too long at blanks (between words) or, for text without blanks, between characters,
-    into near-equal parts. A last piece under ``merge_len`` joins a neighbour when the result
-    fits. Punctuation-only pieces are dropped. No piece is ever longer than ``max_len`` units.
+    ``max_len`` units (:func:`count_units`); a sentence that does not fit starts the next piece.
+    A sentence longer than ``max_len`` is cut at commas, a clause still too long at blanks
+    (between words) or, for text without blanks, between characters, into near-equal parts.
+    Upstream lets a piece run past ``max_len`` while it is shorter than ``min_len``; here
+    ``min_len`` instead decides whether a short current piece takes the first clauses of an
+    over-long sentence that follows. A piece under ``merge_len`` joins a neighbour when the
+    result fits. Punctuation-only pieces are dropped. No piece is longer than ``max_len`` units.
 
     The text should already be normalized (:func:`normalize`); ``lang`` (detected when None)
     only decides the punctuation added at the very end (``。`` or ``.``), as upstream does.
@@ -401,7 +402,7 @@ def split_for_tts(
         clauses: list[str] = []
         parts = [sent] if count_units(sent) <= max_len else _split_at(sent, _CLAUSE, period=False)
         for part in parts:
-            if _PUNCT_ONLY.match(part) and clauses:
+            if _PUNCT_ONLY.match(part) and clauses and count_units(clauses[-1] + part) <= max_len:
                 clauses[-1] += part
             elif count_units(part) <= max_len:
                 clauses.append(part)
@@ -420,25 +421,22 @@ def split_for_tts(
         whole = clauses[0]
         for c in clauses[1:]:
             whole = _join(whole, c)
-        if fits(cur, whole) and count_units(whole) <= max_len:
+        if count_units(whole) <= max_len:
+            if cur and not fits(cur, whole):
+                pieces.append(cur)  # end at a sentence end rather than mid-sentence
+                cur = ""
             cur = _join(cur, whole)
             continue
+        # A sentence over max_len is cut at commas anyway: a current piece shorter than
+        # min_len is filled with its first clauses instead of being left short.
         if cur and count_units(cur) >= min_len:
             pieces.append(cur)
             cur = ""
-        if count_units(whole) <= max_len and not cur:
-            cur = whole
-            continue
-        # Fill the (short) current piece with this sentence's clauses, then go on with the rest.
-        if count_units(whole) <= max_len and len(clauses) == 1:
-            clauses = _split_at(whole, _CLAUSE, period=False) or clauses
         for c in clauses:
-            if fits(cur, c):
-                cur = _join(cur, c)
-            else:
-                if cur:
-                    pieces.append(cur)
-                cur = c
+            if cur and not fits(cur, c):
+                pieces.append(cur)
+                cur = ""
+            cur = _join(cur, c)
     if cur:
         pieces.append(cur)
 
