@@ -1,3 +1,81 @@
-"""Commands: see voicelab.cli.main.COMMAND_MODULES."""
+"""``voicelab train llm|flow``."""
 
-commands: list = []
+from __future__ import annotations
+
+import click
+
+from voicelab.cli.main import Ctx, pass_ctx
+from voicelab.console import echo
+
+
+@click.command("train")
+@click.argument("model", type=click.Choice(["llm", "flow"]))
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="cpu (gloo) is for the tiny model only.",
+)
+@click.option("--gpus", type=int, metavar="N", help="Processes per machine (GPUs). Default 1.")
+@click.option("--gpu-ids", metavar="IDS", help="GPUs to use, e.g. 0,1 (CUDA_VISIBLE_DEVICES).")
+@click.option("--nnodes", type=int, default=1, show_default=True, help="Machines (torchrun).")
+@click.option("--node-rank", type=int, default=0, show_default=True)
+@click.option("--master-addr", metavar="HOST", help="Rank-0 machine when --nnodes > 1.")
+@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["torch_ddp", "deepspeed"]),
+    default="torch_ddp",
+    show_default=True,
+)
+@click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")
+@click.option("--epochs", type=int, help="max_epoch (default sized to the data, usually 10).")
+@click.option(
+    "--batch-frames",
+    type=int,
+    metavar="N",
+    help="max_frames_in_batch (50 per second of audio; default from GPU memory).",
+)
+@click.option("--accum-grad", type=int, metavar="N", help="Batches per optimizer step (2).")
+@click.option("--lr", type=float, help="Learning rate (1e-5; above 1e-4 is warned about).")
+@click.option("--num-workers", type=int, metavar="N", help="DataLoader workers (4 GPU, 1 CPU).")
+@click.option("--prefetch", type=int, metavar="N", help="Batches prefetched per worker (2).")
+@click.option(
+    "--save-per-step",
+    type=int,
+    metavar="N",
+    help="Also run CV and save a checkpoint every N steps: slow, about 2 GB each.",
+)
+@click.option("--log-interval", type=int, metavar="N", help="Log every N batches (10).")
+@click.option("--cpus", metavar="LIST", help="CPU affinity, e.g. 0-11 (the notes' taskset).")
+@click.option("--resume", is_flag=True, help="Continue the existing run after its last epoch.")
+@click.option("--new", is_flag=True, help="Start a fresh run; the existing one is kept as .N.")
+@click.option("--checkpoint", metavar="PT", help="Start weights (default: the base model's).")
+@click.option("--dry-run", is_flag=True, help="Check, write the config and launch.sh, stop.")
+@pass_ctx
+def train(ctx: Ctx, model: str, **kw: object) -> None:
+    """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
+
+    \b
+    Examples:
+      voicelab train llm                      # 1 GPU, bf16, defaults sized to the data
+      voicelab train llm --resume             # continue after the last finished epoch
+      voicelab train flow --gpus 2 --cpus 0-11
+      voicelab train llm --device cpu         # tiny model only (voicelab demo --tiny)
+    """
+    from voicelab.train import TrainOptions, run_train
+
+    ws = ctx.workspace()
+    opts = TrainOptions(**kw)  # type: ignore[arg-type]
+    res = run_train(ws, model, opts)
+    if opts.dry_run:
+        echo(f"checked; config and launch.sh written to {res.run_dir} (nothing launched)")
+        return
+    best = "-" if res.best_cv_loss is None else f"{res.best_cv_loss:.4f} (epoch {res.best_epoch})"
+    echo(f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}")
+    echo(f"best CV loss: {best}; last checkpoint: {res.last_checkpoint or '-'}")
+    echo(f"next: voicelab checkpoints {model}   then   voicelab export")
+
+
+commands = [train]

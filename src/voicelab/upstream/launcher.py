@@ -1,0 +1,291 @@
+"""The process torchrun starts: runtime fixes first, then upstream's ``cosyvoice/bin/train.py``.
+
+Usage (``voicelab train`` builds this; ``launch.sh`` in each run dir records it)::
+
+    python -m torch.distributed.run --standalone --nproc_per_node N \\
+        -m voicelab.upstream.launcher --vendor-root VENDOR [--device cpu] -- <train.py arguments>
+
+Upstream's train.py and model classes run unmodified from the vendor checkout. What makes them
+work with the torch/torchaudio pair of our ``train`` extra, with offline features, and on a CPU
+for tiny models, is applied here, in this process, before any upstream module is imported by
+train.py. Every fix is contained (it only changes what it names) and says why below.
+
+This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
+``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
+``onnx_path`` environment variable at import time (through ``cosyvoice.utils.onnx``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Largest model (parameters) we agree to train on a CPU: the tiny model has 10.7 M.
+MAX_CPU_PARAMS = 50_000_000
+
+_FORCE_CPU_VARS = ("COSYVOICE_ORT_FORCE_CPU", "VOICELAB_ORT_FORCE_CPU")
+_state: dict[str, Any] = {"device": "cuda", "timeout": 60, "max_cpu_params": MAX_CPU_PARAMS}
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 1: offline features, and ONNX sessions that honour COSYVOICE_ORT_FORCE_CPU
+# ------------------------------------------------------------------------------------------------
+def fix_offline_features() -> None:
+    """``cosyvoice.utils.onnx`` decides ``online_feature`` once, at import, from ``onnx_path``.
+
+    With the variable set, every training step would run the 969 MB speech tokenizer ONNX
+    (on the GPU, per batch) although the packed parquet already holds speech tokens and
+    embeddings. We import that module first with the variable unset (so ``online_feature`` is
+    False in this process and in forked DataLoader workers), and unset it again right after
+    train.py's own ``os.environ['onnx_path'] = args.onnx_path`` (see :func:`_after_onnx_env`)
+    so spawned processes do not see it either. ``--onnx_path`` is still passed (train.py's
+    assignment fails on None) and names the base model dir, as the user's notes did.
+    """
+    os.environ.pop("onnx_path", None)
+    import cosyvoice.utils.onnx as cv_onnx
+
+    if getattr(cv_onnx, "online_feature", False):  # pragma: no cover - imported earlier with it set
+        raise SystemExit("voicelab launcher: cosyvoice.utils.onnx was imported with onnx_path set")
+
+
+def fix_ort_providers() -> None:
+    """Upstream's ONNX sessions name providers themselves (the speech tokenizer CUDA only).
+
+    Where the notes' ``COSYVOICE_ORT_FORCE_CPU=1`` is set, in CPU mode, or where this
+    onnxruntime has no CUDA provider, any session upstream still creates runs on the CPU.
+    """
+    import onnxruntime as ort
+
+    if getattr(ort.InferenceSession, "_voicelab_cpu", False):
+        return
+    cuda_ok = "CUDAExecutionProvider" in ort.get_available_providers()
+    if not (any(_truthy(v) for v in _FORCE_CPU_VARS) or _state["device"] == "cpu" or not cuda_ok):
+        return
+    base = ort.InferenceSession
+
+    class CpuInferenceSession(base):  # type: ignore[misc, valid-type]
+        _voicelab_cpu = True
+
+        def __init__(self, path_or_bytes: Any, sess_options: Any = None, **kwargs: Any) -> None:
+            kwargs["providers"] = ["CPUExecutionProvider"]
+            kwargs.pop("provider_options", None)
+            super().__init__(path_or_bytes, sess_options, **kwargs)
+
+    ort.InferenceSession = CpuInferenceSession
+
+
+def _after_onnx_env(fn: Any) -> Any:
+    """Wrap the first function train.py calls after setting ``onnx_path`` to unset it again."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        os.environ.pop("onnx_path", None)
+        return fn(*args, **kwargs)
+
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 2: DataLoader with --num_workers 0; fixes re-applied in DataLoader workers
+# ------------------------------------------------------------------------------------------------
+def worker_init(worker_id: int) -> None:
+    """Runs in each DataLoader worker: spawned workers start without this process's fixes."""
+    os.environ.pop("onnx_path", None)
+    fix_torchaudio_load()
+
+
+def fix_dataloader(train_utils: Any) -> None:
+    """train_utils builds DataLoaders with ``prefetch_factor=args.prefetch`` always; torch >= 2.0
+    raises ValueError for any prefetch_factor when ``num_workers`` is 0."""
+    from torch.utils.data import DataLoader
+
+    def make_loader(*args: Any, **kwargs: Any) -> DataLoader:
+        if int(kwargs.get("num_workers") or 0) == 0:
+            kwargs.pop("prefetch_factor", None)
+        else:
+            kwargs.setdefault("worker_init_fn", worker_init)
+        return DataLoader(*args, **kwargs)
+
+    train_utils.DataLoader = make_loader
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 3: torchaudio.load without torchcodec/FFmpeg
+# ------------------------------------------------------------------------------------------------
+def _soundfile_load(
+    uri: Any,
+    frame_offset: int = 0,
+    num_frames: int = -1,
+    normalize: bool = True,
+    channels_first: bool = True,
+    format: str | None = None,
+    buffer_size: int = 4096,
+    backend: str | None = None,
+) -> tuple[Any, int]:
+    import soundfile as sf
+    import torch
+
+    if isinstance(uri, (bytes, bytearray)):
+        uri = io.BytesIO(uri)
+    stop = None if num_frames is None or num_frames < 0 else frame_offset + num_frames
+    data, sr = sf.read(uri, start=frame_offset, stop=stop, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(data.T.copy() if channels_first else data)
+    return wav, int(sr)
+
+
+def fix_torchaudio_load() -> None:
+    """torchaudio >= 2.9 routes ``load`` through torchcodec, which needs FFmpeg's shared
+    libraries; upstream decodes the parquet's audio bytes with ``torchaudio.load``. The packed
+    audio is WAV/FLAC, which soundfile reads (as torchaudio 2.3, upstream's pin, did)."""
+    import torchaudio
+
+    if getattr(torchaudio.load, "_voicelab", False):
+        return
+    try:
+        major, minor = (int(x) for x in torchaudio.__version__.split("+")[0].split(".")[:2])
+    except ValueError:  # pragma: no cover - odd version strings
+        major, minor = 99, 0
+    if (major, minor) < (2, 9):
+        return
+    _soundfile_load._voicelab = True  # type: ignore[attr-defined]
+    torchaudio.load = _soundfile_load
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 4: ProcessGroup.options for cosyvoice_join
+# ------------------------------------------------------------------------------------------------
+def fix_process_group_options() -> None:
+    """``cosyvoice_join`` reads ``group_join.options._timeout`` for its monitored barrier; torch
+    removed ``ProcessGroup.options`` (present in 2.3, gone by 2.9), so every epoch crashes at its
+    second batch, on GPU too. Restore it: train.py creates that group with ``--timeout``."""
+    import torch.distributed as dist
+
+    if hasattr(dist.ProcessGroup, "options"):
+        return
+
+    class _Options:
+        def __init__(self, seconds: int) -> None:
+            self._timeout = datetime.timedelta(seconds=seconds)
+
+    dist.ProcessGroup.options = property(lambda self: _Options(int(_state["timeout"])))
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 5: CPU training (gloo) for tiny models
+# ------------------------------------------------------------------------------------------------
+def fix_cpu_mode(train_utils: Any) -> None:
+    """Upstream's torch_ddp path assumes CUDA in three places: ``torch.cuda.set_device`` in
+    ``init_distributed``, ``wrap_cuda_model`` (assert + ``model.cuda()``) and ``batch_forward``
+    (``model(batch, device=int(LOCAL_RANK))``, i.e. cuda:N). For ``--device cpu`` (tiny models,
+    tests, ``voicelab demo --tiny``) those become a no-op, a CPU DDP wrap, and a forward on the
+    CPU device. Models above :data:`MAX_CPU_PARAMS` are refused: a real model on a CPU would
+    take days, which the user should hear about."""
+    import torch
+
+    torch.cuda.set_device = lambda *_a, **_k: None  # only ever called by init_distributed here
+
+    def wrap_cpu_model(args: Any, model: Any) -> Any:
+        if args.train_engine != "torch_ddp":
+            raise SystemExit(
+                "voicelab launcher: CPU training supports --train_engine torch_ddp only"
+            )
+        n = sum(p.numel() for p in model.parameters())
+        if n > int(_state["max_cpu_params"]):
+            raise SystemExit(
+                f"voicelab launcher: refusing to train a {n / 1e6:.0f} M-parameter model on the CPU"
+                f" (limit {int(_state['max_cpu_params']) / 1e6:.0f} M): use a GPU (--device cuda)"
+            )
+        forward = model.forward
+        cpu = torch.device("cpu")
+
+        def forward_on_cpu(batch: Any, device: Any = None, *a: Any, **k: Any) -> Any:
+            return forward(batch, cpu, *a, **k)
+
+        model.forward = forward_on_cpu
+        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    train_utils.wrap_cuda_model = wrap_cpu_model
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry
+# ------------------------------------------------------------------------------------------------
+def _split(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        ours, theirs = argv[:i], argv[i + 1 :]
+    else:
+        ours, theirs = [], argv
+    opts: dict[str, str] = {}
+    it = iter(ours)
+    for a in it:
+        if not a.startswith("--"):
+            raise SystemExit(f"voicelab launcher: unexpected argument {a!r}")
+        key, _, val = a[2:].partition("=")
+        opts[key] = val if _ else next(it, "")
+    return opts, theirs
+
+
+def _arg_value(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def apply_fixes(
+    vendor_root: Path, device: str = "cuda", train_args: list[str] | None = None
+) -> None:
+    """Put the vendor on ``sys.path`` and apply every runtime fix (in this order)."""
+    for p in (vendor_root / "third_party" / "Matcha-TTS", vendor_root):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))
+    _state["device"] = device
+    timeout = _arg_value(train_args or [], "--timeout")
+    if timeout:
+        _state["timeout"] = int(timeout)
+    fix_offline_features()
+    fix_ort_providers()
+    fix_torchaudio_load()
+    fix_process_group_options()
+    import cosyvoice.utils.train_utils as train_utils
+
+    fix_dataloader(train_utils)
+    # init_distributed is the first upstream call after train.py sets onnx_path.
+    train_utils.init_distributed = _after_onnx_env(train_utils.init_distributed)
+    if device == "cpu":
+        fix_cpu_mode(train_utils)
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, train_args = _split(list(sys.argv[1:] if argv is None else argv))
+    root = opts.get("vendor-root") or os.environ.get("VOICELAB_COSYVOICE_DIR")
+    if not root:
+        raise SystemExit("voicelab launcher: --vendor-root is required")
+    vendor_root = Path(root).resolve()
+    train_py = vendor_root / "cosyvoice" / "bin" / "train.py"
+    if not train_py.is_file():
+        raise SystemExit(f"voicelab launcher: {train_py} not found")
+    device = opts.get("device", "cuda")
+    if device not in ("cpu", "cuda"):
+        raise SystemExit(f"voicelab launcher: --device must be cpu or cuda, not {device!r}")
+    if opts.get("max-cpu-params"):
+        _state["max_cpu_params"] = int(float(opts["max-cpu-params"]))
+    apply_fixes(vendor_root, device, train_args)
+    sys.argv = [str(train_py), *train_args]
+    runpy.run_path(str(train_py), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
