@@ -1,0 +1,244 @@
+"""Audio intake: probe, decode any common format, downmix, resample, trim, write 16-bit wav.
+
+Decoding goes through libsndfile (``soundfile``) first: it reads wav/flac/ogg and, from 1.1 on,
+mp3, in-process and fast. Formats libsndfile cannot read (m4a/AAC always, mp3 with old
+libsndfile builds, odd wav codecs) fall back to the ``ffmpeg`` program, decoding to raw float32
+through a pipe: no temp files, nothing written beside the source, and no FFmpeg Python binding to
+install (torchaudio >= 2.9 would need torchcodec plus FFmpeg shared libraries for the same job).
+
+Every per-file problem raises :class:`AudioError` with a ``reason`` code (``zero_length``,
+``corrupt``, ``unsupported``, ``no_audio``) that ``prepare`` lists per file while the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voicelab.errors import InputError
+from voicelab.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+TARGET_SR = 24000  # CosyVoice 3's rate: workspace clips are stored at it.
+ASR_SR = 16000  # Whisper, FunASR and Silero VAD take 16 kHz.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".aiff")
+_FFMPEG_HINT = "install ffmpeg (sudo apt-get install ffmpeg) to read m4a/aac files"
+
+
+class AudioError(InputError):
+    """A single audio file that cannot be used. ``reason`` is a short code for reports."""
+
+    def __init__(self, path: Path, reason: str, detail: str, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {detail}", hint)
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+@dataclass
+class Decoded:
+    """A decoded file: ``samples`` float32 (frames, channels) at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
+
+
+def is_audio_file(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith("._")
+
+
+def _check_nonempty(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as e:
+        raise AudioError(path, "missing", "file not found") from e
+    except OSError as e:
+        raise AudioError(path, "unreadable", f"cannot read the file ({e.strerror})") from e
+    if size == 0:
+        raise AudioError(path, "zero_length", "the file is empty (0 bytes)")
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    exe = shutil.which("ffprobe")
+    if not exe:
+        raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
+    proc = subprocess.run(
+        [exe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=sample_rate,channels,duration_ts,time_base,codec_name:format=duration",
+         "-of", "json", os.fspath(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    try:
+        data = json.loads(proc.stdout or "{}")
+        st = data["streams"][0]
+        sr, ch = int(st["sample_rate"]), int(st["channels"])
+        dur = float(data.get("format", {}).get("duration") or 0.0)
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        err = (proc.stderr or "no audio stream").strip().splitlines()
+        raise AudioError(path, "corrupt", f"not a readable audio file ({err[-1][:120]})") from e
+    return AudioInfo(path, sr, ch, round(dur * sr), f"ffmpeg:{st.get('codec_name', '?')}")
+
+
+def probe(path: str | os.PathLike[str]) -> AudioInfo:
+    """Header facts (rate, channels, length) without decoding; raises :class:`AudioError`."""
+    import soundfile as sf
+
+    p = Path(path)
+    _check_nonempty(p)
+    try:
+        i = sf.info(os.fspath(p))
+        return AudioInfo(p, int(i.samplerate), int(i.channels), int(i.frames), i.format)
+    except sf.LibsndfileError:
+        return _ffprobe(p)
+    except RuntimeError:  # older soundfile raises RuntimeError
+        return _ffprobe(p)
+
+
+def _ffmpeg_decode(path: Path) -> Decoded:
+    info = _ffprobe(path)
+    exe = shutil.which("ffmpeg")
+    if not exe:
+        raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
+    proc = subprocess.run(
+        [exe, "-nostdin", "-v", "error", "-i", os.fspath(path), "-map", "0:a:0",
+         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels),
+         "-ar", str(info.sample_rate), "-"],
+        capture_output=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["ffmpeg failed"]
+        raise AudioError(path, "corrupt", f"cannot decode ({err[-1][:120]})")
+    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32, copy=False)
+    n = samples.size // info.channels
+    return Decoded(samples[: n * info.channels].reshape(n, info.channels), info.sample_rate)
+
+
+def decode(path: str | os.PathLike[str]) -> Decoded:
+    """Decode a file to float32 (frames, channels); raises :class:`AudioError`."""
+    import soundfile as sf
+
+    p = Path(path)
+    _check_nonempty(p)
+    try:
+        data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
+        dec = Decoded(data, int(sr))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
+        dec = _ffmpeg_decode(p)
+    if dec.samples.shape[0] == 0 or dec.sample_rate <= 0:
+        raise AudioError(p, "zero_length", "the file holds no audio samples")
+    if not np.isfinite(dec.samples).all():
+        dec.samples = np.nan_to_num(dec.samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return dec
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels (float32, 1-D)."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    if samples.shape[1] == 1:
+        return samples[:, 0].astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ") -> np.ndarray:
+    """soxr resampling (float32 in, float32 out); a no-op when the rates match."""
+    if sr_in == sr_out or x.size == 0:
+        return x.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(x, sr_in, sr_out, quality=quality).astype(np.float32, copy=False)
+
+
+def frame_db(x: np.ndarray, sr: int, frame_ms: float = 10.0) -> np.ndarray:
+    """RMS level in dBFS of consecutive non-overlapping frames (the last partial one dropped
+    unless it is the only one)."""
+    hop = max(1, int(sr * frame_ms / 1000))
+    n = x.size // hop
+    if n == 0:
+        frames = x[None, :] if x.size else np.zeros((1, 1), np.float32)
+    else:
+        frames = x[: n * hop].reshape(n, hop)
+    power = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frames.shape[1]
+    return (10.0 * np.log10(power + 1e-12)).astype(np.float32)
+
+
+def trim_silence(
+    x: np.ndarray,
+    sr: int,
+    rel_db: float = 40.0,
+    floor_db: float = -60.0,
+    pad_s: float = 0.1,
+    frame_ms: float = 10.0,
+) -> tuple[int, int]:
+    """(start, end) sample bounds of ``x`` without its leading and trailing silence.
+
+    A frame is sound when it is louder than both ``floor_db`` dBFS and the loudest frame minus
+    ``rel_db``; ``pad_s`` of the silence is kept on each side so soft onsets and releases
+    survive. All-silent input gives ``(0, 0)``.
+    """
+    db = frame_db(x, sr, frame_ms)
+    if db.size == 0:
+        return 0, 0
+    thr = max(floor_db, float(db.max()) - rel_db)
+    loud = np.flatnonzero(db > thr)
+    if loud.size == 0:
+        return 0, 0
+    hop = max(1, int(sr * frame_ms / 1000))
+    pad = int(pad_s * sr)
+    start = max(0, int(loud[0]) * hop - pad)
+    end = min(x.size, (int(loud[-1]) + 1) * hop + pad)
+    return start, end
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float to 16-bit PCM with clipping (resampling can overshoot full scale slightly)."""
+    return (np.clip(x, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+
+
+def write_wav(path: str | os.PathLike[str], x: np.ndarray, sr: int) -> Path:
+    """Write mono 16-bit PCM wav atomically. ``x`` is float (-1..1) or int16."""
+    import soundfile as sf
+
+    data = x if x.dtype == np.int16 else to_pcm16(x)
+    with atomic_path(path) as tmp:
+        sf.write(os.fspath(tmp), data, sr, subtype="PCM_16", format="WAV")
+    return Path(path)
+
+
+def read_wav_mono(path: str | os.PathLike[str], sr: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to mono float32, resampled to ``sr`` when given."""
+    dec = decode(path)
+    x = to_mono(dec.samples)
+    if sr is not None and sr != dec.sample_rate:
+        return resample(x, dec.sample_rate, sr), sr
+    return x, dec.sample_rate
