@@ -323,7 +323,9 @@ class GitFailed(Exception):
     def last_line(self) -> str:
         lines = [ln.strip() for ln in self.output.splitlines() if ln.strip()]
         fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-        return (fatal or lines or [f"git exited {self.rc}"])[-1]
+        # The first fatal line is the cause; later ones ("clone of X failed") restate it.
+        line = fatal[0] if fatal else (lines or [f"git exited {self.rc}"])[-1]
+        return re.sub(r"^(fatal|error): ", "", line)
 
     def disk_full(self) -> bool:
         return any(m in self.output.lower() for m in _ENOSPC_MARKERS)
@@ -617,7 +619,9 @@ def inspect_vendor(spec: VendorSpec, root: Path) -> VendorState:
         if st.kind != "linked":
             st.kind = "plain folder"
             st.problem = f"{spec.path} is a plain folder, not a git checkout"
-            st.action = f"move it away, then {sync_cmd} (or: voicelab vendor link {spec.name} DIR)"
+            st.action = (
+                f"move it away, then {sync_cmd}, or use voicelab vendor link {spec.name} DIR"
+            )
         elif st.proof_missing:
             st.problem = f"the linked folder lacks {st.proof_missing[0]}"
             st.action = f"voicelab vendor link {spec.name} DIR_OF_A_CHECKOUT"
@@ -738,7 +742,7 @@ def _fetch_error(spec: VendorSpec, url: str, e: GitFailed, target: Path) -> Vend
     return VendorError(
         f"cannot fetch {spec.name} from {url}: {e.last_line()}",
         "check the network or the URL; behind a firewall use a mirror: voicelab vendor sync "
-        f"{spec.name} --mirror https://MIRROR/ (or --url {spec.name}=URL)",
+        f"{spec.name} --mirror https://MIRROR/ or --url {spec.name}=URL",
     )
 
 
@@ -763,8 +767,8 @@ def _ensure_commit(
     if not _has_commit(repo, commit):
         raise VendorError(
             f"commit {commit[:12]} pinned for {label} is not on {url}",
-            "the pin in vendors.toml may be wrong (voicelab vendor pin NAME REV), "
-            "or the mirror is behind upstream",
+            "the pin in vendors.toml may be wrong, or the mirror is behind upstream; "
+            "voicelab vendor pin NAME REV moves a pin",
         )
 
 
@@ -823,7 +827,7 @@ def _sync_submodules(
                     f"cannot fetch submodule {label} of {spec.name} from {configured}: "
                     f"{e.last_line()}",
                     "check the network or the URL; behind a firewall use a mirror: "
-                    f"--mirror https://MIRROR/ (or --url {label}=URL)",
+                    f"--mirror https://MIRROR/ or --url {label}=URL",
                 ) from None
             done.append(f"{label} checked out")
             current = _head(sub_dir)
@@ -851,6 +855,14 @@ def _verify(spec: VendorSpec, repo: Path) -> None:
                 f"not at {sub.commit[:12]}",
                 f"run: voicelab vendor sync {spec.name} --force",
             )
+    changed = _changed_files(repo)
+    if changed:
+        # e.g. a mirror that lacks some blobs: git checks out what it can and moves on.
+        raise VendorError(
+            f"{spec.name} at {spec.commit[:12]} did not check out cleanly: "
+            f"{len(changed)} files differ (e.g. {changed[0][2:].strip()})",
+            "the source may lack some objects; try another --mirror or --url",
+        )
     missing = [p for p in spec.proof if not (repo / p).exists()]
     if missing:
         raise VendorError(
@@ -1015,8 +1027,8 @@ def sync_vendor(spec: VendorSpec, root: Path, sources: Sources, force: bool = Fa
         if _head(target) is None:
             raise VendorError(
                 f"{spec.path} is a plain folder, not a git checkout: left as is",
-                f"move it away, then voicelab vendor sync {spec.name} "
-                f"(or: voicelab vendor link {spec.name} DIR)",
+                f"move it away, then voicelab vendor sync {spec.name}, "
+                f"or use voicelab vendor link {spec.name} DIR",
             )
         return _update(spec, target, sources, force)
 
@@ -1066,7 +1078,7 @@ def link(name: str, path: str | os.PathLike[str], root: Path | None = None) -> V
         if not dest.is_dir() or any(dest.iterdir()):
             raise VendorError(
                 f"{spec.path} already holds a checkout or folder: left as is",
-                f"move or delete {dest} first (vendor/ is re-creatable), then link again",
+                f"move or delete {dest} first (a sync can re-create it), then link again",
             )
         dest.rmdir()
     dest.parent.mkdir(parents=True, exist_ok=True)

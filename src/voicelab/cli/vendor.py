@@ -77,19 +77,23 @@ def sync(
         path = v.save_sources(mirror, v.parse_url_overrides(urls))
         echo(f"saved the vendor sources in {path}")
     results = v.sync(list(names) or None, sources=sources, force=force)
+    failed = [r for r in results if not r.ok]
+    if len(results) == 1 and failed and failed[0].error is not None:
+        raise failed[0].error  # one vendor: its error is the whole story
     width = max(len(r.name) for r in results)
     for r in results:
-        echo(f"{r.name:<{width}}  {r.action:<10}  {r.detail}")
-    failed = [r for r in results if not r.ok]
-    if len(failed) == 1 and len(results) == 1 and failed[0].error is not None:
-        raise failed[0].error
+        if r.error is None:
+            echo(f"{r.name:<{width}}  {r.action:<10}  {r.detail}")
+            continue
+        echo(f"{r.name:<{width}}  {r.action:<10}  {r.error.message}")
+        if r.error.hint:
+            echo(f"{'':<{width}}  {'':<10}  fix: {r.error.hint}")
     if failed:
-        first = failed[0].error
         raise VendorError(
             f"{len(failed)} of {len(results)} vendors failed: "
             + ", ".join(r.name for r in failed)
-            + (" (the others are fine)" if len(failed) < len(results) else ""),
-            first.hint if first is not None else None,
+            + ("; the others are fine" if len(failed) < len(results) else ""),
+            "see the fix under each failed vendor above",
         )
 
 
