@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from voicelab import vendor as v
-from voicelab.cli.main import cli
+from voicelab.cli.main import cli, main
 from voicelab.errors import ConfigError, EnvironmentProblem, VendorError
 
 GH_COSY = "https://github.com/FunAudioLLM/CosyVoice.git"
@@ -161,8 +163,8 @@ def mirror(r: Remotes) -> v.Sources:
     return v.Sources(mirror=str(r.mirror))
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    """The CLI the way users run it (`main` turns VoiceLabErrors into one line)."""
+def run_process(*args: str) -> tuple[int, str]:
+    """The CLI the way users start it: a new `python -m voicelab` process."""
     proc = subprocess.run(
         [sys.executable, "-m", "voicelab", *args],
         capture_output=True,
@@ -171,6 +173,23 @@ def run_cli(*args: str) -> tuple[int, str]:
         timeout=60,
     )
     return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """The CLI in this process through `main` (one-line errors, exit codes), output captured."""
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            rc = 0
+        except SystemExit as e:
+            rc = int(e.code or 0)
+        cap = capsys.readouterr()
+        return rc, cap.out + cap.err
+
+    return run
 
 
 def cosy_dir(root: Path) -> Path:
@@ -209,7 +228,7 @@ def test_sync_from_scratch_then_noop(root: Path, remotes: Remotes) -> None:
 
 def test_cli_sync_with_mirror_file_url_then_noop(root: Path, remotes: Remotes) -> None:
     prefix = "file://" + str(remotes.mirror)
-    rc, out = run_cli("vendor", "sync", "--mirror", prefix)
+    rc, out = run_process("vendor", "sync", "--mirror", prefix)
     assert rc == 0, out
     assert "cloned" in out
     sub_url = git("config", "submodule.third_party/Matcha-TTS.url", cwd=cosy_dir(root))
@@ -217,7 +236,7 @@ def test_cli_sync_with_mirror_file_url_then_noop(root: Path, remotes: Remotes) -
     assert git("remote", "get-url", "origin", cwd=cosy_dir(root)) == (
         prefix + "/FunAudioLLM/CosyVoice.git"
     )
-    rc, out = run_cli("vendor", "sync", "--mirror", prefix)
+    rc, out = run_process("vendor", "sync", "--mirror", prefix)
     assert rc == 0 and "up to date" in out, out
 
 
@@ -244,17 +263,36 @@ def test_url_overrides_reach_the_submodule(root: Path, remotes: Remotes) -> None
         v.make_sources(urls={"nope": "/x"}, manifest=v.load_manifest(root))
 
 
-def test_saved_sources_are_used_by_later_syncs(root: Path, remotes: Remotes) -> None:
-    rc, out = run_cli("vendor", "config", "--mirror", str(remotes.mirror))
-    assert rc == 0 and str(remotes.mirror) in out, out
-    rc, out = run_cli("vendor", "sync")  # no flags: the saved mirror applies
+def test_saved_sources_are_used_by_later_syncs(
+    run_cli: Callable[..., tuple[int, str]],
+    root: Path,
+    remotes: Remotes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rc, out = run_cli("vendor", "sync", "--mirror", str(remotes.mirror), "--save")
     assert rc == 0 and "cloned" in out, out
+    assert v.saved_sources().mirror == str(remotes.mirror)
+    shutil.rmtree(cosy_dir(root))
+    rc, out = run_cli("vendor", "config", "--clear", "--url", f"cosyvoice={remotes.cosy}")
+    assert rc == 0 and "(none: GitHub)" in out and f"cosyvoice = {remotes.cosy}" in out, out
+    rc, out = run_cli("vendor", "config", "--mirror", str(remotes.mirror))
+    assert rc == 0 and str(remotes.mirror) in out and "cosyvoice =" in out, out
+
+    # No flags, run from a sub-folder of the VoiceLab root: the saved settings apply.
+    monkeypatch.delenv("VOICELAB_ROOT")
+    (root / "workflows").mkdir()
+    monkeypatch.chdir(root / "workflows")
+    rc, out = run_cli("vendor", "sync", "cosyvoice")
+    assert rc == 0 and "cloned" in out, out
+    assert git("remote", "get-url", "origin", cwd=cosy_dir(root)) == str(remotes.cosy)
     rc, out = run_cli("vendor", "config", "--clear")
     assert rc == 0 and "(none: GitHub)" in out
     assert v.saved_sources().is_empty()
 
 
-def test_pin_moved_and_resynced(root: Path, remotes: Remotes) -> None:
+def test_pin_moved_and_resynced(
+    run_cli: Callable[..., tuple[int, str]], root: Path, remotes: Remotes
+) -> None:
     v.sync(["cosyvoice"], root, mirror(remotes))
     manifest = root / "vendors.toml"
     res = v.pin("cosyvoice", remotes.c2[:9], root, mirror(remotes))
@@ -291,7 +329,9 @@ def test_pin_without_checkout_and_missing_revision(root: Path, remotes: Remotes)
     assert not (root / "vendor" / ".CosyVoice.pin-scratch").exists()
 
 
-def test_dirty_checkout_refused_then_force(root: Path, remotes: Remotes) -> None:
+def test_dirty_checkout_refused_then_force(
+    run_cli: Callable[..., tuple[int, str]], root: Path, remotes: Remotes
+) -> None:
     v.sync(["cosyvoice"], root, mirror(remotes))
     d = cosy_dir(root)
     (d / "cosyvoice" / "cli" / "cosyvoice.py").write_text("# my edit\n")
@@ -422,7 +462,9 @@ def test_killed_sync_leaves_nothing_mistaken_and_recovers(root: Path, remotes: R
 
 
 # ---- link and status ----------------------------------------------------------------------------
-def test_link_status_and_refusals(root: Path, remotes: Remotes, tmp_path: Path) -> None:
+def test_link_status_and_refusals(
+    run_cli: Callable[..., tuple[int, str]], root: Path, remotes: Remotes, tmp_path: Path
+) -> None:
     mine = tmp_path / "my-CosyVoice"
     git("clone", "-q", str(remotes.cosy), str(mine))  # at c2, not at the pin
     # its .gitmodules names GitHub: fetch the submodule from the bare repo instead
@@ -484,7 +526,12 @@ def test_status_of_a_fresh_root_and_runtime_override(root: Path, remotes: Remote
 
 
 # ---- bad input ----------------------------------------------------------------------------------
-def test_no_git(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_git(
+    run_cli: Callable[..., tuple[int, str]],
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -496,7 +543,9 @@ def test_no_git(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert rc == 1 and out.count("\n") == 1 and "git is not installed" in out, out
 
 
-def test_unreachable_remote_names_url_and_suggests_mirror(root: Path, remotes: Remotes) -> None:
+def test_unreachable_remote_names_url_and_suggests_mirror(
+    run_cli: Callable[..., tuple[int, str]], root: Path, remotes: Remotes
+) -> None:
     url = "http://127.0.0.1:9/FunAudioLLM/CosyVoice.git"  # port 9: connection refused
     rc, out = run_cli("vendor", "sync", "cosyvoice", "--url", f"cosyvoice={url}")
     assert rc == 1 and url in out and "--mirror" in out, out
