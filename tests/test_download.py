@@ -1,0 +1,557 @@
+"""``voicelab download`` / ``voicelab models``: verification, repair, the RL switch, offline
+errors and the listing, on real local file trees with tiny files.
+
+Repair runs against :class:`LocalFetcher` (a real fetcher of ours that copies from a local
+"remote" folder) because no hub serves from disk. Offline errors run the real hub clients
+(huggingface_hub, modelscope) against ``HF_HUB_OFFLINE=1`` and a loopback port that refuses
+connections. Real downloads run only where the hubs are reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from voicelab import download as dl
+from voicelab.errors import EnvironmentProblem, ModelError, VoiceLabError
+from voicelab.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "http://127.0.0.1:9"  # discard port: connection refused at once
+
+# Tiny stand-ins for every file of the real repository, each a distinct size.
+TREE = {
+    "cosyvoice3.yaml": 70,
+    "llm.pt": 400,
+    "llm.rl.pt": 401,
+    "flow.pt": 300,
+    "hift.pt": 120,
+    "campplus.onnx": 90,
+    "speech_tokenizer_v3.onnx": 200,
+    "speech_tokenizer_v3.batch.onnx": 201,
+    "flow.decoder.estimator.fp32.onnx": 150,
+    "configuration.json": 47,
+    "CosyVoice-BlankEN/config.json": 65,
+    "CosyVoice-BlankEN/generation_config.json": 24,
+    "CosyVoice-BlankEN/merges.txt": 140,
+    "CosyVoice-BlankEN/model.safetensors": 500,
+    "CosyVoice-BlankEN/tokenizer_config.json": 128,
+    "CosyVoice-BlankEN/vocab.json": 277,
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user config, hub cache or endpoint of this machine leaks into a test."""
+    monkeypatch.setenv("VOICELAB_CONFIG", str(tmp_path / "cfg" / "config.toml"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VOICELAB_HUB_TIMEOUT", "3")
+
+
+def _content(rel: str, size: int) -> bytes:
+    seed = hashlib.sha256(rel.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A local "hub": the repository's layout with tiny files."""
+    root = tmp_path / "remote"
+    for rel, size in TREE.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(_content(rel, size))
+    return root
+
+
+@pytest.fixture
+def expected(remote: Path) -> dict[str, dl.FileSpec]:
+    """The injectable expected manifest: sizes and sha256 of the tiny files, required flags as
+    for the real model."""
+    out = {}
+    for rel in TREE:
+        p = remote / rel
+        req = rel in dl.COSYVOICE3_REQUIRED
+        out[rel] = dl.FileSpec(
+            rel, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest(), None, req
+        )
+    return out
+
+
+def _copy_tree(src: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    for p in src.rglob("*"):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and rel not in skip:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(p.read_bytes())
+    return dest
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ---- verification --------------------------------------------------------------------------------
+def test_verify_complete_missing_truncated_and_wrong_hash(tmp_path, remote, expected):
+    model = _copy_tree(remote, tmp_path / "model")
+    rep = dl.verify_model_dir(model, expected=expected)
+    assert rep.ok and not rep.bad and rep.summary.startswith("complete")
+    assert dl.verify_model_dir(model, deep=True, expected=expected).ok
+
+    (model / "hift.pt").unlink()
+    (model / "flow.pt").write_bytes(b"short")
+    _flip_byte(model / "CosyVoice-BlankEN/model.safetensors")
+    rep = dl.verify_model_dir(model, expected=expected)
+    assert rep.missing == ["hift.pt"]
+    assert rep.wrong_size == ["flow.pt"]
+    assert rep.wrong_hash == []  # sizes only without deep
+    assert not rep.ok and "missing: hift.pt" in rep.summary and "wrong size: flow.pt" in rep.summary
+
+    deep = dl.verify_model_dir(model, deep=True, expected=expected)
+    assert deep.wrong_hash == ["CosyVoice-BlankEN/model.safetensors"]
+    assert set(deep.bad) == {"hift.pt", "flow.pt", "CosyVoice-BlankEN/model.safetensors"}
+    assert deep.to_dict()["ok"] is False
+
+
+def test_verify_optional_files_only_when_present(tmp_path, remote, expected):
+    model = _copy_tree(
+        remote, tmp_path / "model", skip=("llm.rl.pt", "flow.decoder.estimator.fp32.onnx")
+    )
+    assert dl.verify_model_dir(model, expected=expected).ok
+    (model / "llm.rl.pt").write_bytes(b"partial")
+    rep = dl.verify_model_dir(model, expected=expected)
+    assert rep.ok and rep.bad == ["llm.rl.pt"]  # usable, but the optional file is bad
+
+
+def test_verify_missing_dir_and_builtin_sizes(tmp_path):
+    rep = dl.verify_model_dir(tmp_path / "nothing")
+    assert not rep.ok and not rep.exists and rep.summary == "not downloaded"
+    # Without a stored manifest the built-in sizes of the real model apply.
+    model = tmp_path / "m"
+    (model / "CosyVoice-BlankEN").mkdir(parents=True)
+    (model / "cosyvoice3.yaml").write_bytes(b"x" * 6_934)
+    rep = dl.verify_model_dir(model)
+    assert rep.manifest == "built-in sizes"
+    assert "cosyvoice3.yaml" not in rep.bad and "llm.pt" in rep.missing
+
+
+# ---- download and repair through a real local fetcher --------------------------------------------
+def test_download_fetches_verifies_and_records(tmp_path, remote, expected):
+    dest = tmp_path / "pm" / "Fun-CosyVoice3-0.5B"
+    f = dl.LocalFetcher(remote, dest)
+    res = dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+    required = {r for r, s in expected.items() if s.required}
+    # Required files plus the small extras; not the big optional ones (RL LLM, TRT ONNX).
+    assert set(f.fetched) >= required and "llm.rl.pt" not in f.fetched
+    assert "flow.decoder.estimator.fp32.onnx" not in f.fetched
+    assert res.report.ok and res.llm == "base"
+    man = json.loads((dest / dl.MANIFEST_FILE).read_text())
+    assert man["files"]["llm.pt"]["sha256"] == expected["llm.pt"].sha256
+    assert man["verified"] and man["llm"] == "base"
+
+    # Later checks work offline from the stored manifest, hashes included.
+    _flip_byte(dest / "campplus.onnx")
+    rep = dl.verify_model_dir(dest, deep=True)
+    assert rep.manifest.startswith("hub manifest") and rep.wrong_hash == ["campplus.onnx"]
+
+
+def test_complete_dir_downloads_nothing_and_needs_no_network(tmp_path, remote, expected):
+    dest = tmp_path / "model"
+    dl.download_cosyvoice3(dest, fetcher=dl.LocalFetcher(remote, dest), expected=expected)
+    # A fetcher whose remote does not exist fails on any contact: none happens.
+    gone = dl.LocalFetcher(tmp_path / "no-such-remote", dest)
+    res = dl.download_cosyvoice3(dest, fetcher=gone, expected=expected)
+    assert gone.fetched == [] and res.sync.fetched == [] and not res.sync.contacted_hub
+    assert "nothing to download" in res.lines()[0]
+
+
+def test_repair_refetches_only_the_bad_files(tmp_path, remote, expected):
+    dest = tmp_path / "model"
+    dl.download_cosyvoice3(dest, fetcher=dl.LocalFetcher(remote, dest), expected=expected)
+    inode = {r: (dest / r).stat().st_ino for r in ("llm.pt", "cosyvoice3.yaml")}
+    (dest / "hift.pt").unlink()  # missing
+    with open(dest / "flow.pt", "r+b") as fh:  # truncated
+        fh.truncate(10)
+    _flip_byte(dest / "CosyVoice-BlankEN/vocab.json")  # corrupt, same size
+
+    f = dl.LocalFetcher(remote, dest)
+    res = dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+    assert sorted(f.fetched) == ["CosyVoice-BlankEN/vocab.json", "flow.pt", "hift.pt"]
+    assert res.report.ok and dl.verify_model_dir(dest, deep=True).ok
+    assert {r: (dest / r).stat().st_ino for r in inode} == inode  # good files untouched
+
+
+def test_partial_dir_without_manifest_is_checked_against_the_hub(tmp_path, remote, expected):
+    # A dir from upstream's own download script: no manifest; one file corrupt.
+    dest = _copy_tree(remote, tmp_path / "model", skip=("llm.rl.pt",))
+    _flip_byte(dest / "speech_tokenizer_v3.onnx")
+    f = dl.LocalFetcher(remote, dest)
+    dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+    assert f.fetched == ["speech_tokenizer_v3.onnx"]
+
+
+def test_wrong_file_from_the_mirror_is_an_error(tmp_path, remote, expected):
+    dest = tmp_path / "model"
+    bad = dict(expected)
+    bad["hift.pt"] = dl.FileSpec("hift.pt", 120, "0" * 64)
+    f = dl.LocalFetcher(remote, dest)
+    f.remote_manifest = lambda: bad  # the hub lists a hash its file does not have
+    with pytest.raises(ModelError, match="still wrong after download"):
+        dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+
+
+# ---- the RL switch -------------------------------------------------------------------------------
+def test_rl_switch_is_reversible_and_costs_no_disk(tmp_path, remote, expected):
+    dest = tmp_path / "model"
+    dl.download_cosyvoice3(dest, fetcher=dl.LocalFetcher(remote, dest), expected=expected)
+    (dest / "vllm").mkdir()  # upstream's export of the base llm.pt: stale after the switch
+    f = dl.LocalFetcher(remote, dest)
+    res = dl.download_cosyvoice3(dest, fetcher=f, expected=expected, rl=True)
+    assert f.fetched == ["llm.rl.pt"] and res.llm == "rl"
+    assert (dest / "llm.pt").read_bytes() == (remote / "llm.rl.pt").read_bytes()
+    assert (dest / "llm.base.pt").read_bytes() == (remote / "llm.pt").read_bytes()
+    assert os.path.samefile(dest / "llm.pt", dest / "llm.rl.pt")  # hard links
+    assert not (dest / "vllm").exists()
+    assert json.loads((dest / dl.MANIFEST_FILE).read_text())["llm"] == "rl"
+    rep = dl.verify_model_dir(dest, deep=True)
+    assert rep.ok and rep.llm == "rl"
+    # Three names, two files on disk: switching costs no space.
+    assert len({(dest / n).stat().st_ino for n in ("llm.pt", "llm.rl.pt", "llm.base.pt")}) == 2
+
+    # Re-running keeps the choice and fetches nothing.
+    f2 = dl.LocalFetcher(remote, dest)
+    res = dl.download_cosyvoice3(dest, fetcher=f2, expected=expected)
+    assert res.llm == "rl" and f2.fetched == []
+    assert (dest / "llm.pt").read_bytes() == (remote / "llm.rl.pt").read_bytes()
+
+    res = dl.download_cosyvoice3(
+        dest, fetcher=dl.LocalFetcher(remote, dest), expected=expected, rl=False
+    )
+    assert res.llm == "base"
+    assert (dest / "llm.pt").read_bytes() == (remote / "llm.pt").read_bytes()
+    assert dl.verify_model_dir(dest, deep=True).ok
+
+
+def test_set_rl_needs_the_rl_file(tmp_path, remote, expected):
+    dest = tmp_path / "model"
+    dl.download_cosyvoice3(dest, fetcher=dl.LocalFetcher(remote, dest), expected=expected)
+    with pytest.raises(ModelError, match=r"llm\.rl\.pt"):
+        dl.set_rl(dest, True)
+    assert dl.set_rl(dest, False) == "base"
+
+
+# ---- offline: the real clients -------------------------------------------------------------------
+def _cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env, "VOICELAB_NO_PROGRESS": "1", "COLUMNS": "400"}
+    return subprocess.run(
+        [sys.executable, "-m", "voicelab", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_offline_hf_hub_offline_one_line(tmp_path):
+    proc = _cli(
+        ["-w", str(tmp_path / "ws"), "download", "cosyvoice3", "--source", "huggingface"],
+        {"HF_HUB_OFFLINE": "1"},
+    )
+    line = _one_error_line(proc)
+    assert "HF_HUB_OFFLINE" in line and "https://huggingface.co" in line
+    assert "--source modelscope" in line and "hf-mirror.com" in line
+
+
+def test_unreachable_hf_endpoint_one_line(tmp_path):
+    proc = _cli(
+        ["-w", str(tmp_path / "ws"), "download", "cosyvoice3", "--source", "huggingface"],
+        {"HF_ENDPOINT": LOOPBACK},
+    )
+    line = _one_error_line(proc)
+    assert f"cannot reach Hugging Face at {LOOPBACK}" in line
+    assert "--source modelscope" in line and "--endpoint https://hf-mirror.com" in line
+
+
+def test_unreachable_modelscope_endpoint_one_line(tmp_path):
+    # One listing attempt instead of the client's four (with back-off) keeps this fast.
+    proc = _cli(
+        [
+            "-w",
+            str(tmp_path / "ws"),
+            "download",
+            "cosyvoice3",
+            "--source",
+            "modelscope",
+            "--endpoint",
+            LOOPBACK,
+        ],
+        {"MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1"},
+    )
+    line = _one_error_line(proc)
+    assert f"cannot reach ModelScope at {LOOPBACK}" in line and "--source huggingface" in line
+
+
+def test_whisper_offline_one_line(tmp_path):
+    proc = _cli(["download", "whisper", "--model", "tiny"], {"HF_HUB_OFFLINE": "1"})
+    line = _one_error_line(proc)
+    assert "Systran/faster-whisper-tiny" in line and "hf-mirror.com" in line
+    assert "--source" not in line  # no other hub carries faster-whisper
+
+
+def test_hub_errors_classified_from_real_client_exceptions():
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(endpoint=LOOPBACK).model_info(dl.COSYVOICE3_REPO, timeout=3)
+    except Exception as e:  # the client's own connection error
+        assert dl.classify_hub_error(e) == "network"
+        err = dl.hub_error(e, "huggingface", LOOPBACK, dl.COSYVOICE3_REPO)
+        assert isinstance(err, EnvironmentProblem) and LOOPBACK in err.one_line()
+    else:
+        pytest.fail("loopback answered")
+    assert dl.classify_hub_error(ValueError("a bug")) is None  # bugs keep their traceback
+
+
+def test_offline_with_complete_sizes_is_usable(tmp_path, remote, expected):
+    # Downloaded elsewhere (no manifest), now offline: sizes match, so it is usable; the result
+    # says hashes were not checked. The real HF client fails against loopback.
+    dest = _copy_tree(remote, tmp_path / "model")
+    f = dl.HfFetcher(dl.COSYVOICE3_REPO, dest, endpoint=LOOPBACK)
+    res = dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+    assert res.report.ok and "hashes not checked" in res.sync.note
+    (dest / "hift.pt").unlink()
+    with pytest.raises(EnvironmentProblem, match="cannot reach Hugging Face"):
+        dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+
+
+# ---- whisper cache: detection and repair ---------------------------------------------------------
+def _fake_hf_repo(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40) -> Path:
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / commit
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    for rel, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / rel).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+WHISPER_FILES = {
+    "config.json": b'{"alignment_heads": []}',
+    "model.bin": b"\x00ct2" * 50,
+    "tokenizer.json": b'{"model": {}}',
+    "vocabulary.txt": b"a\nb\nc\n",
+}
+
+
+def test_whisper_cache_complete_needs_no_network(tmp_path, monkeypatch):
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    snap = _fake_hf_repo(cache, "Systran/faster-whisper-tiny", WHISPER_FILES)
+    monkeypatch.setenv("HF_ENDPOINT", LOOPBACK)  # any contact would fail
+    assert dl.download_whisper("tiny", deep=True) == snap
+    infos = dl.list_models(Workspace.open(tmp_path / "ws", must_exist=False))
+    (w,) = [i for i in infos if i.kind == "whisper"]
+    assert w.name == "Systran/faster-whisper-tiny" and w.complete and w.where == "hf-cache"
+
+
+def test_whisper_cache_corruption_detected_and_repaired(tmp_path):
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    files = dict(WHISPER_FILES, **{"vocabulary.txt": b""})  # "Cannot load the target vocabulary"
+    snap = _fake_hf_repo(cache, "Systran/faster-whisper-tiny", files)
+    blob = (snap / "model.bin").resolve()
+    blob.write_bytes(b"\x00ct2" * 49)  # content no longer matches its sha256 name
+
+    check = dl.check_hf_snapshot("Systran/faster-whisper-tiny")
+    assert not check.ok and check.bad_files == ["vocabulary.txt"]
+    deep = dl.check_hf_snapshot("Systran/faster-whisper-tiny", deep=True)
+    assert sorted(deep.bad_files) == ["model.bin", "vocabulary.txt"]
+
+    # Repair drops the broken files (entry and blob) and asks the hub for just those: here the
+    # hub is unreachable, so the error names it; the good files stay.
+    with pytest.raises(EnvironmentProblem, match=f"cannot reach Hugging Face at {LOOPBACK}"):
+        dl.download_whisper("tiny", endpoint=LOOPBACK, deep=True)
+    assert not (snap / "model.bin").exists() and not blob.exists()
+    assert not (snap / "vocabulary.txt").is_symlink()
+    assert (snap / "config.json").is_file() and (snap / "tokenizer.json").is_file()
+
+
+def test_whisper_unknown_model():
+    with pytest.raises(VoiceLabError, match="unknown Whisper model"):
+        dl.whisper_repo("enormous")
+    assert dl.whisper_repo("large-v3") == "Systran/faster-whisper-large-v3"
+
+
+# ---- ttsfrd --------------------------------------------------------------------------------------
+def _zip(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_ttsfrd_unzips_and_never_installs(tmp_path):
+    remote = tmp_path / "ttsfrd-remote"
+    remote.mkdir()
+    _zip(remote / "resource.zip", {"resource/festival/a.txt": b"x", "resource/readme": b"y"})
+    (remote / "ttsfrd-0.4.2-cp310-cp310-linux_x86_64.whl").write_bytes(b"not run")
+    (remote / "ttsfrd_dependency-0.1-py3-none-any.whl").write_bytes(b"not run")
+    dest = tmp_path / "pm" / dl.TTSFRD_DIR_NAME
+    vendor = tmp_path / "vendor" / "CosyVoice"
+    res = dl.download_ttsfrd(dest, fetcher=dl.LocalFetcher(remote, dest), vendor_dir=vendor)
+    assert (dest / "resource" / "festival" / "a.txt").read_bytes() == b"x"
+    assert res.pip_command.startswith("pip install ") and "ttsfrd_dependency" in res.pip_command
+    assert res.pip_command.index("dependency") < res.pip_command.index("ttsfrd-0.4.2")
+    link = vendor / "pretrained_models" / dl.TTSFRD_DIR_NAME / "resource"
+    assert link.is_symlink() and (link / "readme").read_bytes() == b"y"
+    assert any("pip install" in ln for ln in res.lines())
+
+
+def test_ttsfrd_zip_slip_refused(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    _zip(d / "resource.zip", {"resource/ok": b"1", "../evil": b"2"})
+    with pytest.raises(ModelError, match="unsafe path"):
+        dl.unpack_ttsfrd_resource(d)
+    assert not (tmp_path / "evil").exists()
+
+
+# ---- sources and the user config -----------------------------------------------------------------
+def test_source_resolution_and_saved_settings(monkeypatch):
+    assert dl.resolve_source() == ("modelscope", None)
+    assert dl.resolve_source(endpoint="https://hf-mirror.com/") == (
+        "huggingface",
+        "https://hf-mirror.com",
+    )
+    path = dl.save_download_settings("huggingface", "https://hf-mirror.com")
+    assert "hf_endpoint" in path.read_text()
+    assert dl.resolve_source() == ("huggingface", "https://hf-mirror.com")
+    assert dl.hf_endpoint() == "https://hf-mirror.com"
+    monkeypatch.setenv("HF_ENDPOINT", "https://example.invalid")  # env beats the config
+    assert dl.resolve_source() == ("huggingface", None)
+    assert dl.hf_endpoint() == "https://example.invalid"
+    assert dl.resolve_source("modelscope") == ("modelscope", None)
+    with pytest.raises(VoiceLabError, match="unknown download source"):
+        dl.resolve_source("ftp")
+
+
+# ---- listing -------------------------------------------------------------------------------------
+def test_list_models_bases_voices_and_sizes(tmp_path, remote, expected):
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    base = ws.base_model_dir
+    dl.download_cosyvoice3(base, fetcher=dl.LocalFetcher(remote, base), expected=expected)
+
+    def derive(name: str, provenance: dict | None) -> Path:
+        v = ws.pretrained_dir / name
+        for p in base.rglob("*"):
+            rel = p.relative_to(base)
+            if p.is_file() and rel.name not in ("llm.pt", dl.MANIFEST_FILE):
+                (v / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(p, v / rel)
+        (v / "llm.pt").write_bytes(b"trained" * 10)
+        if provenance is not None:
+            (v / dl.VOICE_PROVENANCE).write_text(json.dumps(provenance))
+        return v
+
+    derive("Fun-CosyVoice3-0.5B-spk1-sft", {"base": dl.BASE_MODEL_NAME})
+    derive("by-links-only", None)
+    broken = derive("broken-voice", {"base": {"path": str(base)}})
+    (broken / "hift.pt").unlink()
+
+    infos = {i.name: i for i in dl.list_models(ws)}
+    b = infos[dl.BASE_MODEL_NAME]
+    assert (
+        b.kind == "base"
+        and b.complete
+        and b.size_bytes >= sum(s.size for s in expected.values() if s.required)
+    )
+    v = infos["Fun-CosyVoice3-0.5B-spk1-sft"]
+    assert v.kind == "voice" and v.base == dl.BASE_MODEL_NAME and v.complete
+    assert 0 < v.shared_bytes < v.size_bytes
+    assert (
+        infos["by-links-only"].kind == "voice" and infos["by-links-only"].base == dl.BASE_MODEL_NAME
+    )
+    assert infos["broken-voice"].complete is False and "hift.pt" in infos["broken-voice"].detail
+    # Hard-linked bytes count once across the folder.
+    paths = [i.path for i in infos.values() if i.where == "pretrained"]
+    assert dl.disk_usage(paths) < sum(
+        i.size_bytes for i in infos.values() if i.where == "pretrained"
+    )
+
+
+def test_models_cli_json(tmp_path, remote, expected):
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    base = ws.base_model_dir
+    dl.download_cosyvoice3(base, fetcher=dl.LocalFetcher(remote, base), expected=expected)
+    out = CliRunner().invoke(cli, ["-w", str(ws.root), "models", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    (m,) = [m for m in data["models"] if m["kind"] == "base"]
+    assert m["complete"] is True and m["name"] == dl.BASE_MODEL_NAME
+    text = CliRunner().invoke(cli, ["-w", str(ws.root), "models", "--no-caches"])
+    assert text.exit_code == 0 and "complete" in text.stdout
+
+
+# ---- real downloads, where a hub is reachable ----------------------------------------------------
+def _reachable(host: str) -> str | None:
+    try:
+        with socket.create_connection((host, 443), timeout=3):
+            return None
+    except OSError as e:
+        return f"{host}:443 not reachable from here ({e})"
+
+
+@pytest.mark.slow
+def test_real_download_huggingface(tmp_path):
+    why = _reachable("huggingface.co")
+    if why:
+        pytest.skip(f"no network: {why}")
+    dest = tmp_path / "w"
+    f = dl.HfFetcher("Systran/faster-whisper-tiny", dest)
+    res = dl.sync_model_dir(dest, f, builtin={}, want={"config.json"})
+    assert "config.json" in res.fetched and res.report is not None
+    assert json.loads((dest / dl.MANIFEST_FILE).read_text())["revision"]
+    again = dl.sync_model_dir(
+        dest, dl.HfFetcher("Systran/faster-whisper-tiny", dest), {}, {"config.json"}
+    )
+    assert again.fetched == []
+
+
+@pytest.mark.slow
+def test_real_download_modelscope(tmp_path):
+    why = _reachable("modelscope.cn")
+    if why:
+        pytest.skip(f"no network: {why}")
+    dest = tmp_path / "vad"
+    f = dl.ModelScopeFetcher(dl.FUNASR_MODELS["fsmn-vad"], dest)
+    res = dl.sync_model_dir(dest, f, builtin={}, want={"configuration.json"})
+    assert "configuration.json" in res.fetched
+    assert (dest / "configuration.json").stat().st_size > 0
