@@ -67,7 +67,13 @@ REQUIRED_FILES = (
     "speech_tokenizer_v3.onnx",
 )
 BLANKEN = "CosyVoice-BlankEN"  # Qwen2 config, tokenizer and weights (from_pretrained)
-BLANKEN_REQUIRED = ("config.json",)
+BLANKEN_REQUIRED = (
+    "config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+)
 STATE_FILES = ("llm.pt", "flow.pt", "hift.pt")
 SPK2INFO = "spk2info.pt"
 PROVENANCE = "voicelab.json"
