@@ -75,7 +75,10 @@ class AsrOptions:
             "model": self.model,
             "compute_type": self.compute_type,
             "language": self.language,
-            "initial_prompt": self.initial_prompt,
+            # None stands for the built-in defaults: key on their text so editing them redoes ASR.
+            "initial_prompt": self.initial_prompt
+            if self.initial_prompt is not None
+            else {"default": DEFAULT_PROMPTS},
             "beam_size": self.beam_size,
         }
 
@@ -332,7 +335,13 @@ class WhisperTranscriber:
             ) from None
 
     def _load(self, path: Path, device: str, compute_type: str) -> Any:
-        return self._fw.WhisperModel(str(path), device=device, compute_type=compute_type)
+        threads = 0  # CTranslate2's default: 4 threads, or OMP_NUM_THREADS
+        if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+            # One thread per usable core: 4 threads on a 2-core machine only contend.
+            threads = min(_usable_cores(), 8)
+        return self._fw.WhisperModel(
+            str(path), device=device, compute_type=compute_type, cpu_threads=threads
+        )
 
     def _open(self, path: Path) -> Any:
         """Load on the chosen device; tell a device failure from unreadable model files.
@@ -416,9 +425,18 @@ class WhisperTranscriber:
         )
 
 
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
+    """The first sentence of an exception's message: enough for a one-line error."""
+    text = (str(e).strip() or type(e).__name__).splitlines()[0]
+    head, dot, _ = text.partition(". ")
+    return (head + dot.strip() if dot else text)[:240]
 
 
 def _download_failure(model: str, e: BaseException) -> tuple[str, str]:
@@ -530,7 +548,8 @@ class FunAsrTranscriber:
         audio = _as_mono16k(audio)
         kwargs: dict[str, Any] = {"input": audio, "batch_size_s": 300}
         if self.sensevoice:
-            kwargs.update(language=self.opts.language or "auto", use_itn=True)
+            lang = self.opts.language if self.opts.language in _SENSEVOICE_LANGS else "auto"
+            kwargs.update(language=lang, use_itn=True)
         res = self._model.generate(**kwargs)
         raw = " ".join(str(r.get("text", "")) for r in res or []).strip()
         text, tag_lang = strip_sensevoice_tags(raw)
