@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,35 +421,36 @@ class StalledGitServer:
         self.sock.close()
 
 
-def test_killed_sync_leaves_nothing_mistaken_and_recovers(root: Path, remotes: Remotes) -> None:
+def sync_killed_while_stalled(*urls: str) -> StalledGitServer:
+    """Start `voicelab vendor sync cosyvoice --url NAME=<stalled server>...`, wait until git
+    talks to the stalled remote, then SIGKILL the whole process group (sync and git children),
+    as a closed terminal or a crash would."""
     server = StalledGitServer()
-    url = f"http://127.0.0.1:{server.port}/FunAudioLLM/CosyVoice.git"
+    args = []
+    for item in urls:
+        args += ["--url", item.format(stalled=f"http://127.0.0.1:{server.port}/repo.git")]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voicelab",
-            "vendor",
-            "sync",
-            "cosyvoice",
-            "--url",
-            f"cosyvoice={url}",
-        ],
+        [sys.executable, "-m", "voicelab", "vendor", "sync", "cosyvoice", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    partial = root / "vendor" / ".CosyVoice.partial"
     try:
         assert server.got_request.wait(30), "git never contacted the remote"
-        assert (partial / ".git").is_dir() or (partial / "HEAD").exists() or partial.is_dir()
-        os.killpg(proc.pid, signal.SIGKILL)  # the sync and its git children, like a closed terminal
+        time.sleep(0.2)  # let git write what it writes before the transfer
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         server.close()
         if proc.poll() is None:  # pragma: no cover
             os.killpg(proc.pid, signal.SIGKILL)
-    assert partial.exists() and not cosy_dir(root).exists()
+    return server
+
+
+def test_killed_clone_leaves_nothing_mistaken_and_recovers(root: Path, remotes: Remotes) -> None:
+    sync_killed_while_stalled("cosyvoice={stalled}")
+    partial = root / "vendor" / ".CosyVoice.partial"
+    assert (partial / ".git").is_dir() and not cosy_dir(root).exists()
     with pytest.raises(VendorError, match="missing") as err:
         v.cosyvoice_runtime(root)
     assert err.value.hint == "run: voicelab vendor sync cosyvoice"
@@ -458,6 +460,23 @@ def test_killed_sync_leaves_nothing_mistaken_and_recovers(root: Path, remotes: R
     (res,) = v.sync(["cosyvoice"], root, mirror(remotes))
     assert res.action == "cloned", res.detail
     assert not partial.exists()
+    assert heads(root) == (remotes.c1, remotes.m1)
+
+
+def test_killed_submodule_fetch_recovers(root: Path, remotes: Remotes) -> None:
+    v.sync(["cosyvoice"], root, mirror(remotes))
+    d = cosy_dir(root)
+    git("submodule", "deinit", "-q", "-f", "--all", cwd=d)
+    shutil.rmtree(d / ".git" / "modules")
+    sync_killed_while_stalled(f"cosyvoice={remotes.cosy}", "matcha={stalled}")
+    assert (d / ".git" / "modules" / "third_party" / "Matcha-TTS").is_dir()  # git's leftover
+    (st,) = v.vendor_status(root)
+    assert not st.ok and "not checked out" in (st.problem or "")
+    with pytest.raises(VendorError):
+        v.cosyvoice_runtime(root)
+
+    (res,) = v.sync(["cosyvoice"], root, mirror(remotes))
+    assert res.ok and res.action == "updated", res.detail
     assert heads(root) == (remotes.c1, remotes.m1)
 
 

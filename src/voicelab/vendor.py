@@ -613,6 +613,21 @@ def inspect_vendor(spec: VendorSpec, root: Path) -> VendorState:
         st.problem = e.message
         st.action = e.hint
         return st
+    try:
+        return _inspect_checkout(spec, d, st)
+    except GitFailed as e:
+        st.kind = st.kind if st.kind == "linked" else "cloned"
+        st.problem = f"git {' '.join(e.argv[:2])} failed: {e.last_line()}"
+        st.action = (
+            f"look at the linked checkout {d.resolve()}"
+            if st.kind == "linked"
+            else f"delete {d} (vendor/ is re-creatable), then voicelab vendor sync {spec.name}"
+        )
+        return st
+
+
+def _inspect_checkout(spec: VendorSpec, d: Path, st: VendorState) -> VendorState:
+    sync_cmd = f"voicelab vendor sync {spec.name}"
     st.current = _head(d)
     st.proof_missing = [p for p in spec.proof if not (d / p).exists()]
     if st.current is None:
@@ -665,7 +680,10 @@ def inspect_vendor(spec: VendorSpec, root: Path) -> VendorState:
             notes.append(f"{len(st.changed)} changed files")
         if notes:
             st.warning = "linked checkout " + "; ".join(notes)
-            st.action = f"to use the pin: voicelab vendor pin {spec.name} HEAD, or check it out"
+            st.action = (
+                f"to adopt its commit: voicelab vendor pin {spec.name} HEAD; to use the pin: "
+                f"git -C {d.resolve()} checkout {spec.commit[:12]}"
+            )
     return st
 
 
@@ -776,6 +794,24 @@ def _checkout(repo: Path, commit: str, force: bool) -> None:
     _git(["checkout", "--detach", *(["--force"] if force else []), commit], cwd=repo)
 
 
+def _remove_partial_submodule(repo: Path, name: str, sub_dir: Path) -> None:
+    """Drop what a killed ``submodule update`` leaves (a module repository with no commit),
+    which git itself never recovers from. A module that holds any commit is left alone."""
+    gitdir = Path(_git(["rev-parse", "--absolute-git-dir"], cwd=repo).stdout.strip())
+    module = gitdir / "modules" / name
+    if not module.is_dir():
+        return
+    refs = _git(["--git-dir", str(module), "for-each-ref", "--count=1"], check=False)
+    head = _git(["--git-dir", str(module), "rev-parse", "-q", "--verify", "HEAD"], check=False)
+    if refs.returncode != 0 or refs.stdout.strip() or head.returncode == 0:
+        return
+    log.info("removing the leftover of an interrupted submodule clone: %s", module)
+    shutil.rmtree(module)
+    gitfile = sub_dir / ".git"
+    if gitfile.is_file():
+        gitfile.unlink()
+
+
 def _sync_submodules(
     spec: VendorSpec, repo: Path, sources: Sources, allow_file: bool, force: bool, prefix: str = ""
 ) -> list[str]:
@@ -808,6 +844,7 @@ def _sync_submodules(
         label = sub_spec.short if sub_spec else path
         current = _head(sub_dir)
         if current is None:
+            _remove_partial_submodule(repo, name, sub_dir)
             try:
                 _git_progress(
                     ["submodule", "update", "--init", "--progress", "--", path],
@@ -972,10 +1009,7 @@ def _update(spec: VendorSpec, target: Path, sources: Sources, force: bool) -> Sy
     except GitFailed as e:
         if e.disk_full():
             raise _fetch_error(spec, url, e, target) from None
-        raise VendorError(
-            f"cannot update {spec.name}: git {' '.join(e.argv[:3])}: {e.last_line()}",
-            f"see {spec.path}; run: voicelab vendor status",
-        ) from None
+        raise _git_error(spec, e) from None
     _verify(spec, target)
     if did:
         return SyncResult(spec.name, "updated", ", ".join(did), spec.commit)
@@ -1013,8 +1047,29 @@ def _sync_linked(spec: VendorSpec, root: Path, sources: Sources) -> SyncResult:
     return SyncResult(spec.name, "linked", detail + ("; " + ", ".join(did) if did else ""), head)
 
 
+def _git_error(spec: VendorSpec, e: GitFailed) -> VendorError:
+    """A git failure we did not foresee, as one line with the most likely way out."""
+    if "index.lock" in e.output:
+        return VendorError(
+            f"{spec.name}: git is locked ({e.last_line()})",
+            "an interrupted git left an index.lock there: delete it if no git runs in that "
+            f"checkout, then run voicelab vendor sync {spec.name} again",
+        )
+    return VendorError(
+        f"{spec.name}: git {' '.join(e.argv[:2])} failed: {e.last_line()}",
+        f"see voicelab vendor status {spec.name}; --force resets the checkout",
+    )
+
+
 def sync_vendor(spec: VendorSpec, root: Path, sources: Sources, force: bool = False) -> SyncResult:
     """Bring one vendor to its pin. Raises VendorError; the vendor is left as it was."""
+    try:
+        return _sync_vendor(spec, root, sources, force)
+    except GitFailed as e:
+        raise _git_error(spec, e) from None
+
+
+def _sync_vendor(spec: VendorSpec, root: Path, sources: Sources, force: bool) -> SyncResult:
     target = vendor_dir(spec, root)
     with _vendor_lock(target):
         _remove_partial(target)
@@ -1186,6 +1241,16 @@ def rewrite_manifest_commits(path: Path, commits: dict[str, str]) -> None:
 def pin(name: str, rev: str, root: Path | None = None, sources: Sources | None = None) -> PinResult:
     """Move ``name``'s pin to ``rev`` (a commit, branch, tag, or ``HEAD`` of the checkout) after
     checking it exists; the submodule pins follow what that commit records."""
+    try:
+        return _pin(name, rev, root, sources)
+    except GitFailed as e:
+        raise VendorError(
+            f"cannot pin {name}: git {' '.join(e.argv[:2])} failed: {e.last_line()}",
+            "check vendor status and the source URL",
+        ) from None
+
+
+def _pin(name: str, rev: str, root: Path | None, sources: Sources | None) -> PinResult:
     git_exe()
     root = root or find_root()
     man = load_manifest(root)
