@@ -204,14 +204,46 @@ def test_partial_dir_without_manifest_is_checked_against_the_hub(tmp_path, remot
     assert f.fetched == ["speech_tokenizer_v3.onnx"]
 
 
-def test_wrong_file_from_the_mirror_is_an_error(tmp_path, remote, expected):
+def _publish(remote: Path, specs: dict[str, dl.FileSpec]) -> None:
+    """Give the local mirror a published listing (what a hub's file API returns)."""
+    files = {r: {"size": s.size, "sha256": s.sha256} for r, s in specs.items()}
+    (remote / dl.MANIFEST_FILE).write_text(json.dumps({"files": files}))
+
+
+def test_interrupted_download_resumes_where_it_stopped(tmp_path, remote, expected):
     dest = tmp_path / "model"
-    bad = dict(expected)
-    bad["hift.pt"] = dl.FileSpec("hift.pt", 120, "0" * 64)
+    # The mirror publishes a hash its hift.pt does not have: the run stops there.
+    _publish(remote, {**expected, "hift.pt": dl.FileSpec("hift.pt", 120, "0" * 64)})
     f = dl.LocalFetcher(remote, dest)
-    f.remote_manifest = lambda: bad  # the hub lists a hash its file does not have
     with pytest.raises(ModelError, match="still wrong after download"):
         dl.download_cosyvoice3(dest, fetcher=f, expected=expected)
+    assert "flow.pt" in f.fetched and "llm.pt" not in f.fetched
+    assert not dl.verify_model_dir(dest).ok
+
+    _publish(remote, expected)  # the mirror is fixed
+    f2 = dl.LocalFetcher(remote, dest)
+    res = dl.download_cosyvoice3(dest, fetcher=f2, expected=expected)
+    # Only what was not finished is fetched again (hift.pt was right, only its listing was not).
+    assert f2.fetched == [
+        "llm.pt",
+        "speech_tokenizer_v3.batch.onnx",
+        "speech_tokenizer_v3.onnx",
+    ]
+    assert res.report.ok
+
+
+def test_copy_from_a_verified_model_dir(tmp_path, remote, expected):
+    # A dir VoiceLab verified (RL active) is a mirror for another machine: its stored listing
+    # is used, and its kept base LLM is served as llm.pt.
+    first = tmp_path / "first"
+    dl.download_cosyvoice3(
+        first, fetcher=dl.LocalFetcher(remote, first), expected=expected, rl=True
+    )
+    second = tmp_path / "second"
+    res = dl.download_cosyvoice3(second, fetcher=dl.LocalFetcher(first, second), expected=expected)
+    assert res.report.ok and res.llm == "base"
+    assert (second / "llm.pt").read_bytes() == (remote / "llm.pt").read_bytes()
+    assert dl.verify_model_dir(second, deep=True).ok
 
 
 # ---- the RL switch -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from voicelab.errors import ConfigError, EnvironmentProblem, ModelError, VoiceLabError
 from voicelab.fsutil import (
+    atomic_path,
     atomic_write_json,
     free_bytes,
     link_or_copy,
@@ -549,6 +550,13 @@ def _hub_errors(source: str, endpoint: str, repo: str, hint: str | None = None) 
         yield
     except VoiceLabError:
         raise
+    except ImportError as e:
+        if (e.name or "").split(".")[0] not in ("huggingface_hub", "modelscope", "modelscope_hub"):
+            raise
+        raise EnvironmentProblem(
+            f"the {e.name.split('.')[0]} client library is not installed",
+            "pip install 'voicelab[download]' (or choose the other --source)",
+        ) from e
     except Exception as e:
         mapped = hub_error(e, source, endpoint, repo, hint)
         if mapped is None:
@@ -670,7 +678,13 @@ class Fetcher(Protocol):
 
 
 class LocalFetcher:
-    """A folder laid out like the repo (an offline mirror, a USB copy): a real fetcher."""
+    """A folder laid out like the repo (an offline mirror, a copy from another machine).
+
+    When the folder carries a ``.voicelab-manifest.json`` (it is a model dir VoiceLab verified)
+    that listing, with the hub's hashes, is what files are checked against; otherwise the
+    folder's own files are listed and hashed. A mirror with the RL LLM active serves its kept
+    ``llm.base.pt`` as ``llm.pt``.
+    """
 
     source = "local"
 
@@ -682,9 +696,24 @@ class LocalFetcher:
         self.revision: str | None = None
         self.fetched: list[str] = []
 
+    def _source_path(self, rel: str) -> Path:
+        man = read_manifest(self.remote)
+        if rel == "llm.pt" and man.get("llm") == "rl" and (self.remote / "llm.base.pt").is_file():
+            return self.remote / "llm.base.pt"
+        return self.remote / rel
+
     def remote_manifest(self) -> dict[str, FileSpec]:
         if not self.remote.is_dir():
             raise ModelError(f"no mirror folder at {self.remote}", "check the path")
+        man = read_manifest(self.remote)
+        if isinstance(man.get("files"), dict) and man["files"]:
+            self.revision = man.get("revision")
+            listed = _specs_from_json(man["files"])
+            return {
+                r: replace(s, required=False)
+                for r, s in listed.items()
+                if self._source_path(r).is_file()
+            }
         out = {}
         for p in sorted(self.remote.rglob("*")):
             rel = p.relative_to(self.remote).as_posix()
@@ -693,12 +722,9 @@ class LocalFetcher:
         return out
 
     def fetch(self, rel: str) -> Path:
-        from voicelab.fsutil import atomic_path
-
-        src = self.remote / rel
         dest = self.dest / rel
         with atomic_path(dest) as tmp:
-            shutil.copyfile(src, tmp)
+            shutil.copyfile(self._source_path(rel), tmp)
         self.fetched.append(rel)
         return dest
 
@@ -936,6 +962,10 @@ def sync_model_dir(
 
     checks = {r: _check_file(root, specs[r], "changed", verified) for r in sorted(targets)}
     bad = [r for r, c in checks.items() if not c.ok]
+    state = llm or str(man.get("llm", "base"))
+    # Record the listing and the hashes done so far at once, and after every file: an
+    # interrupted run then neither re-hashes nor re-fetches what was already right.
+    _write_manifest(root, fetcher, specs, verified, llm=state)
     need = sum(specs[r].size or 0 for r in bad)
     if need and free_bytes(root) < need + (64 << 20):
         raise EnvironmentProblem(
@@ -969,7 +999,7 @@ def sync_model_dir(
                 "the mirror may serve a different revision: try the other --source, or --revision",
             )
         fetched.append(rel)
-    _write_manifest(root, fetcher, specs, verified, llm=llm or str(man.get("llm", "base")))
+        _write_manifest(root, fetcher, specs, verified, llm=state)
     report = verify_model_dir(root, expected=builtin)
     return SyncResult(root, report, fetched, contacted_hub=True, hashes_checked=True)
 
@@ -1492,10 +1522,10 @@ def download_funasr(
     kw: dict[str, Any] = {"revision": revision}
     if endpoint or _ms_config_endpoint():
         kw["endpoint"] = ep
-    from modelscope import snapshot_download
-
     for attempt in (1, 2):
         with _hub_errors("modelscope", ep, repo):
+            from modelscope import snapshot_download
+
             path = Path(snapshot_download(repo, **kw))
         problems = _check_plain_dir(path, ("model.pt", "configuration.json"))
         if not problems:
@@ -1679,8 +1709,26 @@ def _cached_models() -> list[ModelInfo]:
                 out.append(
                     ModelInfo(repo, kind, folder, None, _dir_bytes(folder), where="hf-cache")
                 )
-    for name, repo in FUNASR_MODELS.items():
+    ms_repos = {
+        **FUNASR_MODELS,
+        "cosyvoice3": COSYVOICE3_REPO,
+        "ttsfrd": TTSFRD_REPOS["modelscope"],
+    }
+    for name, repo in ms_repos.items():
         for folder in modelscope_repo_dirs(repo):
+            if name in ("cosyvoice3", "ttsfrd"):
+                out.append(
+                    ModelInfo(
+                        repo,
+                        "hub-cache",
+                        folder,
+                        None,
+                        _dir_bytes(folder),
+                        where="modelscope-cache",
+                        detail=name,
+                    )
+                )
+                continue
             problems = _check_plain_dir(folder, ("model.pt", "configuration.json"))
             out.append(
                 ModelInfo(
