@@ -450,3 +450,40 @@ def test_base_on_another_disk_is_copied(tmp_path: Path, tmpfs: Path) -> None:
     assert res.linked == 0 and res.copied == 11
     assert (ws.voice_dir / "hift.pt").read_bytes() == (base / "hift.pt").read_bytes()
     assert verify_voice_dir(ws.voice_dir).ok
+
+
+def test_report_listing_marks_locked_chosen_and_exported(ws: Workspace) -> None:
+    run_export(ws, ExportOptions(llm_select="epochs:0,1"))
+    ws.config.locked_epoch = 2
+    ws.save()
+    rows = {r["name"]: r for r in ck.list_checkpoints(Workspace.open(ws.root), "llm")}
+    assert rows["epoch_2_whole"]["locked"] and rows["epoch_2_whole"]["chosen"]
+    assert [n for n, r in rows.items() if r["chosen"]] == ["epoch_2_whole"]
+    assert [n for n, r in rows.items() if r["exported"]] == ["epoch_0_whole", "epoch_1_whole"]
+    assert rows["epoch_0_whole"]["size"] == (ws.exp_dir("llm") / "epoch_0_whole.pt").stat().st_size
+
+
+def test_base_identity_uses_download_verified_digests(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voicelab import export
+    from voicelab.fsutil import quick_fingerprint
+
+    base = ws.base_model_dir
+    monkeypatch.setattr(export, "HASH_LIMIT", 4096)  # make llm.pt/flow.pt count as large files
+    manifest = {
+        "repo": "FunAudioLLM/Fun-CosyVoice3-0.5B-2512",
+        "source": "hf",
+        "revision": "abc123",
+        "verified": {quick_fingerprint(base / "llm.pt"): "sha256:" + sha256_file(base / "llm.pt")},
+    }
+    (base / ".voicelab-manifest.json").write_text(json.dumps(manifest))
+    run_export(ws)
+    prov = json.loads((ws.voice_dir / "voicelab.json").read_text())["base_model"]
+    assert prov["download"]["revision"] == "abc123"
+    llm = prov["files"]["llm.pt"]
+    assert llm["verified"] == "sha256:" + sha256_file(base / "llm.pt") and "mtime_ns" in llm
+    assert "sha256" not in prov["files"]["flow.pt"] and "verified" not in prov["files"]["flow.pt"]
+    assert prov["files"]["cosyvoice3.yaml"]["sha256"]
+    assert ".voicelab-manifest.json" not in prov["files"]
+    assert not (ws.voice_dir / ".voicelab-manifest.json").exists()

@@ -19,7 +19,9 @@ dtypes, which upstream loads strictly as ``llm.pt`` / ``flow.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from voicelab.errors import ConfigError, ModelError
+from voicelab.errors import ConfigError, ModelError, VoiceLabError
 from voicelab.fsutil import atomic_path, free_bytes
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class Checkpoint:
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     locked: bool = False
     chosen: bool = False
+    exported: bool = False  # in the voice dir's current llm.pt / flow.pt (its voicelab.json)
 
     @property
     def name(self) -> str:
@@ -137,10 +140,11 @@ class Checkpoint:
             "step": self.step,
             "cv_loss": self.cv_loss,
             "cv_acc": self.cv_acc,
-            "bytes": self.size,
+            "size": self.size,
             "save_time": self.info.get("save_time"),
             "locked": self.locked,
             "chosen": self.chosen,
+            "exported": self.exported,
         }
 
 
@@ -192,11 +196,31 @@ def discover(run_dir: Path, locked_epoch: int | None = None) -> list[Checkpoint]
 
 
 def run_checkpoints(ws: Workspace, model: str) -> list[Checkpoint]:
-    """The checkpoints of ``model`` (``llm`` or ``flow``) in this workspace."""
+    """The checkpoints of ``model`` (``llm`` or ``flow``) in this workspace, with the locked
+    epoch and the ones the exported voice was made from marked."""
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}", "use llm or flow")
     locked = ws.config.locked_epoch if model == "llm" else None
-    return discover(ws.exp_dir(model), locked)
+    found = discover(ws.exp_dir(model), locked)
+    try:
+        prov = json.loads((ws.voice_dir / "voicelab.json").read_text(encoding="utf-8"))
+        used = {c.get("file") for c in prov[model].get("checkpoints", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        used = set()
+    for c in found:
+        c.exported = c.path.name in used
+    return found
+
+
+def list_checkpoints(ws: Workspace, model: str) -> list[dict[str, Any]]:
+    """Summaries of a run's checkpoints, with the ones the default rule (or the locked epoch)
+    picks marked ``chosen`` (for the report and ``--json``)."""
+    ckpts = run_checkpoints(ws, model)
+    if any(c.kind != "init" for c in ckpts):
+        locked = ws.config.locked_epoch if model == "llm" else None
+        with contextlib.suppress(VoiceLabError):
+            select(ckpts, default_rule(model, locked), str(ws.exp_dir(model)))
+    return [c.summary() for c in ckpts]
 
 
 # ---- selection ------------------------------------------------------------------------------

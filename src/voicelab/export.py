@@ -50,6 +50,7 @@ from voicelab.fsutil import (
     free_bytes,
     hash_obj,
     link_or_copy,
+    quick_fingerprint,
     read_json,
     sha256_file,
 )
@@ -78,6 +79,7 @@ STATE_FILES = ("llm.pt", "flow.pt", "hift.pt")
 SPK2INFO = "spk2info.pt"
 PROVENANCE = "voicelab.json"
 FLOW_ONNX = "flow.decoder.estimator.fp32.onnx"
+DOWNLOAD_MANIFEST = ".voicelab-manifest.json"  # written by voicelab download
 EMBED_DIM = 192
 # Files up to this size are identified by sha256; larger ones (weights, ONNX) by size and mtime:
 # hashing the 5 GB of a base model on every export would cost a minute on a Windows drive, and
@@ -158,7 +160,12 @@ def base_files(base_dir: Path) -> list[str]:
 
 
 def base_identity(base_dir: Path, files: list[str]) -> dict[str, Any]:
-    """Sizes of every base file, sha256 of the small ones, size + mtime of the large ones."""
+    """Sizes of every base file, sha256 of the small ones, size + mtime of the large ones, plus
+    the digest ``voicelab download`` verified for a large file when this very file (same size,
+    mtime and inode) was verified, and the repo/revision it was downloaded from."""
+    manifest = read_json(base_dir / DOWNLOAD_MANIFEST, default={}) or {}
+    verified = manifest.get("verified") if isinstance(manifest, dict) else None
+    verified = verified if isinstance(verified, dict) else {}
     listing: dict[str, dict[str, Any]] = {}
     for rel in files:
         st = (base_dir / rel).stat()
@@ -167,8 +174,16 @@ def base_identity(base_dir: Path, files: list[str]) -> dict[str, Any]:
             entry["sha256"] = sha256_file(base_dir / rel)
         else:
             entry["mtime_ns"] = st.st_mtime_ns
+            digest = verified.get(quick_fingerprint(base_dir / rel))
+            if digest:
+                entry["verified"] = digest  # "sha256:..." or "git_sha1:..." (hub's own hashes)
         listing[rel] = entry
-    return {"path": str(base_dir), "name": base_dir.name, "id": hash_obj(listing), "files": listing}
+    out: dict[str, Any] = {"path": str(base_dir), "name": base_dir.name, "id": hash_obj(listing)}
+    download = {k: manifest.get(k) for k in ("repo", "source", "revision", "llm")}
+    if any(download.values()):
+        out["download"] = download
+    out["files"] = listing
+    return out
 
 
 def check_base_dir(base_dir: Path) -> None:

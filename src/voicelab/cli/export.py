@@ -43,7 +43,7 @@ def checkpoints(
 
     \b
     Marks: L = the locked epoch (voicelab.toml locked_epoch), * = chosen by the rule that
-    `voicelab export` would use (or --select). Examples:
+    `voicelab export` would use (or --select), E = in the exported voice. Examples:
       voicelab checkpoints                       # llm run, default selection
       voicelab checkpoints flow --select best-cv:2
       voicelab checkpoints --lock 6              # export and say use epoch 6 from now on
@@ -100,7 +100,7 @@ def checkpoints(
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for c in ckpts:
-        mark = ("L" if c.locked else "") + ("*" if c.chosen else "")
+        mark = ("L" if c.locked else "") + ("*" if c.chosen else "") + ("E" if c.exported else "")
         table.add_row(
             mark,
             c.path.name,
