@@ -103,8 +103,9 @@ def _ffprobe(path: Path) -> AudioInfo:
         sr, ch = int(st["sample_rate"]), int(st["channels"])
         dur = float(data.get("format", {}).get("duration") or 0.0)
     except (KeyError, IndexError, ValueError, TypeError) as e:
-        err = (proc.stderr or "no audio stream").strip().splitlines()
-        raise AudioError(path, "corrupt", f"not a readable audio file ({err[-1][:120]})") from e
+        err = (proc.stderr or "no audio stream").strip().splitlines() or ["no audio stream"]
+        msg = err[-1].replace(os.fspath(path) + ": ", "")[:120]
+        raise AudioError(path, "corrupt", f"not a readable audio file ({msg})") from e
     return AudioInfo(path, sr, ch, round(dur * sr), f"ffmpeg:{st.get('codec_name', '?')}")
 
 
@@ -136,7 +137,8 @@ def _ffmpeg_decode(path: Path) -> Decoded:
     )  # fmt: skip
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["ffmpeg failed"]
-        raise AudioError(path, "corrupt", f"cannot decode ({err[-1][:120]})")
+        msg = err[-1].replace(os.fspath(path) + ": ", "")[:120]
+        raise AudioError(path, "corrupt", f"cannot decode ({msg})")
     samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32, copy=False)
     n = samples.size // info.channels
     return Decoded(samples[: n * info.channels].reshape(n, info.channels), info.sample_rate)

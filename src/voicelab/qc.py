@@ -237,12 +237,17 @@ def audio_metrics(
 
 
 def noise_floor(energy16: np.ndarray, speech16: np.ndarray) -> float:
-    """Mean power of the recording's non-speech frames, or its quietest 10 % when it has none
-    (a clip trimmed tight), and never below -100 dBFS (digital silence)."""
-    quiet = energy16[~speech16] if (~speech16).any() else np.array([], np.float64)
-    if quiet.size < 10 and energy16.size:
-        quiet = np.sort(energy16)[: max(1, energy16.size // 10)]
-    return max(float(quiet.mean()) if quiet.size else 0.0, 1e-10)
+    """The recording's noise power: the median of its non-speech 10 ms frames (the median, since
+    the VAD reacts ~0.1 s late and leaves soft onsets and tails among them), or its quietest
+    10 % when it has too few (a clip cut tight); never below -100 dBFS (digital silence)."""
+    quiet = energy16[~speech16]
+    if quiet.size >= 10:
+        value = float(np.median(quiet))
+    elif energy16.size:
+        value = float(np.percentile(energy16, 10))
+    else:
+        value = 0.0
+    return max(value, 1e-10)
 
 
 def estimate_tokens(text: str) -> float:

@@ -1,3 +1,127 @@
-"""Commands: see voicelab.cli.main.COMMAND_MODULES."""
+"""``voicelab prepare``: recordings -> transcribed, checked, split kaldi dirs (notes step 5.1)."""
 
-commands: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from voicelab.cli.main import Ctx, pass_ctx
+from voicelab.console import echo
+
+
+@click.command()
+@click.option(
+    "--wav-dir", "--wav_dir", metavar="DIR", help="Source folder (overrides voicelab.toml)."
+)
+@click.option(
+    "--asr",
+    "--backend",
+    type=click.Choice(["faster-whisper", "funasr", "transcripts"]),
+    help="Transcription: faster-whisper (default), funasr, or import existing transcripts.",
+)
+@click.option(
+    "--whisper-model", "--whisper_model", metavar="NAME|DIR",
+    help="Whisper size, HF repo or local CTranslate2 folder (default large-v3).",
+)  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="ASR device.")
+@click.option(
+    "--compute-type", "--compute_type", metavar="TYPE",
+    help="CTranslate2 compute type (default: int8_float16 on CUDA, int8 on CPU).",
+)  # fmt: skip
+@click.option(
+    "--language", metavar="CODE", help="Spoken language, e.g. zh or en (default: detect)."
+)
+@click.option(
+    "--text-norm/--no-text-norm", "--wetext/--no-wetext", " /--no_wetext", "text_norm",
+    default=None,
+    help="wetext normalization (default on); --no-wetext is the notes' --no_wetext. "
+    "Traditional->simplified applies either way.",
+)  # fmt: skip
+@click.option("--limit", type=int, metavar="N", help="Only the first N segments (a trial run).")
+@click.option("--min-seconds", type=float, help="Merge pieces shorter than this (default 2).")
+@click.option("--max-seconds", type=float, help="Cut utterances longer than this (default 20).")
+@click.option("--dev-ratio", type=float, help="Share of utterances for dev (default 0.05).")
+@click.option("--review", is_flag=True, help="Write prepare/review.tsv (worst first) to edit.")
+@click.option(
+    "--apply-review", metavar="[FILE]", is_flag=False, flag_value="-", default=None,
+    help="Apply an edited review file (default prepare/review.tsv): text fixes and keep=0/1.",
+)  # fmt: skip
+@click.option(
+    "--transcripts", metavar="FILE",
+    help="With --asr transcripts: a GPT-SoVITS .list or CSV/TSV of file,text "
+    "(default: a .txt/.lab beside each audio file).",
+)  # fmt: skip
+@click.option(
+    "--vad-filter/--no-vad-filter", "--vad_filter", default=True,
+    help="Accepted for the notes' compatibility: segments are always cut with the VAD.",
+)  # fmt: skip
+@pass_ctx
+def prepare(
+    ctx: Ctx,
+    wav_dir: str | None,
+    asr: str | None,
+    whisper_model: str | None,
+    device: str | None,
+    compute_type: str | None,
+    language: str | None,
+    text_norm: bool | None,
+    limit: int | None,
+    min_seconds: float | None,
+    max_seconds: float | None,
+    dev_ratio: float | None,
+    review: bool,
+    apply_review: str | None,
+    transcripts: str | None,
+    vad_filter: bool,
+) -> None:
+    """Transcribe, check and split the speaker's recordings into train/dev kaldi dirs.
+
+    \b
+    examples:
+      voicelab prepare --wav-dir "/mnt/c/AIGC/数据集/xuan" --limit 10   # a trial
+      voicelab prepare --whisper-model large-v3 --device cuda --compute-type int8_float16
+      voicelab prepare --asr transcripts --transcripts slicer_opt.list
+      voicelab prepare --review           # then edit data/<spk>_sft/prepare/review.tsv
+      voicelab prepare --apply-review     # text fixes and keep=0 drops, no ASR redone
+
+    Chosen options are saved in voicelab.toml ([prepare]) and reused by later runs.
+    """
+    from voicelab.paths import to_local_path
+    from voicelab.prepare import options_from_workspace, run_prepare
+
+    ws = ctx.workspace()
+    if wav_dir:
+        ws.config.wav_dir = str(to_local_path(wav_dir))
+        ws.save()
+    given = {
+        "asr": asr,
+        "whisper_model": whisper_model,
+        "device": device,
+        "compute_type": compute_type,
+        "language": language,
+        "text_norm": text_norm,
+        "min_seconds": min_seconds,
+        "max_seconds": max_seconds,
+        "dev_ratio": dev_ratio,
+        "transcripts": str(to_local_path(transcripts)) if transcripts else None,
+    }
+    for key, value in given.items():
+        if value is not None:
+            ws.set_option("prepare", key, value)
+    opts = options_from_workspace(
+        ws,
+        **given,
+        limit=limit,
+        review=review,
+        apply_review=Path(apply_review) if apply_review else None,
+        vad_filter=vad_filter,
+    )
+    result = run_prepare(ws, opts)
+    for line in result.summary_lines():
+        echo(line)
+    echo(f"train: {ws.split_dir('train')}")
+    echo(f"qc:    {ws.prepare_dir / 'qc.tsv'}")
+
+
+commands = [prepare]
