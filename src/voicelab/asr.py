@@ -549,7 +549,7 @@ class FunAsrTranscriber:
         kwargs: dict[str, Any] = {"input": audio, "batch_size_s": 300}
         if self.sensevoice:
             lang = self.opts.language if self.opts.language in _SENSEVOICE_LANGS else "auto"
-            kwargs.update(language=lang, use_itn=True)
+            kwargs.update(language=lang, use_itn=True, cache={})
         res = self._model.generate(**kwargs)
         raw = " ".join(str(r.get("text", "")) for r in res or []).strip()
         text, tag_lang = strip_sensevoice_tags(raw)
