@@ -357,3 +357,24 @@ def _utts(path: Path) -> list[str]:
 def _spk_of(ws: Workspace, utt: str) -> str:
     lines = (ws.split_dir("train") / "utt2spk").read_text().splitlines()
     return dict(line.split(maxsplit=1) for line in lines)[utt]
+
+
+def test_cli_features_and_pack(tmp_workspace: Workspace, speech_set: dict, onnx_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+
+    write_kaldi(tmp_workspace, speech_set)
+    runner = CliRunner()
+    base = ["-q", "-w", str(tmp_workspace.root)]
+    r = runner.invoke(cli, [*base, "features", "--onnx-dir", str(onnx_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "train: 10/11 utterances" in r.output and "excluded train/" + LONG_UTT in r.output
+    r = runner.invoke(cli, [*base, "pack", "--num-workers", "2", "--gpus", "1"])
+    assert r.exit_code == 0, r.output
+    assert "in 4 shard(s)" in r.output
+    assert tmp_workspace.data_list("train").is_file()
+    r = runner.invoke(cli, [*base, "pack", "--num-workers", "2", "--gpus", "1"])
+    assert "nothing to do" in r.output
+    r = runner.invoke(cli, [*base, "pack", "--utts-per-shard", "0"])
+    assert r.exit_code != 0

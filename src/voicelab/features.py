@@ -24,6 +24,7 @@ recomputes only changed audio, and a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -31,7 +32,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,7 +408,7 @@ class FeaturesResult:
 
     def summary(self) -> str:
         if self.skipped:
-            return f"features: up to date ({self.reason})"
+            return f"features: {self.reason}, nothing to do (--force recomputes)"
         parts = [
             f"{s.split}: {s.kept}/{s.utts} utterances, {s.speakers} speaker(s), "
             f"{s.seconds / 60:.1f} min, {s.tokens} tokens"
@@ -552,8 +553,6 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
         threads = max(1, opts.threads or os.cpu_count() or 1)
         models = Models(camp_path, tok_path, opts.device, intra_threads=1)
         log.info("features: %s", models.describe())
-        for note in models.notes:
-            log.warning(note)
         token_batch = opts.token_batch or (16 if models.provider == "CUDAExecutionProvider" else 1)
         if not models.dynamic_batch:
             token_batch = 1
@@ -608,6 +607,20 @@ def _has_split(ws: Workspace, split: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """One BLAS thread per worker while features run: the front end's small matrix products
+    are fastest single-threaded, and OpenBLAS's own threads under a thread pool on a busy
+    machine made it 2-3x slower (measured, see benchmarks/bench_features.py)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed depends on it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _run_jobs(
     models: Models,
     cache: FeatureCache,
@@ -620,7 +633,11 @@ def _run_jobs(
         return 0
     batches = list(_batches(jobs, token_batch))
     computed = 0
-    with make_progress() as prog, ThreadPoolExecutor(max_workers=threads) as pool:
+    with (
+        one_blas_thread(),
+        make_progress() as prog,
+        ThreadPoolExecutor(max_workers=threads) as pool,
+    ):
         task = prog.add_task("embeddings + speech tokens", total=len(jobs))
         pending: set[Future[list[tuple[str, dict[str, Any]]]]] = set()
         it = iter(batches)

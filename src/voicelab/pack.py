@@ -177,7 +177,7 @@ class PackResult:
 
     def summary(self) -> str:
         if self.skipped:
-            return f"pack: up to date ({self.reason})"
+            return f"pack: {self.reason}, nothing to do (--force rewrites)"
         lines = []
         for s in self.splits.values():
             lines.append(
@@ -477,11 +477,9 @@ def run_pack(ws: Workspace, opts: PackOptions | None = None) -> PackResult:
         or ws.option("train", "num_workers")
         or DEFAULT_NUM_WORKERS
     )
+    # the same keys `voicelab train` reads (its [train] section), so shards match its loaders
     gpus = int(
-        opts.num_gpus
-        or ws.option("pack", "num_gpus")
-        or ws.option("train", "num_gpus")
-        or DEFAULT_NUM_GPUS
+        opts.num_gpus or ws.option("pack", "gpus") or ws.option("train", "gpus") or DEFAULT_NUM_GPUS
     )
     ups = opts.utts_per_shard or ws.option("pack", "utts_per_shard")
     opts.utts_per_shard = int(ups) if ups else None

@@ -1,3 +1,113 @@
-"""Commands: see voicelab.cli.main.COMMAND_MODULES."""
+"""``voicelab features`` and ``voicelab pack``."""
 
-commands: list = []
+from __future__ import annotations
+
+import click
+
+from voicelab.cli.main import Ctx, pass_ctx
+from voicelab.console import echo
+
+
+@click.command("features")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="ONNX Runtime device: CUDA when it works (auto), or forced. "
+    "COSYVOICE_ORT_FORCE_CPU=1 forces the CPU too.",
+)
+@click.option(
+    "--onnx-dir",
+    metavar="DIR",
+    help="Folder with campplus.onnx and speech_tokenizer_v3.onnx (default: the base model).",
+)
+@click.option("--threads", type=int, metavar="N", help="Worker threads (default: CPU cores).")
+@click.option(
+    "--token-batch",
+    type=int,
+    metavar="N",
+    help="Utterances per speech-tokenizer call (default: 16 on CUDA, 1 on CPU).",
+)
+@click.option("--force", is_flag=True, help="Run even when inputs are unchanged.")
+@pass_ctx
+def features(
+    ctx: Ctx,
+    device: str | None,
+    onnx_dir: str | None,
+    threads: int | None,
+    token_batch: int | None,
+    force: bool,
+) -> None:
+    """Speaker embeddings and speech tokens for train and dev (upstream's utt2embedding.pt,
+    spk2embedding.pt, utt2speech_token.pt).
+
+    \b
+    Audio is padded to whole 40 ms tokens before tokenizing, so 2 x tokens == mel frames as
+    flow training needs. Utterances over 30 s are left out with a reason. Only changed audio
+    is recomputed; an interrupted run resumes.
+    """
+    from voicelab.features import FeaturesOptions, run_features
+
+    ws = ctx.workspace()
+    opts = FeaturesOptions(
+        device=device or str(ws.option("features", "device", default="auto")),
+        onnx_dir=onnx_dir or ws.option("features", "onnx_dir"),
+        threads=threads or ws.option("features", "threads"),
+        token_batch=token_batch or ws.option("features", "token_batch"),
+        force=force,
+    )
+    echo(run_features(ws, opts).summary())
+
+
+@click.command("pack")
+@click.option(
+    "--utts-per-shard",
+    type=int,
+    metavar="N",
+    help="Utterances per parquet shard (upstream's --num_utts_per_parquet). Default: enough "
+    "shards for 2 per DataLoader worker per GPU.",
+)
+@click.option(
+    "--num-workers",
+    type=int,
+    metavar="N",
+    help="DataLoader workers training will use per GPU (default: [train] num_workers, else 4).",
+)
+@click.option(
+    "--gpus", type=int, metavar="N", help="GPUs training will use (default: [train] gpus, else 1)."
+)
+@click.option("--jobs", type=int, metavar="N", help="Shards written in parallel (default: cores).")
+@click.option("--force", is_flag=True, help="Rewrite every shard even when inputs are unchanged.")
+@pass_ctx
+def pack(
+    ctx: Ctx,
+    utts_per_shard: int | None,
+    num_workers: int | None,
+    gpus: int | None,
+    jobs: int | None,
+    force: bool,
+) -> None:
+    """Parquet shards and data.list for train and dev, in upstream's format."""
+    from voicelab.errors import ConfigError
+    from voicelab.pack import PackOptions, run_pack
+
+    for name, value in (
+        ("--utts-per-shard", utts_per_shard),
+        ("--num-workers", num_workers),
+        ("--gpus", gpus),
+        ("--jobs", jobs),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1", f"e.g. {name} 2")
+    ws = ctx.workspace()
+    opts = PackOptions(
+        utts_per_shard=utts_per_shard,
+        num_workers=num_workers,
+        num_gpus=gpus,
+        jobs=jobs,
+        force=force,
+    )
+    echo(run_pack(ws, opts).summary())
+
+
+commands = [features, pack]
