@@ -296,9 +296,7 @@ class WhisperTranscriber:
                     "use a size such as large-v3, medium, base, a HF repo id or a model folder",
                 ) from None
             raise ModelError(*_download_failure(opts.model, e)) from None
-        except (
-            Exception
-        ) as e:  # huggingface_hub raises many network/offline types; all mean the same
+        except Exception as e:  # huggingface_hub raises many network/offline types: one meaning
             raise ModelError(*_download_failure(opts.model, e)) from None
 
     def _repair(self, first: _Unloadable) -> Any:
