@@ -261,3 +261,14 @@ def test_funasr_missing_is_one_line() -> None:
 )
 def test_strip_sensevoice_tags(raw: str, text: str, lang: str | None) -> None:
     assert strip_sensevoice_tags(raw) == (text, lang)
+
+
+def test_device_choice_without_gpu(model_dir: Path) -> None:
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("this machine has a CUDA GPU")
+    t = load_transcriber(AsrOptions(model=str(model_dir), device="auto"))
+    assert (t.device, t.compute_type) == ("cpu", "int8")
+    with pytest.raises(EnvironmentProblem, match="no CUDA GPU"):
+        load_transcriber(AsrOptions(model=str(model_dir), device="cuda"))
