@@ -142,8 +142,13 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
             todo += " [leftover of an interrupted clone: the next sync removes it]"
         table.add_row(s.name, s.path, kind, s.pinned[:12], current, tree, subs, todo)
     # Piped output (CI logs, less) gets a wide table instead of rich's 80 columns.
-    width = None if sys.stdout.isatty() else 200
-    Console(file=sys.stdout, highlight=False, width=width).print(table)
+    # Laid out 200 wide whatever the terminal: a narrow one wraps lines but loses nothing
+    # (rich would cut commit ids to fit), and logs and pipes get the full table.
+    out = Console(file=sys.stdout, highlight=False, width=200, color_system=None)
+    with out.capture() as cap:
+        out.print(table)
+    for line in cap.get().splitlines():
+        echo(line.rstrip())
 
 
 @vendor.command()
