@@ -195,6 +195,15 @@ def test_trained_flow_replaces_flow_and_its_onnx(ws: Workspace) -> None:
     assert "flow.decoder.estimator.fp32.onnx" in res.removed
     prov = json.loads((vd / "voicelab.json").read_text())
     assert prov["flow"]["rule"] == "best-cv:1"
+    # Only step checkpoints of flow: say what to do instead of guessing.
+    for p in ws.exp_dir("flow").glob("epoch_*_whole.*"):
+        p.unlink()
+    write_ckpt(ws.exp_dir("flow"), "epoch_0_step_5", weights(FLOW, 7), 0, 5, 2.0)
+    with pytest.raises(ModelError, match="only step checkpoints") as e:
+        run_export(ws, ExportOptions(overwrite=True))
+    assert "--no-flow" in e.value.one_line()
+    res = run_export(ws, ExportOptions(flow_select="step:5", overwrite=True))
+    assert [c.name for c in res.flow] == ["epoch_0_step_5"]
     # --no-flow keeps the base flow although flow was trained.
     res = run_export(ws, ExportOptions(no_flow=True, overwrite=True))
     assert res.flow == []
@@ -219,6 +228,11 @@ def test_locked_epoch_is_the_default_selection(ws: Workspace) -> None:
     # An explicit rule wins over the lock.
     res = run_export(ws, ExportOptions(llm_select="epochs:3", overwrite=True))
     assert [c.name for c in res.llm] == ["epoch_3_whole"]
+    # A locked epoch whose checkpoint is gone is an error, not a silent fallback.
+    for p in ws.exp_dir("llm").glob("epoch_1_whole.*"):
+        p.rename(p.with_name("moved-" + p.name))
+    with pytest.raises(ModelError, match="epoch 1 is locked but"):
+        run_export(ws, ExportOptions(overwrite=True))
     out = runner.invoke(cli, ["-w", str(ws.root), "checkpoints", "--lock", "9"])
     assert isinstance(out.exception, ModelError) and "no epoch_9_whole.pt" in str(out.exception)
     out = runner.invoke(cli, ["-w", str(ws.root), "checkpoints", "--unlock"])

@@ -275,7 +275,7 @@ def select(
     if not pool:
         raise ModelError(
             f"no {noun} checkpoints in {where}",
-            "train first (voicelab train), or pick other checkpoints with --select",
+            "train first (voicelab train), or choose other checkpoints (voicelab checkpoints)",
         )
     if kind == "last":
         n = _count(arg, rule)
@@ -316,7 +316,9 @@ def select(
     else:
         raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
     if kind in ("last", "best-cv") and len(chosen) < _count(arg, rule):
-        log.warning(
+        # A shortfall of the default rule is normal (short runs); of an explicit one, worth a look.
+        log.log(
+            logging.INFO if rule == DEFAULT_RULE else logging.WARNING,
             "%s asks for %s checkpoints; %s has only %d: using those",
             rule,
             arg,

@@ -319,6 +319,10 @@ def _write_fail(e: OSError, what: Path) -> ModelError:
     return ModelError(f"could not write {what}: {e}", "check the disk and permissions")
 
 
+def _prov(c: Checkpoint) -> dict[str, Any]:
+    return {k: v for k, v in c.summary().items() if k not in ("chosen", "exported")}
+
+
 def _check_name(name: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
         raise ConfigError(
@@ -361,7 +365,13 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
         log.info(
             "epoch %d is locked; --llm-select %s overrides it for this export", locked, llm_rule
         )
-    llm_ckpts = select(run_checkpoints(ws, "llm"), llm_rule, str(ws.exp_dir("llm")))
+    llm_all = run_checkpoints(ws, "llm")
+    if not opts.llm_select and locked is not None and not any(c.locked for c in llm_all):
+        raise ModelError(
+            f"epoch {locked} is locked but {ws.exp_dir('llm')} has no epoch_{locked}_whole.pt",
+            "lock another epoch (voicelab checkpoints --lock N), --unlock, or --llm-select",
+        )
+    llm_ckpts = select(llm_all, llm_rule, str(ws.exp_dir("llm")))
     flow_all = run_checkpoints(ws, "flow")
     flow_rule: str | None = None
     flow_ckpts: list[Checkpoint] = []
@@ -372,6 +382,11 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
             )
     elif opts.flow_select or any(c.kind in ("epoch", "step") for c in flow_all):
         flow_rule = opts.flow_select or default_rule("flow", None)
+        if not opts.flow_select and not any(c.kind == "epoch" for c in flow_all):
+            raise ModelError(
+                f"flow training in {ws.exp_dir('flow')} left only step checkpoints",
+                "pass --flow-select step:last:N, or --no-flow to keep the base flow",
+            )
         flow_ckpts = select(flow_all, flow_rule, str(ws.exp_dir("flow")))
     new_flow = bool(flow_ckpts)
     embedding = _embedding(ws, speaker)
@@ -412,105 +427,119 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
     params = {"llm_rule": llm_rule, "flow_rule": flow_rule, "name": name}
     from voicelab.state import stage_run
 
-    with stage_run(ws, "export", inputs, params) as rec:
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=pretrained))
-        swapped = False
-        try:
-            res = ExportResult(
-                voice_dir=target,
-                speaker=speaker,
-                speakers=[],
-                llm_rule=llm_rule,
-                llm=llm_ckpts,
-                flow_rule=flow_rule,
-                flow=flow_ckpts,
-            )
-            # New weights first: they are what can fill a disk.
-            for model, ckpts in (("llm", llm_ckpts), ("flow", flow_ckpts)):
-                if not ckpts:
-                    continue
-                log.info(
-                    "%s.pt: %s",
-                    model,
-                    ckpts[0].label
-                    if len(ckpts) == 1
-                    else f"average of {', '.join(c.label for c in ckpts)}",
-                )
-                state = average([c.path for c in ckpts])
-                save_state_dict(state, staging / f"{model}.pt", target / f"{model}.pt", _AGAIN)
-                del state
-            for rel in carry:
-                try:
-                    how = link_or_copy(base_dir / rel, staging / rel)
-                except OSError as e:
-                    raise _write_fail(e, target / rel) from e
-                if how == "link":
-                    res.linked += 1
-                else:
-                    res.copied += 1
-            if res.copied:
-                log.info("%d base files copied (hard links impossible here)", res.copied)
-
-            spk2info = _load_spk2info(base_dir / SPK2INFO)
-            spk2info.update(_load_spk2info(target / SPK2INFO))
-            spk2info[speaker] = {"embedding": embedding}
-            save_state_dict(spk2info, staging / SPK2INFO, target / SPK2INFO, _AGAIN)
-            res.speakers = sorted(map(str, spk2info))
-
-            res.removed = list(stale)
-            if target.is_dir():
-                res.removed += [
-                    f for f in base_files(target) if is_stale(f, new_flow) and f not in res.removed
-                ]
-            provenance = {
-                "format": 1,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "voicelab_version": __version__,
-                "speaker": speaker,
-                "speakers": res.speakers,
-                "base_model": base_identity(base_dir, files),
-                "vendor": _vendor_info(),
-                "data": _data_fingerprint(ws),
-                "llm": {
-                    "rule": llm_rule,
-                    "locked_epoch": locked,
-                    "checkpoints": [c.summary() for c in llm_ckpts],
-                    "training": _training_info(llm_ckpts),
-                },
-                "flow": (
-                    {
-                        "rule": flow_rule,
-                        "checkpoints": [c.summary() for c in flow_ckpts],
-                        "training": _training_info(flow_ckpts),
-                    }
-                    if new_flow
-                    else {"base": True}
-                ),
-                "removed_stale": res.removed,
-            }
+    try:
+        with stage_run(ws, "export", inputs, params) as rec:
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=pretrained))
+            swapped = False
             try:
-                atomic_write_json(staging / PROVENANCE, provenance)
-            except OSError as e:
-                raise _write_fail(e, target / PROVENANCE) from e
+                res = ExportResult(
+                    voice_dir=target,
+                    speaker=speaker,
+                    speakers=[],
+                    llm_rule=llm_rule,
+                    llm=llm_ckpts,
+                    flow_rule=flow_rule,
+                    flow=flow_ckpts,
+                )
+                # New weights first: they are what can fill a disk.
+                for model, ckpts in (("llm", llm_ckpts), ("flow", flow_ckpts)):
+                    if not ckpts:
+                        continue
+                    log.info(
+                        "%s.pt: %s",
+                        model,
+                        ckpts[0].label
+                        if len(ckpts) == 1
+                        else f"average of {', '.join(c.label for c in ckpts)}",
+                    )
+                    state = average([c.path for c in ckpts])
+                    save_state_dict(state, staging / f"{model}.pt", target / f"{model}.pt", _AGAIN)
+                    del state
+                for rel in carry:
+                    try:
+                        how = link_or_copy(base_dir / rel, staging / rel)
+                    except OSError as e:
+                        raise _write_fail(e, target / rel) from e
+                    if how == "link":
+                        res.linked += 1
+                    else:
+                        res.copied += 1
+                if res.copied:
+                    log.info("%d base files copied (hard links impossible here)", res.copied)
 
-            res.verify = verify_voice_dir(staging, base_dir, speaker).raise_if_failed()
-            _swap_in(staging, target)
-            swapped = True
-        finally:
-            if not swapped:
-                shutil.rmtree(staging, ignore_errors=True)
-        res.verify.model_dir = target
-        res.seconds = time.time() - t0
-        rec.outputs = [str(target)]
-        rec.figures.update(
-            voice_dir=str(target),
-            llm=[c.label for c in llm_ckpts],
-            llm_cv_loss=[c.cv_loss for c in llm_ckpts],
-            flow=[c.label for c in flow_ckpts] or "base",
-            speakers=res.speakers,
-            linked=res.linked,
-            copied=res.copied,
-        )
+                spk2info = _load_spk2info(base_dir / SPK2INFO)
+                spk2info.update(_load_spk2info(target / SPK2INFO))
+                spk2info[speaker] = {"embedding": embedding}
+                save_state_dict(spk2info, staging / SPK2INFO, target / SPK2INFO, _AGAIN)
+                res.speakers = sorted(map(str, spk2info))
+
+                res.removed = list(stale)
+                if target.is_dir():
+                    res.removed += [
+                        f
+                        for f in base_files(target)
+                        if is_stale(f, new_flow) and f not in res.removed
+                    ]
+                provenance = {
+                    "format": 1,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "voicelab_version": __version__,
+                    "speaker": speaker,
+                    "speakers": res.speakers,
+                    "base_model": base_identity(base_dir, files),
+                    "vendor": _vendor_info(),
+                    "data": _data_fingerprint(ws),
+                    "llm": {
+                        "rule": llm_rule,
+                        "locked_epoch": locked,
+                        "checkpoints": [_prov(c) for c in llm_ckpts],
+                        "training": _training_info(llm_ckpts),
+                    },
+                    "flow": (
+                        {
+                            "rule": flow_rule,
+                            "checkpoints": [_prov(c) for c in flow_ckpts],
+                            "training": _training_info(flow_ckpts),
+                        }
+                        if new_flow
+                        else {"base": True}
+                    ),
+                    "removed_stale": res.removed,
+                }
+                try:
+                    atomic_write_json(staging / PROVENANCE, provenance)
+                except OSError as e:
+                    raise _write_fail(e, target / PROVENANCE) from e
+
+                if target.is_dir():
+                    now = set(base_files(staging))
+                    dropped = [f for f in base_files(target) if f not in now | set(res.removed)]
+                    if dropped:
+                        log.warning(
+                            "not carried over from the previous %s: %s",
+                            target.name,
+                            ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
+                        )
+                res.verify = verify_voice_dir(staging, base_dir, speaker).raise_if_failed()
+                _swap_in(staging, target)
+                swapped = True
+            finally:
+                if not swapped:
+                    shutil.rmtree(staging, ignore_errors=True)
+            res.verify.model_dir = target
+            res.seconds = time.time() - t0
+            rec.outputs = [str(target)]
+            rec.figures.update(
+                voice_dir=str(target),
+                llm=[c.label for c in llm_ckpts],
+                llm_cv_loss=[c.cv_loss for c in llm_ckpts],
+                flow=[c.label for c in flow_ckpts] or "base",
+                speakers=res.speakers,
+                linked=res.linked,
+                copied=res.copied,
+            )
+    except OSError as e:  # a full disk met outside the guarded writes (temp dir, record)
+        raise _write_fail(e, target) from e
     return res
 
 
