@@ -552,6 +552,89 @@ def test_models_cli_json(tmp_path, remote, expected):
     assert text.exit_code == 0 and "complete" in text.stdout
 
 
+# ---- the real huggingface_hub client against a loopback hub ----------------------------------
+def _loopback_hub(root: Path, repo: str, commit: str = "c" * 40):
+    """Serve ``root`` over the few Hugging Face endpoints the client uses for a download (repo
+    info with file metadata, HEAD/GET of resolve URLs), on 127.0.0.1. A stand-in for the remote
+    service, so HfFetcher runs the real client end to end without a network."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import unquote, urlparse
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            path = urlparse(self.path).path
+            if path.startswith(f"/api/models/{repo}"):
+                sib = []
+                for p in sorted(root.rglob("*")):
+                    if p.is_file():
+                        d = p.read_bytes()
+                        lfs = {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+                        rel = p.relative_to(root).as_posix()
+                        sib.append(
+                            {"rfilename": rel, "size": len(d), "lfs": {**lfs, "pointerSize": 1}}
+                        )
+                body = json.dumps({"id": repo, "sha": commit, "siblings": sib}).encode()
+                self._send(200, body, {"Content-Type": "application/json"})
+                return
+            self._file(path, head=False)
+
+        def do_HEAD(self) -> None:
+            self._file(urlparse(self.path).path, head=True)
+
+        def _file(self, path: str, head: bool) -> None:
+            prefix = f"/{repo}/resolve/"
+            rel = unquote(path[len(prefix) :].partition("/")[2]) if path.startswith(prefix) else ""
+            p = root / rel
+            if not rel or not p.is_file():
+                self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
+                return
+            d = p.read_bytes()
+            etag = f'"{hashlib.sha256(d).hexdigest()}"'
+            start = (
+                int(self.headers["Range"].split("=")[1].split("-")[0])
+                if (self.headers.get("Range") and not head)
+                else 0
+            )
+            hdr = {"X-Repo-Commit": commit, "ETag": etag}
+            self._send(206 if start else 200, b"" if head else d[start:], hdr, len(d) - start)
+
+        def _send(self, code: int, body: bytes, headers: dict, length: int | None = None) -> None:
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_hf_client_download_and_repair_through_loopback_hub(tmp_path, remote, expected):
+    srv = _loopback_hub(remote, dl.COSYVOICE3_REPO)
+    try:
+        ep = f"http://127.0.0.1:{srv.server_address[1]}"
+        dest = tmp_path / "model"
+        res = dl.download_cosyvoice3(dest, source="huggingface", endpoint=ep, expected=expected)
+        assert res.report.ok and res.source == "huggingface" and res.endpoint == ep
+        assert set(res.sync.fetched) >= set(dl.COSYVOICE3_REQUIRED)
+        man = json.loads((dest / dl.MANIFEST_FILE).read_text())
+        assert man["revision"] == "c" * 40 and man["endpoint"] == ep
+        assert dl.verify_model_dir(dest, deep=True).ok
+
+        with open(dest / "flow.pt", "r+b") as fh:
+            fh.truncate(5)
+        res = dl.download_cosyvoice3(dest, source="huggingface", endpoint=ep, expected=expected)
+        assert res.sync.fetched == ["flow.pt"] and dl.verify_model_dir(dest, deep=True).ok
+    finally:
+        srv.shutdown()
+
+
 # ---- real downloads, where a hub is reachable ----------------------------------------------------
 def _reachable(host: str) -> str | None:
     try:

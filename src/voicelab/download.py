@@ -167,6 +167,7 @@ class VerifyReport:
     deep: bool
     llm: str = "base"  # which LLM llm.pt is: base | rl | trained
     exists: bool = True
+    disk_bytes: int = 0  # the checked files on disk, hard links counted once
 
     def _paths(self, status: str, required_only: bool = False) -> list[str]:
         return [
@@ -196,7 +197,7 @@ class VerifyReport:
 
     @property
     def total_bytes(self) -> int:
-        return sum(c.actual_size or 0 for c in self.checks)
+        return self.disk_bytes or sum(c.actual_size or 0 for c in self.checks)
 
     @property
     def summary(self) -> str:
@@ -374,7 +375,7 @@ def expected_files(
         for rel, s in base.items():  # our notion of required wins over an old manifest's
             if rel in specs:
                 specs[rel] = replace(specs[rel], required=s.required)
-        where = f"hub manifest ({man.get('source', '?')} {man.get('revision') or ''})".strip()
+        where = f"hub manifest ({man.get('source', '?')} {str(man.get('revision') or '')[:12]})"
         return _apply_llm_state(specs, llm), where.replace(" )", ")"), llm
     return _apply_llm_state(base, llm), "built-in sizes", llm
 
@@ -405,7 +406,13 @@ def verify_model_dir(
         if not spec.required and not (root / spec.path).exists():
             continue
         checks.append(_check_file(root, spec, "all" if deep else "none", verified))
-    return VerifyReport(root, checks, where, deep, llm)
+    inodes: dict[tuple[int, int], int] = {}
+    for c in checks:
+        with contextlib.suppress(OSError):
+            if c.actual_size is not None:
+                st = (root / c.path).stat()
+                inodes[(st.st_dev, st.st_ino)] = st.st_size
+    return VerifyReport(root, checks, where, deep, llm, disk_bytes=sum(inodes.values()))
 
 
 # ---- hub errors -> one line ------------------------------------------------------------------
@@ -1125,7 +1132,10 @@ class DownloadResult:
     def lines(self) -> list[str]:
         s = self.sync
         how = f"fetched {len(s.fetched)} file(s)" if s.fetched else "nothing to download"
-        out = [f"{self.model_dir}: {self.report.summary} ({how}; llm.pt = {self.llm} LLM)"]
+        if s.hashes_checked:
+            how += ", hashes verified"
+        which = {"rl": "the RL-tuned LLM", "base": "the base LLM"}.get(self.llm, self.llm)
+        out = [f"{self.model_dir}: {self.report.summary} ({how}; llm.pt = {which})"]
         if s.note and s.note != "already complete":
             out.append(f"note: {s.note}")
         if self.ttsfrd:
