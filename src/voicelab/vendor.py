@@ -542,6 +542,7 @@ class VendorState:
     problem: str | None = None
     warning: str | None = None
     action: str | None = None
+    summary: str = ""  # one line for doctor and logs
 
     @property
     def ok(self) -> bool:
@@ -577,6 +578,7 @@ class VendorState:
             "problem": self.problem,
             "warning": self.warning,
             "action": self.action,
+            "summary": self.summary,
         }
 
 
@@ -590,6 +592,19 @@ def _partial_dir(target: Path) -> Path:
 
 def inspect_vendor(spec: VendorSpec, root: Path) -> VendorState:
     """Look at one vendor without changing anything."""
+    st = _inspect(spec, root)
+    if st.problem:
+        st.summary = f"{spec.path}: {st.problem}"
+    else:
+        where = f"{spec.path} at {(st.current or 'unknown commit')[:12]}"
+        subs = ", submodules ok" if st.submodules else ""
+        st.summary = f"{where} ({st.kind}{', clean' if st.clean else ''}{subs})"
+        if st.warning:
+            st.summary += f"; warning: {st.warning}"
+    return st
+
+
+def _inspect(spec: VendorSpec, root: Path) -> VendorState:
     d = vendor_dir(spec, root)
     st = VendorState(spec.name, spec.path, d, spec.commit, optional=spec.optional)
     st.partial = _partial_dir(d).exists()
