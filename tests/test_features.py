@@ -88,6 +88,7 @@ def build_speech_set(root: Path) -> dict[str, list[tuple[str, str, str, str]]]:
 
 def write_kaldi(ws: Workspace, rows: dict[str, list[tuple[str, str, str, str]]]) -> None:
     for split, items in rows.items():
+        items = sorted(items)  # by utterance id, as prepare writes them
         d = ws.split_dir(split)
         d.mkdir(parents=True, exist_ok=True)
         (d / "wav.scp").write_text("".join(f"{u} {w}\n" for u, w, _, _ in items))
@@ -131,8 +132,8 @@ def test_formats_dtypes_and_speaker_mean(ws: Workspace, onnx_dir: Path, speech_s
         emb, spk, tok = (
             _load(d / n) for n in (feat.EMBEDDING_FILE, feat.SPK_EMBEDDING_FILE, feat.TOKEN_FILE)
         )
-        expected = [u for u, *_ in items if u != LONG_UTT]
-        assert list(emb) == expected and list(tok) == expected  # wav.scp order
+        expected = sorted(u for u, *_ in items if u != LONG_UTT)
+        assert list(emb) == expected and list(tok) == expected  # wav.scp order (sorted by id)
         for u in expected:
             assert isinstance(emb[u], list) and len(emb[u]) == 192
             assert all(type(v) is float for v in emb[u])

@@ -82,61 +82,16 @@ class Utt:
     instruct: str | None = None
 
 
-def _read_kv(path: Path, required: bool = True) -> dict[str, str]:
-    """``<key> <value...>`` per line, the value re-joined with single spaces (as upstream's
-    readers split on whitespace)."""
-    if not path.is_file():
-        if required:
-            raise InputError(f"missing kaldi list {path}", "run: voicelab prepare")
-        return {}
-    out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 2 and path.name != "text":
-            raise InputError(f"{path}:{n}: expected '<utt> <value>'", "rerun: voicelab prepare")
-        out[parts[0]] = " ".join(parts[1:])
-    return out
-
-
-def _read_kaldi_private(d: Path) -> list[Utt]:
-    wav = _read_kv(d / "wav.scp")
-    text = _read_kv(d / "text")
-    spk = _read_kv(d / "utt2spk")
-    instruct = _read_kv(d / "instruct", required=False)
-    utts = []
-    for utt, path in wav.items():
-        if utt not in text or utt not in spk:
-            raise InputError(
-                f"{d}: utterance {utt} is in wav.scp but not in text/utt2spk",
-                "rerun: voicelab prepare",
-            )
-        utts.append(Utt(utt, str(to_local_path(path)), text[utt], spk[utt], instruct.get(utt)))
-    return utts
-
-
 def read_split(d: str | os.PathLike[str]) -> list[Utt]:
-    """The utterances of a kaldi dir in ``wav.scp`` order, wav paths mapped to local paths.
+    """The utterances of a kaldi dir (:func:`voicelab.kaldi.read_kaldi_dir`: sorted by id,
+    Windows paths mapped to local ones), with the wav path as a string."""
+    from voicelab.kaldi import read_kaldi_dir
 
-    Uses :func:`voicelab.kaldi.read_kaldi_dir` where it exists (the prepare stage's reader).
-    """
     d = Path(d)
     if not (d / "wav.scp").is_file():
         raise InputError(f"no kaldi dir at {d} (wav.scp missing)", "run: voicelab prepare")
-    try:
-        from voicelab.kaldi import read_kaldi_dir  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_kaldi_private(d)
     return [
-        Utt(
-            u.utt,
-            str(to_local_path(u.wav)),
-            u.text,
-            u.spk,
-            getattr(u, "instruct", None),
-        )
-        for u in read_kaldi_dir(d)
+        Utt(u.utt, str(to_local_path(u.wav)), u.text, u.spk, u.instruct) for u in read_kaldi_dir(d)
     ]
 
 
