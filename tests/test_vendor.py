@@ -485,11 +485,7 @@ def test_link_status_and_refusals(
     run_cli: Callable[..., tuple[int, str]], root: Path, remotes: Remotes, tmp_path: Path
 ) -> None:
     mine = tmp_path / "my-CosyVoice"
-    git("clone", "-q", str(remotes.cosy), str(mine))  # at c2, not at the pin
-    # its .gitmodules names GitHub: fetch the submodule from the bare repo instead
-    git("submodule", "init", cwd=mine)
-    git("config", "submodule.third_party/Matcha-TTS.url", str(remotes.matcha), cwd=mine)
-    git("submodule", "update", cwd=mine)
+    git("clone", "-q", str(remotes.cosy), str(mine))  # at c2, not at the pin; no submodule yet
 
     not_cosy = tmp_path / "not-cosyvoice"
     (not_cosy / "src").mkdir(parents=True)
@@ -499,10 +495,17 @@ def test_link_status_and_refusals(
 
     st = v.link("cosyvoice", mine, root)
     assert cosy_dir(root).is_symlink() and st.kind == "linked"
-    assert st.ok and st.warning and "pinned" in st.warning  # warns, does not fail
+    assert not st.ok and "not checked out" in (st.problem or "")
+    assert st.action == "voicelab vendor sync cosyvoice"
+    # sync adds the missing submodule at the commit the linked checkout records (m2)
     (res,) = v.sync(["cosyvoice"], root, mirror(remotes))
-    assert res.ok and res.action == "linked"
+    assert res.ok and res.action == "linked" and "matcha checked out" in res.detail, res.detail
     assert git("rev-parse", "HEAD", cwd=mine) == remotes.c2  # a link is never moved
+    assert git("rev-parse", "HEAD", cwd=mine / "third_party/Matcha-TTS") == remotes.m2
+    (st,) = v.vendor_status(root)
+    assert st.ok and st.warning and "pinned" in st.warning  # off the pin: warns, does not fail
+    (again,) = v.sync(["cosyvoice"], root, mirror(remotes))
+    assert again.action == "linked" and "checked out" not in again.detail
 
     rc, out = run_cli("vendor", "status", "--json")
     assert rc == 0, out

@@ -766,16 +766,20 @@ def _allow_file(spec: VendorSpec, sources: Sources) -> bool:
     return any(is_local_url(u) for u in urls) or any(is_local_url(u) for u in sources.urls.values())
 
 
-def _fetch_error(spec: VendorSpec, url: str, e: GitFailed, target: Path) -> VendorError:
+def _fetch_error(
+    spec: VendorSpec, url: str, e: GitFailed, target: Path, label: str | None = None
+) -> VendorError:
+    """``label``: the repository fetched (a submodule's short name), default the vendor."""
+    label = label or spec.name
     if e.disk_full():
         return VendorError(
-            f"disk full while fetching {spec.name} into {target.parent}",
+            f"disk full while fetching {label} into {target.parent}",
             f"free some space there, then run: voicelab vendor sync {spec.name}",
         )
     return VendorError(
-        f"cannot fetch {spec.name} from {url}: {e.last_line()}",
+        f"cannot fetch {label} from {url}: {e.last_line()}",
         "check the network or the URL; behind a firewall use a mirror: voicelab vendor sync "
-        f"{spec.name} --mirror https://MIRROR/ or --url {spec.name}=URL",
+        f"{spec.name} --mirror https://MIRROR/ or --url {label}=URL",
     )
 
 
@@ -793,7 +797,7 @@ def _ensure_commit(
             allow_file,
         )
     except GitFailed as e:
-        raise _fetch_error(spec, url, e, repo) from None
+        raise _fetch_error(spec, url, e, repo, label) from None
     if not _has_commit(repo, commit):
         # Not on any branch: ask for the commit itself (GitHub and protocol v2 serve that).
         _git(["fetch", url, commit], cwd=repo, check=False, allow_file=allow_file)
@@ -828,13 +832,22 @@ def _remove_partial_submodule(repo: Path, name: str, sub_dir: Path) -> None:
 
 
 def _sync_submodules(
-    spec: VendorSpec, repo: Path, sources: Sources, allow_file: bool, force: bool, prefix: str = ""
+    spec: VendorSpec,
+    repo: Path,
+    sources: Sources,
+    allow_file: bool,
+    force: bool,
+    prefix: str = "",
+    linked: bool = False,
 ) -> list[str]:
     """Initialise submodules (recursively) with rewritten URLs and check out their pins.
 
     The pin of a submodule is the manifest's commit where it lists the submodule, else the
     commit the superproject records. Only submodules that are missing or off their pin are
     touched, so a second sync does nothing. Returns what was done.
+
+    In a ``linked`` checkout (the user's own) only missing submodules are added, at the commits
+    that checkout records, and its URLs change only where a mirror or override asks for it.
     """
     mods = _gitmodules(repo)
     if not mods:
@@ -851,13 +864,20 @@ def _sync_submodules(
         url = sources.resolve(sub_spec.short if sub_spec else None, mod.get("url", ""))
         key = f"submodule.{name}.url"
         configured = _git(["config", key], cwd=repo, check=False).stdout.strip()
-        if url and url != configured and not url.startswith(("./", "../")):
+        # A linked checkout keeps its own URLs unless a mirror or override rewrites them.
+        wanted_url = url and not url.startswith(("./", "../"))
+        if wanted_url and url != configured and (url != mod.get("url") or not linked):
             _git(["config", key, url], cwd=repo)
             configured = url
-        want = sub_spec.commit if sub_spec else _gitlink(repo, head, path)
+        want = sub_spec.commit if sub_spec and not linked else _gitlink(repo, head, path)
         sub_dir = repo / path
         label = sub_spec.short if sub_spec else path
         current = _head(sub_dir)
+        if linked and current is not None:
+            done += _sync_submodules(
+                spec, sub_dir, sources, allow_file, False, f"{prefix}{path}/", True
+            )
+            continue
         if current is None:
             _remove_partial_submodule(repo, name, sub_dir)
             try:
@@ -869,7 +889,7 @@ def _sync_submodules(
                 )
             except GitFailed as e:
                 if e.disk_full():
-                    raise _fetch_error(spec, configured, e, repo) from None
+                    raise _fetch_error(spec, configured, e, repo, label) from None
                 if "did not contain" in e.output or "not our ref" in e.output:
                     raise VendorError(
                         f"commit {(want or '')[:12]} of submodule {label} is not on {configured}",
@@ -888,7 +908,9 @@ def _sync_submodules(
             _ensure_commit(spec, sub_dir, want, configured, allow_file, label)
             _checkout(sub_dir, want, force)
             done.append(f"{label} at {want[:12]}")
-        done += _sync_submodules(spec, sub_dir, sources, allow_file, force, f"{prefix}{path}/")
+        done += _sync_submodules(
+            spec, sub_dir, sources, allow_file, force, f"{prefix}{path}/", linked
+        )
     return done
 
 
@@ -1046,7 +1068,7 @@ def _sync_linked(spec: VendorSpec, root: Path, sources: Sources) -> SyncResult:
         if missing:
             allow_file = _allow_file(spec, sources)
             try:
-                did = _sync_submodules(spec, target, sources, allow_file, force=False)
+                did = _sync_submodules(spec, target, sources, allow_file, False, linked=True)
             except GitFailed as e:
                 raise VendorError(
                     f"cannot add the submodules of the linked {spec.name}: {e.last_line()}",
