@@ -175,7 +175,7 @@ class PrepareResult:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.by_reason.items()))
             lines.append(f"excluded by reason: {reasons}")
         for bad in self.bad_files:
-            lines.append(f"  skipped {bad['path']}: {bad['reason']} ({bad['detail']})")
+            lines.append(f"  unusable {bad['path']}: {bad['reason']}: {bad['detail']}")
         if self.asr_calls:
             rate = self.asr_audio_seconds / max(self.asr_wall_seconds, 1e-9)
             lines.append(f"ASR: {self.asr_calls} segments transcribed at {rate:.1f}x real time")
@@ -688,7 +688,7 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
             assert src_rec is not None
             if src_rec["error"]:
                 result.bad_files.append({"path": str(f), **src_rec["error"]})
-                log.warning("skipped %s: %s", f, src_rec["error"]["detail"])
+                log.debug("skipped %s: %s", f, src_rec["error"]["detail"])
                 continue
             for s in src_rec["segments"]:
                 segs.append(
