@@ -635,6 +635,26 @@ def test_hf_client_download_and_repair_through_loopback_hub(tmp_path, remote, ex
         srv.shutdown()
 
 
+def test_cli_from_dir_and_check(tmp_path, remote, expected):
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+
+    # A model dir verified on another machine (its manifest carries the expected hashes).
+    other = tmp_path / "other"
+    dl.download_cosyvoice3(other, fetcher=dl.LocalFetcher(remote, other), expected=expected)
+    ws = tmp_path / "ws"
+    run = CliRunner().invoke
+    out = run(cli, ["-w", str(ws), "download", "cosyvoice3", "--from-dir", str(other)])
+    assert out.exit_code == 0, out.output
+    assert "complete" in out.stdout and "hashes verified" in out.stdout
+    model = ws / "pretrained_models" / dl.BASE_MODEL_NAME
+    assert run(cli, ["-w", str(ws), "download", "cosyvoice3", "--check"]).exit_code == 0
+    _flip_byte(model / "hift.pt")
+    out = run(cli, ["-w", str(ws), "download", "cosyvoice3", "--check"])
+    assert out.exit_code == 1 and "wrong hash: hift.pt" in out.stdout
+
+
 # ---- real downloads, where a hub is reachable ----------------------------------------------------
 def _reachable(host: str) -> str | None:
     try:

@@ -1223,9 +1223,13 @@ class TtsfrdResult:
         if self.linked:
             out.append(f"linked for upstream: {self.linked}")
         elif self.resource_dir:
+            from voicelab.workspace import find_root
+
+            vendor = find_root() / "vendor" / "CosyVoice"
+            where = str(vendor) if vendor.is_dir() else "DIR (the CosyVoice checkout)"
             out.append(
                 "upstream looks for <vendor>/pretrained_models/CosyVoice-ttsfrd/resource: "
-                "pass --link-vendor DIR to link it there"
+                f"add --link-vendor {where} to link it there"
             )
         return out
 

@@ -51,6 +51,11 @@ def download() -> None:
 @click.option("--all-files", is_flag=True, help="Every file of the repository (TensorRT ONNX too).")
 @click.option("--dest", metavar="DIR", help="Model dir (default: the workspace's base model dir).")
 @click.option(
+    "--from-dir",
+    metavar="DIR",
+    help="Copy from a folder (another machine's model dir, a USB copy) instead of a hub.",
+)
+@click.option(
     "--check", is_flag=True, help="Only verify what is there (sizes and hashes); no network."
 )
 @click.option("--save", is_flag=True, help="Remember --source/--endpoint for every later download.")
@@ -65,6 +70,7 @@ def cosyvoice3(
     link_vendor: str | None,
     all_files: bool,
     dest: str | None,
+    from_dir: str | None,
     check: bool,
     save: bool,
 ) -> None:
@@ -77,6 +83,7 @@ def cosyvoice3(
       voicelab download cosyvoice3 --source huggingface --endpoint https://hf-mirror.com
       voicelab download cosyvoice3 --rl          # llm.pt = the RL-tuned LLM (--no-rl undoes)
       voicelab download cosyvoice3 --check       # verify hashes offline
+      voicelab download cosyvoice3 --from-dir /mnt/d/Fun-CosyVoice3-0.5B   # offline machine
     """
     from voicelab import download as dl
 
@@ -92,8 +99,10 @@ def cosyvoice3(
         if not report.ok:
             sys.exit(1)
         return
+    fetcher = dl.LocalFetcher(to_local_path(from_dir), model_dir) if from_dir else None
     result = dl.download_cosyvoice3(
         model_dir,
+        fetcher=fetcher,
         source=source,
         endpoint=endpoint,
         revision=revision,
