@@ -366,6 +366,15 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
             "epoch %d is locked; --llm-select %s overrides it for this export", locked, llm_rule
         )
     llm_all = run_checkpoints(ws, "llm")
+    for model in ("llm", "flow"):
+        ds = ws.exp_dir(model, "deepspeed")
+        ddp_has = any(c.kind != "init" for c in (llm_all if model == "llm" else []))
+        if ds.is_dir() and any(ds.glob("epoch_*")) and (model == "flow" or not ddp_has):
+            log.warning(
+                "%s has deepspeed checkpoint folders: export reads torch_ddp checkpoints only"
+                " (train with --engine torch_ddp)",
+                ds,
+            )
     if not opts.llm_select and locked is not None and not any(c.locked for c in llm_all):
         raise ModelError(
             f"epoch {locked} is locked but {ws.exp_dir('llm')} has no epoch_{locked}_whole.pt",
