@@ -661,3 +661,37 @@ def test_disk_full_during_clone(root: Path, remotes: Remotes, tmp_path: Path) ->
     assert "rc=1" in out and "disk full" in out, out
     left = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith(("rc=", "cosyvoice"))]
     assert left == [".CosyVoice.lock"], out  # no partial clone, no checkout
+
+
+def test_mirror_and_url_rewriting_rules(tmp_path: Path) -> None:
+    url = "https://github.com/FunAudioLLM/CosyVoice.git"
+    proxy = "https://ghproxy.net/https://github.com/"
+    assert v.rewrite_github(url, proxy) == proxy + "FunAudioLLM/CosyVoice.git"
+    assert v.rewrite_github(url, "https://kkgithub.com") == (
+        "https://kkgithub.com/FunAudioLLM/CosyVoice.git"
+    )
+    assert (
+        v.rewrite_github("git@github.com:A/B.git", "file:///srv/git/") == "file:///srv/git/A/B.git"
+    )
+    assert v.rewrite_github(url, str(tmp_path)) == str(tmp_path / "FunAudioLLM/CosyVoice.git")
+    assert v.rewrite_github("https://gitee.com/A/B.git", proxy) == "https://gitee.com/A/B.git"
+    src = v.Sources(mirror=proxy, urls=v.parse_url_overrides(["matcha=rel/Matcha"]))
+    assert src.resolve("matcha", "x") == str((Path.cwd() / "rel/Matcha").resolve())
+    assert src.resolve("cosyvoice", url) == proxy + "FunAudioLLM/CosyVoice.git"
+    assert v.is_local_url("C:\\repos\\CosyVoice") and v.is_local_url("file:///x")
+    assert not v.is_local_url("git@gitee.com:a/b.git")
+    with pytest.raises(ConfigError, match="NAME=URL"):
+        v.parse_url_overrides(["cosyvoice"])
+
+
+def test_a_second_sync_of_the_same_vendor_is_refused(root: Path, remotes: Remotes) -> None:
+    import fcntl
+
+    (root / "vendor").mkdir()
+    with open(root / "vendor" / ".CosyVoice.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # what a running sync holds
+        (res,) = v.sync(["cosyvoice"], root, mirror(remotes))
+    assert not res.ok and "another voicelab" in res.detail
+    assert not cosy_dir(root).exists()
+    (ok,) = v.sync(["cosyvoice"], root, mirror(remotes))
+    assert ok.action == "cloned"
