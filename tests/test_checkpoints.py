@@ -169,6 +169,14 @@ def test_bad_rules(run: Path, rule: str, error: type, text: str) -> None:
     assert "\n" not in e.value.one_line()
 
 
+def test_rule_syntax_is_checked_before_checkpoints() -> None:
+    with pytest.raises(ConfigError, match="unknown checkpoint rule"):
+        ck.select([], "latest:3")
+    assert ck.parse_rule("step:last:2") == ("step", "last", "2")
+    assert ck.parse_rule("step:4,8") == ("step", "steps", "4,8")
+    assert ck.parse_rule("best-cv:2") == ("epoch", "best-cv", "2")
+
+
 def test_no_checkpoints_and_no_cv(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no epoch checkpoints"):
         ck.select([], "last:3")

@@ -243,6 +243,29 @@ def _numbers(text: str, rule: str) -> list[int]:
     return list(dict.fromkeys(int(p) for p in parts))
 
 
+def parse_rule(rule: str) -> tuple[str, str, str]:
+    """``(pool, kind, arg)`` of a rule: pool ``epoch`` or ``step``; kind ``last``, ``best-cv``,
+    ``epochs`` or ``steps``. Raises ConfigError for a malformed rule."""
+    rule = rule.strip()
+    kind, _, arg = rule.partition(":")
+    kind = kind.strip().lower()
+    pool = "epoch"
+    if kind == "step":
+        pool = "step"
+        sub, _, sub_arg = arg.partition(":")
+        if sub in ("last", "best-cv"):
+            kind, arg = sub, sub_arg
+        else:
+            kind = "steps"
+    if kind in ("last", "best-cv"):
+        _count(arg, rule)
+    elif kind in ("epochs", "steps"):
+        _numbers(arg, rule)
+    else:
+        raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
+    return pool, kind, arg
+
+
 def default_rule(model: str, locked_epoch: int | None) -> str:
     """What ``export`` uses without ``--select``: the locked epoch (llm only), else ``last:3``."""
     if model == "llm" and locked_epoch is not None:
@@ -260,16 +283,7 @@ def select(
     """
     all_ckpts = list(checkpoints)
     rule = rule.strip()
-    kind, _, arg = rule.partition(":")
-    kind = kind.strip().lower()
-    pool_kind = "epoch"
-    if kind == "step":
-        pool_kind = "step"
-        sub, _, sub_arg = arg.partition(":")
-        if sub in ("last", "best-cv"):
-            kind, arg = sub, sub_arg
-        else:
-            kind = "steps"
+    pool_kind, kind, arg = parse_rule(rule)
     pool = sorted((c for c in all_ckpts if c.kind == pool_kind), key=lambda c: c.order)
     noun = "epoch" if pool_kind == "epoch" else "step"
     if not pool:
@@ -291,7 +305,7 @@ def select(
         # Lowest loss first; on ties the later (more adapted) checkpoint wins.
         best = sorted(scored, key=lambda c: (c.cv_loss, tuple(-x for x in c.order)))[:n]
         chosen = sorted(best, key=lambda c: c.order)
-    elif kind == "epochs" and pool_kind == "epoch":
+    elif kind == "epochs":
         wanted = _numbers(arg, rule)
         by_epoch = {c.epoch: c for c in pool}
         missing = [e for e in wanted if e not in by_epoch]
@@ -313,7 +327,7 @@ def select(
                 "pick existing steps, e.g. --select step:" + have.split(",")[-1],
             )
         chosen = sorted((by_step[s] for s in wanted), key=lambda c: c.order)
-    else:
+    else:  # pragma: no cover - parse_rule knows only the kinds above
         raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
     if kind in ("last", "best-cv") and len(chosen) < _count(arg, rule):
         # A shortfall of the default rule is normal (short runs); of an explicit one, worth a look.

@@ -40,6 +40,7 @@ from voicelab.checkpoints import (
     check_against,
     default_rule,
     load_state_dict,
+    parse_rule,
     run_checkpoints,
     save_state_dict,
     select,
@@ -359,6 +360,9 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
         )
 
     # Choose checkpoints (fails before anything is written).
+    for given in (opts.llm_select, opts.flow_select):
+        if given:
+            parse_rule(given)  # a typo is reported as such, even before training
     locked = ws.config.locked_epoch
     llm_rule = opts.llm_select or default_rule("llm", locked)
     if opts.llm_select and locked is not None:
