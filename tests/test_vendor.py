@@ -153,7 +153,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def root(tmp_path: Path, remotes: Remotes, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "VoiceLab"
+    root = tmp_path / "Voice Lab 数据"  # spaces and Chinese, as under /mnt/c/AIGC/数据集
     root.mkdir()
     write_manifest(root, remotes)
     monkeypatch.setenv("VOICELAB_ROOT", str(root))

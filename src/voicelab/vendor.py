@@ -432,7 +432,7 @@ def _head(path: Path) -> str | None:
     if not path.is_dir():
         return None
     proc = _git(["rev-parse", "--show-toplevel", "HEAD"], cwd=path, check=False)
-    lines = proc.stdout.split()
+    lines = proc.stdout.splitlines()  # the path may hold spaces
     if proc.returncode != 0 or len(lines) != 2:
         return None
     with contextlib.suppress(OSError):
