@@ -149,6 +149,20 @@ def test_verify_missing_dir_and_builtin_sizes(tmp_path):
     assert "cosyvoice3.yaml" not in rep.bad and "llm.pt" in rep.missing
 
 
+def test_verify_small_files_by_git_blob_id(tmp_path):
+    # The hub publishes no sha256 for small non-LFS files, only their git blob id.
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "cosyvoice3.yaml").write_text("llm: x\n")
+    blob = subprocess.run(
+        ["git", "hash-object", str(model / "cosyvoice3.yaml")], capture_output=True, text=True
+    ).stdout.strip()
+    spec = {"cosyvoice3.yaml": dl.FileSpec("cosyvoice3.yaml", 7, git_sha1=blob)}
+    assert dl.verify_model_dir(model, deep=True, expected=spec).ok
+    (model / "cosyvoice3.yaml").write_text("llm: y\n")
+    assert dl.verify_model_dir(model, deep=True, expected=spec).wrong_hash == ["cosyvoice3.yaml"]
+
+
 # ---- download and repair through a real local fetcher --------------------------------------------
 def test_download_fetches_verifies_and_records(tmp_path, remote, expected):
     dest = tmp_path / "pm" / "Fun-CosyVoice3-0.5B"

@@ -1094,15 +1094,7 @@ def set_rl(model_dir: str | os.PathLike[str], enable: bool, clear_stale: bool = 
                 )
             link_or_copy(base, llm)
         new = "base"
-    if (
-        clear_stale
-        and before != _inode(llm)
-        and not (
-            before
-            and (_same_file(llm, rl) if enable else _same_file(llm, base))
-            and man.get("llm") == new
-        )
-    ):
+    if clear_stale and before is not None and before != _inode(llm):
         _clear_stale_exports(root)
     man["llm"] = new
     atomic_write_json(root / MANIFEST_FILE, man)
