@@ -1279,7 +1279,10 @@ def pin(name: str, rev: str, root: Path | None = None, sources: Sources | None =
     """Move ``name``'s pin to ``rev`` (a commit, branch, tag, or ``HEAD`` of the checkout) after
     checking it exists; the submodule pins follow what that commit records."""
     try:
-        return _pin(name, rev, root, sources)
+        root = root or find_root()
+        target = vendor_dir(load_manifest(root).get(name), root)
+        with _vendor_lock(target):  # not while a sync works on it
+            return _pin(name, rev, root, sources)
     except GitFailed as e:
         raise VendorError(
             f"cannot pin {name}: git {' '.join(e.argv[:2])} failed: {e.last_line()}",
