@@ -549,6 +549,27 @@ def test_list_models_bases_voices_and_sizes(tmp_path, remote, expected):
     )
 
 
+def test_verify_voice_dir_with_export_provenance(tmp_path, remote, expected):
+    # The shape `voicelab export` writes: base_model.files lists the base files it used.
+    base = tmp_path / "pm" / dl.BASE_MODEL_NAME
+    dl.download_cosyvoice3(base, fetcher=dl.LocalFetcher(remote, base), expected=expected)
+    voice = _copy_tree(base, tmp_path / "pm" / "voice", skip=(dl.MANIFEST_FILE,))
+    files = {
+        r: {"bytes": (base / r).stat().st_size, "sha256": s.sha256}
+        for r, s in expected.items()
+        if (base / r).is_file()
+    }
+    (voice / "llm.pt").write_bytes(b"fine-tuned")  # trained: any size
+    prov = {"base_model": {"path": str(base), "name": base.name, "files": files}}
+    (voice / dl.VOICE_PROVENANCE).write_text(json.dumps(prov))
+    rep = dl.verify_model_dir(voice, deep=True)
+    assert rep.ok and rep.llm == "trained" and "voicelab.json" in rep.manifest
+    _flip_byte(voice / "campplus.onnx")
+    (voice / "flow.pt").unlink()
+    rep = dl.verify_model_dir(voice, deep=True)
+    assert rep.wrong_hash == ["campplus.onnx"] and rep.missing == ["flow.pt"]
+
+
 def test_models_cli_json(tmp_path, remote, expected):
     from click.testing import CliRunner
 

@@ -354,7 +354,11 @@ def expected_files(
             return _specs_from_json(prov["files"]), f"{VOICE_PROVENANCE} file table", "trained"
         where = "built-in sizes"
         base_dir = _voice_base_dir(root, prov)
-        if builtin is None and base_dir is not None and base_dir.resolve() != root.resolve():
+        listed = _base_listing(prov) if builtin is None else {}
+        if listed:
+            # export's record of the base files it linked: sizes, and hashes where known.
+            base, where = listed, f"base listing in {VOICE_PROVENANCE}"
+        elif builtin is None and base_dir is not None and base_dir.resolve() != root.resolve():
             bspecs, bwhere, _ = expected_files(base_dir)
             if bwhere.startswith("hub manifest"):
                 base = {r: s for r, s in bspecs.items() if r != "llm.base.pt"}
@@ -1588,9 +1592,35 @@ def disk_usage(folders: Iterable[str | os.PathLike[str]]) -> int:
     return sum(seen.values())
 
 
+def _prov_base(prov: Mapping[str, Any]) -> Any:
+    # export writes "base_model": {path, name, id, download, files}; "base" is the short form.
+    return prov.get("base_model") or prov.get("base")
+
+
+def _base_listing(prov: Mapping[str, Any]) -> dict[str, FileSpec]:
+    """FileSpecs from export's ``base_model.files`` ({rel: {bytes, sha256 | verified}})."""
+    base = _prov_base(prov)
+    files = base.get("files") if isinstance(base, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    out = {}
+    for rel, e in files.items():
+        if not isinstance(e, dict):
+            continue
+        size = e.get("bytes", e.get("size"))
+        sha, git = e.get("sha256"), e.get("git_sha1")
+        verified = e.get("verified")
+        if not (sha or git) and isinstance(verified, str) and ":" in verified:
+            algo, value = verified.split(":", 1)
+            sha, git = (value, None) if algo == "sha256" else (None, value)
+        req = rel in COSYVOICE3_REQUIRED
+        out[rel] = FileSpec(rel, int(size) if size is not None else None, sha, git, req)
+    return out
+
+
 def _voice_base_dir(root: Path, prov: Mapping[str, Any]) -> Path | None:
     """The base model dir a voice's ``voicelab.json`` names (a path, or a sibling's name)."""
-    base = prov.get("base")
+    base = _prov_base(prov)
     if isinstance(base, dict):
         base = base.get("path") or base.get("dir") or base.get("name")
     if not base or not isinstance(base, str):
@@ -1610,7 +1640,7 @@ def _voice_base(folder: Path) -> str | None:
     )
     if not isinstance(prov, dict):
         return None
-    base = prov.get("base")
+    base = _prov_base(prov)
     if isinstance(base, dict):
         base = base.get("name") or base.get("path") or base.get("dir")
     return Path(str(base)).name if base else "?"
