@@ -346,6 +346,9 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
     base_dir = ws.base_model_dir
     pretrained = ws.pretrained_dir
     target = pretrained / name
+    for given in (opts.llm_select, opts.flow_select):
+        if given:
+            parse_rule(given)  # a typo is reported as such before anything else
     check_base_dir(base_dir)
     if target.exists() and target.resolve() == base_dir.resolve():
         raise ConfigError(
@@ -356,13 +359,10 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
     if target.exists() and not opts.overwrite:
         raise ModelError(
             f"{target} already exists",
-            "pass --overwrite to replace it (its other speakers are kept), or --name NEW",
+            "pass --overwrite to replace it, keeping its other speakers, or --name NEW",
         )
 
     # Choose checkpoints (fails before anything is written).
-    for given in (opts.llm_select, opts.flow_select):
-        if given:
-            parse_rule(given)  # a typo is reported as such, even before training
     locked = ws.config.locked_epoch
     llm_rule = opts.llm_select or default_rule("llm", locked)
     if opts.llm_select and locked is not None:

@@ -191,7 +191,8 @@ def export(
     echo(f"  base files: {res.linked} linked, {res.copied} copied")
     if res.removed:
         echo(f"  left out (stale): {', '.join(res.removed)}")
-    echo(f'  verified in {res.seconds:.1f} s. Try: voicelab say "你好" --out hello.wav')
+    where = "" if res.voice_dir == ws.voice_dir else f' --model-dir "{res.voice_dir}"'
+    echo(f'  verified in {res.seconds:.1f} s. Try: voicelab say "你好"{where} --out hello.wav')
 
 
 commands = [checkpoints, export]
