@@ -649,10 +649,6 @@ def ms_endpoint(endpoint: str | None = None) -> str:
     return value.rstrip("/")
 
 
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def hf_cache_dir() -> Path:
     """Where huggingface_hub (and faster-whisper through it) caches repos, per its env vars."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -783,6 +779,7 @@ class HfFetcher:
     def fetch(self, rel: str) -> Path:
         from huggingface_hub import hf_hub_download
 
+        _quiet_hf_bars()
         path = hf_hub_download(
             self.repo,
             rel,
@@ -854,6 +851,17 @@ class ModelScopeFetcher:
         if self._client_endpoint():
             kw["endpoint"] = self._client_endpoint()
         return Path(model_file_download(self.repo, rel, **kw))
+
+
+def _quiet_hf_bars() -> None:
+    # The client's own tqdm bars (with ETA) show where a person watches; not in logs or -q.
+    from voicelab.console import progress_enabled
+
+    if not progress_enabled():
+        with contextlib.suppress(ImportError):
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
 
 
 def _ms_config_endpoint() -> str | None:
@@ -1470,6 +1478,7 @@ def download_whisper(
     with _hub_errors("huggingface", ep, repo, hint):
         from huggingface_hub import snapshot_download
 
+        _quiet_hf_bars()
         snapshot_download(
             repo,
             allow_patterns=WHISPER_PATTERNS,
