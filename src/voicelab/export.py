@@ -288,7 +288,7 @@ def _restore_interrupted(pretrained: Path, name: str, target: Path) -> None:
         os.rename(olds.pop(), target)
     for leftover in [*olds, *pretrained.glob(f".{name}.staging-*")]:
         log.info("removing leftover %s", leftover.name)
-        shutil.rmtree(leftover, ignore_errors=True)
+        _remove(leftover)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -303,7 +303,14 @@ def _swap_in(staging: Path, target: Path) -> None:
             os.rename(old, target)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():  # a voice dir linked from elsewhere: drop the link, not its target
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _AGAIN = "export again; the previous voice is kept"
