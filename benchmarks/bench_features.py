@@ -3,7 +3,8 @@
 Measures, on espeak-ng speech written as 24 kHz 16-bit wav (CosyVoice 3's rate) plus a 22.05 kHz
 copy (a source that needs the extra resampling step):
 
-- decode (soundfile), resample to 24 kHz, pad to 960 and resample to 16 kHz (soxr HQ),
+- decode (soundfile), resample to 24 kHz, pad to 960 and resample to 16 kHz (torchaudio's
+  default sinc resampler in numpy, as upstream resamples),
   Kaldi fbank + CMN (numpy float32 and kaldi-native-fbank), Whisper log-mel (numpy);
 - the whole front end per utterance on 1 thread and on a thread pool of N threads;
 - ``run_features`` end to end with the tiny ONNX stand-ins (so the models cost ~nothing and
@@ -120,8 +121,10 @@ def measure(tmp: Path, minutes: float, threads: int) -> None:
 
     steps = {
         "decode 24 kHz wav (soundfile)": lambda: [feat.load_audio(p) for p in wavs24],
-        "resample 22.05 -> 24 kHz (soxr)": lambda: [feat.to_24k_padded(x, s) for x, s in decoded22],
-        "pad + resample 24 -> 16 kHz (soxr)": lambda: [feat.to_16k_exact(x) for x in padded],
+        "resample 22.05 -> 24 kHz (torchaudio's sinc)": lambda: [
+            feat.to_24k_padded(x, s) for x, s in decoded22
+        ],
+        "pad + resample 24 -> 16 kHz (same)": lambda: [feat.to_16k_exact(x) for x in padded],
         "Kaldi fbank + CMN (numpy float32)": lambda: [fbank.cmn(fbank.kaldi_fbank(x)) for x in x16],
         "Kaldi fbank + CMN (kaldi-native-fbank)": lambda: [
             fbank.cmn(fbank.kaldi_fbank(x, backend="knf")) for x in x16

@@ -271,7 +271,7 @@ def _soundfile_load(src, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 @pytest.mark.vendor
 def test_upstream_data_pipeline_reads_our_shards(
-    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
 
@@ -279,6 +279,7 @@ def test_upstream_data_pipeline_reads_our_shards(
     import torchaudio
     from hyperpyyaml import load_hyperpyyaml
 
+    from voicelab.onnxrt import create_session
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()
@@ -303,6 +304,8 @@ def test_upstream_data_pipeline_reads_our_shards(
     tok = _torch_load(ws.split_dir("train") / feat.TOKEN_FILE)
     packed = {u for p in res.splits["train"].shards for u in _utts(p)}
 
+    tok_sess = create_session(onnx_dir / feat.TOKENIZER, "cpu")
+    agree: list[float] = []
     # llm: the yaml's pipeline as it is; flow SFT: padding with use_spk_embedding=True
     for model, use_spk in (("llm", False), ("flow", True)):
         pipeline = list(configs["data_pipeline"])
@@ -341,11 +344,21 @@ def test_upstream_data_pipeline_reads_our_shards(
             for i, u in enumerate(batch["utts"]):
                 n = int(batch["speech_token_len"][i])
                 assert batch["speech_token"][i, :n].tolist() == tok[u]
+                # upstream's online path (its whisper_feat of the padded audio through the same
+                # tokenizer) gives the tokens VoiceLab computed offline
+                wf = batch["whisper_feat"][i, : int(batch["whisper_feat_len"][i])]
+                mel = wf.T[None].numpy().astype(np.float32)
+                online = tok_sess.run(
+                    {"feats": mel, "feats_length": np.array([mel.shape[2]], np.int32)}
+                )
+                same = sum(a == b for a, b in zip(online[0][0].tolist(), tok[u], strict=True))
+                agree.append(same / n)
                 want = spk[_spk_of(ws, u)] if use_spk else emb[u]
                 want = torch.nn.functional.normalize(torch.tensor(want), dim=0)
                 assert torch.allclose(batch["embedding"][i], want, atol=1e-6), (model, u)
             seen += batch["utts"]
         assert sorted(seen) == sorted(packed), model  # every packed utterance, once
+    assert min(agree) >= 0.99, agree
 
 
 def _utts(path: Path) -> list[str]:

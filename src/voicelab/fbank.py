@@ -15,6 +15,10 @@ Two feature types, each numerically the same as what upstream computes with torc
   STFT with reflect padding, last frame dropped, power, librosa's Slaney mel filterbank,
   log10 of clamp(1e-10), clamp at max - 8, (x + 4) / 4). Returns ``(128, len // 160)``.
 
+:func:`resample` is torchaudio's default ``Resample`` (windowed sinc, Hann window, 6 zero
+crossings, rolloff 0.99), which upstream uses for 24 kHz -> 16 kHz in both its offline tools and
+its online training path; matching it keeps VoiceLab's tokens those of upstream's online path.
+
 Every function takes a 1-D waveform at 16 kHz in [-1, 1] (upstream feeds torchaudio's float
 samples without the 32768 scaling Kaldi itself uses). ``dtype=np.float64`` gives a reference
 of the same formulas, which the tests compare the fast path against.
@@ -52,6 +56,47 @@ def _as_mono(wave: Any, dtype: Any) -> np.ndarray:
     if x.ndim != 1:
         raise ValueError(f"expected a 1-D waveform, got shape {x.shape}")
     return x
+
+
+# =============================================================================================
+# Resampling (torchaudio.transforms.Resample defaults)
+# =============================================================================================
+
+
+@functools.lru_cache(maxsize=16)
+def sinc_resample_kernel(
+    orig: int, new: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+) -> tuple[np.ndarray, int, int, int]:
+    """Polyphase windowed-sinc kernels ``(new', 2*width + orig')`` float32 for rates reduced by
+    their gcd, with ``width``, ``orig'`` and ``new'``: torchaudio's ``sinc_interp_hann``,
+    evaluated in float64 and stored as float32 as torchaudio does."""
+    g = math.gcd(int(orig), int(new))
+    o, n = int(orig) // g, int(new) // g
+    base = min(o, n) * rolloff  # below the lower Nyquist: anti-aliasing
+    width = math.ceil(lowpass_filter_width * o / base)
+    idx = np.arange(-width, width + o, dtype=np.float64)[None, :] / o
+    t = (np.arange(0, -n, -1, dtype=np.float64)[:, None] / n + idx) * base
+    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width)
+    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    safe = np.where(t == 0, 1.0, t)
+    kernels = np.where(t == 0, 1.0, np.sin(safe) / safe) * window * (base / o)
+    return kernels.astype(np.float32), width, o, n
+
+
+def resample(wave: Any, orig: int, new: int) -> np.ndarray:
+    """``torchaudio.transforms.Resample(orig, new)(wave)`` for a 1-D float32 waveform:
+    ``ceil(len * new / orig)`` samples."""
+    x = _as_mono(wave, np.float32)
+    if orig == new:
+        return x
+    kernels, width, o, n = sinc_resample_kernel(orig, new)
+    length = len(x)
+    padded = np.pad(x, (width, width + o))
+    # conv1d with stride o: one row of taps per output block of n samples
+    frames = np.lib.stride_tricks.sliding_window_view(padded, kernels.shape[1])[::o]
+    out = (frames @ kernels.T).reshape(-1)
+    return np.ascontiguousarray(out[: math.ceil(n * length / o)])
 
 
 # =============================================================================================

@@ -9,7 +9,8 @@ of ``train`` and ``dev`` it writes beside the kaldi lists, with ``torch.save`` e
 
 The padding rule: each utterance is brought to 24 kHz, zero-padded to a multiple of 960 samples
 (40 ms, one token) and only then resampled to 16 kHz, as upstream's online training path does
-(``compute_fbank`` pads, ``compute_whisper_fbank`` resamples). A padded length ``P`` gives
+(``compute_fbank`` pads, ``compute_whisper_fbank`` resamples), with torchaudio's resampler
+reimplemented in numpy (:func:`voicelab.fbank.resample`). A padded length ``P`` gives
 ``2P/3`` samples at 16 kHz, ``P/240`` log-mel frames and ``P/960`` tokens, while the flow's mel
 has ``P/480`` frames: ``2 * tokens == mel frames`` for every utterance. Upstream's offline tool
 tokenizes the unpadded audio and its tokens then break flow training by a frame or two.
@@ -62,10 +63,11 @@ CACHE_NAME = ".features_cache.json"
 SPEECH_RATE = 24000  # CosyVoice 3's rate; the flow's mel uses hop 480 at this rate
 TOKEN_HOP = 960  # 24 kHz samples per speech token (25 Hz)
 FEATURE_RATE = fbank.SAMPLE_RATE  # 16 kHz for both ONNX models
+MIN_SAMPLE_RATE = 16000  # upstream's resample step drops audio below this rate
 MAX_SECONDS = 30.0  # the speech tokenizer's window; upstream gives such audio no tokens
 CACHE_SAVE_SECONDS = 3.0  # a killed run loses at most this much work
 # Bump when the computation changes, so cached entries from an older VoiceLab are recomputed.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 # =============================================================================================
@@ -111,11 +113,9 @@ def load_audio(path: str | os.PathLike[str], data: bytes | None = None) -> tuple
 
 
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    if sr_in == sr_out:
-        return x
-    import soxr
-
-    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    """torchaudio's default resampler, as upstream's pipeline and tools use (not soxr: the
+    tokens should be those upstream's online path computes)."""
+    return fbank.resample(x, sr_in, sr_out)
 
 
 def padded_length(n24: int) -> int:
@@ -144,14 +144,17 @@ class FrontEnd:
 def to_24k_padded(x: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
     """(24 kHz audio zero-padded to a multiple of 960, unpadded length)."""
     x24 = _resample(x, sr, SPEECH_RATE)
+    peak = float(np.abs(x24).max()) if len(x24) else 0.0
+    if peak > 1.0:  # upstream's resample step peak-normalizes what resampling pushed past 1
+        x24 = x24 / peak
     n = len(x24)
     p = padded_length(n)
     return (np.pad(x24, (0, p - n)) if p > n else x24), n
 
 
 def to_16k_exact(x24: np.ndarray) -> np.ndarray:
-    """24 kHz -> 16 kHz with exactly 2/3 of the samples (soxr gives that for multiples of 3;
-    the fix-up keeps the padding rule exact whatever the resampler does at the edges)."""
+    """24 kHz -> 16 kHz with exactly 2/3 of the samples (the resampler gives ceil(2n/3), which
+    is exact for multiples of 960; the fix-up only guards the padding rule)."""
     want = len(x24) * 2 // 3
     y = _resample(x24, SPEECH_RATE, FEATURE_RATE)
     if len(y) > want:
@@ -405,6 +408,13 @@ def _compute(models: Models, jobs: list[tuple[str, str]]) -> list[tuple[str, dic
             done.append((sha, {"excluded": f"unreadable audio: {str(e).splitlines()[0][:120]}"}))
             continue
         seconds = len(x) / sr if sr else 0.0
+        if sr < MIN_SAMPLE_RATE:
+            reason = (
+                f"sample rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz: upstream's training "
+                "pipeline drops such audio (resample it, or rerun voicelab prepare)"
+            )
+            done.append((sha, {"excluded": reason, "seconds": seconds}))
+            continue
         if seconds > MAX_SECONDS:
             done.append(
                 (
