@@ -109,3 +109,23 @@ def test_doctor_cli_json_and_exit_code(tmp_path: Path) -> None:
     assert {"python", "gpu", "onnxruntime", "git", "disk", "huggingface"} <= names
     failed = [c for c in checks if c["status"] == "fail" and c["required"]]
     assert out.returncode == (1 if failed else 0)
+
+
+def test_vendor_missing_is_a_required_failure(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "vendors.toml", tmp_path / "vendors.toml")
+    checks = {c.name: c for c in doctor.check_vendor(tmp_path)}
+    cv = checks["vendor cosyvoice"]
+    assert cv.status == "fail" and cv.required and "voicelab vendor sync cosyvoice" in cv.fix
+    assert checks["vendor rvc"].status == "skip"
+
+
+def test_model_missing_and_incomplete(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "w", "xuan")
+    missing = doctor.check_model(ws)
+    assert missing.status == "warn" and "voicelab download cosyvoice3" in missing.fix
+    ws.base_model_dir.mkdir(parents=True)
+    (ws.base_model_dir / "cosyvoice3.yaml").write_text("x")
+    bad = doctor.check_model(ws)
+    assert bad.status == "fail" and "download" in bad.fix

@@ -299,21 +299,21 @@ def check_vendor(root: Path | None = None) -> list[Check]:
     except VoiceLabError as e:
         return [Check("vendor", "fail", e.message, e.hint or "")]
     for st in states:
-        d = asdict(st) if hasattr(st, "__dataclass_fields__") else dict(vars(st))
-        name = f"vendor {d.get('name')}"
-        problem = d.get("problem") or d.get("action") or ""
-        ok = bool(d.get("ok", not problem))
-        required = d.get("name") == "cosyvoice"
-        if ok:
-            checks.append(_ok(name, d.get("summary") or str(d.get("path"))))
+        name = f"vendor {st.name}"
+        if st.ok:
+            checks.append(_ok(name, st.summary or str(st.dir)))
+        elif st.optional and st.kind == "missing":
+            checks.append(
+                Check(name, "skip", f"not synced (optional): {st.action or ''}", required=False)
+            )
         else:
             checks.append(
                 Check(
                     name,
-                    "fail" if required else "warn",
-                    d.get("summary") or problem or "not usable",
-                    problem or f"voicelab vendor sync {d.get('name')}",
-                    required,
+                    "warn" if st.optional else "fail",
+                    st.summary or st.problem or "not usable",
+                    st.action or f"voicelab vendor sync {st.name}",
+                    not st.optional,
                 )
             )
     return checks

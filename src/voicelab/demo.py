@@ -1,0 +1,115 @@
+"""``voicelab demo``: the real pipeline on a built-in speaker corpus.
+
+The corpus (about a dozen English clips, a 2.5-minute recording with pauses, and a handful of
+broken files that QC must explain) is generated with espeak-ng, so its transcripts are known.
+``--tiny`` (the default without a GPU) trains a tiny randomly initialized CosyVoice 3 model that
+VoiceLab builds from the vendor's own model classes, on the CPU, in a few minutes; ``--real``
+downloads Fun-CosyVoice3-0.5B and runs a short fine-tune on the GPU. The voice a tiny model
+speaks is noise: the demo proves the machinery, not the sound.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from voicelab.fsutil import atomic_write_text
+from voicelab.pipeline import RunOptions
+from voicelab.stages import TINY_MODEL_NAME
+from voicelab.workspace import Workspace, find_root
+
+log = logging.getLogger(__name__)
+
+DEMO_SPEAKER = "demo"
+DEMO_SENTENCES = (
+    "Hello, this is the VoiceLab demo voice.",
+    "The quick brown fox jumps over the lazy dog.",
+)
+
+
+@dataclass
+class DemoPlan:
+    workspace: Workspace
+    options: RunOptions
+    tiny: bool
+    asr: str
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return shutil.which("nvidia-smi") is not None
+    return bool(torch.cuda.is_available())
+
+
+def default_workspace() -> Path:
+    return find_root() / "workflows" / "demo"
+
+
+def plan_demo(
+    workspace: Path | None = None,
+    real: bool = False,
+    tiny: bool | None = None,
+    train_flow: bool | None = None,
+    epochs: int | None = None,
+) -> DemoPlan:
+    """Build the corpus and the demo workspace; say how the pipeline will run on it."""
+    from voicelab.testing.corpus import build_corpus
+
+    tiny = (not real and not has_gpu()) if tiny is None else tiny
+    root = (workspace or default_workspace()).resolve()
+    # Beside the workspace, not in it: prepare never reads audio from inside its own workspace.
+    corpus = build_corpus(root.parent / f"{root.name}-corpus")
+    whisper_dir = _whisper_dir()
+    asr = "faster-whisper" if whisper_dir else "transcripts"
+    prepare: dict[str, object] = {"asr": asr, "language": "en", "min_seconds": 1.0}
+    if whisper_dir:
+        prepare.update(whisper_model=str(whisper_dir), compute_type="int8")
+    else:
+        prepare["transcripts"] = str(_write_transcripts(root, corpus))
+    train: dict[str, object] = {"epochs": epochs or (2 if tiny else 4)}
+    if tiny:
+        train.update(device="cpu", num_workers=1, gpus=1)
+    sentences = root / "demo_sentences.txt"
+    atomic_write_text(sentences, "\n".join(DEMO_SENTENCES) + "\n")
+    ws = Workspace.init(
+        root,
+        DEMO_SPEAKER,
+        str(corpus.root),
+        {"prepare": prepare, "train": train, "audition": {"sentences": str(sentences)}},
+    )
+    if tiny:
+        ws.set_option("model", "base_dir", str(ws.pretrained_dir / TINY_MODEL_NAME))
+    elif ws.config.sections.get("model", {}).pop("base_dir", None):
+        ws.save()
+    flow = tiny if train_flow is None else train_flow
+    opts = RunOptions(train_flow=flow, tiny=tiny, device="cpu" if tiny else "auto")
+    return DemoPlan(ws, opts, tiny, asr)
+
+
+def _whisper_dir() -> Path | None:
+    """The Whisper base model the registry packages ship (test extra), if installed."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        return None
+    try:
+        from voicelab.testing.whisper import whisper_base_dir
+
+        return whisper_base_dir()
+    except Exception as e:  # no registry model: fall back to the known transcripts
+        log.info("Whisper base model not available (%s): importing the corpus transcripts", e)
+        return None
+
+
+def _write_transcripts(root: Path, corpus: object) -> Path:
+    """A file,text TSV of the corpus clips, beside (never inside) the source folder."""
+    rows = ["file\ttext"]
+    for clip in corpus.clips:  # type: ignore[attr-defined]
+        if clip.text:
+            rows.append(f"{clip.path}\t{clip.text}")
+    path = root / "demo_transcripts.tsv"
+    atomic_write_text(path, "\n".join(rows) + "\n")
+    return path

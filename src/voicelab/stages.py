@@ -1,0 +1,387 @@
+"""The default stage graph of ``voicelab run``: each stage calls one library function.
+
+Order (``--from``/``--until`` take these names): vendor, download, prepare, features, pack,
+train_llm, train_flow (with ``--train-flow``), export, audition. ``params`` lists the options
+that shape a stage's outputs, so changing one makes that stage and everything after it stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from voicelab.errors import StageError
+from voicelab.pipeline import RunOptions, Stage, StageState, run_key
+from voicelab.state import load_record
+from voicelab.workspace import BASE_MODEL_NAME, Workspace
+
+log = logging.getLogger(__name__)
+
+TINY_MODEL_NAME = "CosyVoice3-tiny-random"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---- vendor --------------------------------------------------------------------------------
+def _vendor_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.vendor import load_manifest
+
+    spec = load_manifest().get("cosyvoice")
+    return {"commit": spec.commit}
+
+
+def _vendor_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.vendor import cosyvoice_runtime, sync
+
+    (res,) = sync(["cosyvoice"])
+    if res.error is not None:
+        raise res.error
+    log.info("vendor cosyvoice: %s %s", res.action, res.detail)
+    return {"commit": cosyvoice_runtime().commit, "action": res.action}
+
+
+def _vendor_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    from voicelab.vendor import cosyvoice_runtime
+
+    try:
+        return [cosyvoice_runtime().root / "cosyvoice" / "bin" / "train.py"]
+    except Exception:  # a broken vendor: make the stage stale rather than fail the status
+        return [Path("/nonexistent/vendor/CosyVoice")]
+
+
+# ---- download ------------------------------------------------------------------------------
+def _download_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    if o.tiny:
+        return {"model": "tiny", "dir": str(ws.base_model_dir)}
+    return {
+        "model": BASE_MODEL_NAME,
+        "dir": str(ws.base_model_dir),
+        "source": o.get(ws, "download", "source"),
+        "rl": bool(o.get(ws, "download", "rl", False)),
+    }
+
+
+def _download_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    if o.tiny:
+        from voicelab.tinymodel import build_tiny_model
+
+        path = build_tiny_model(ws.base_model_dir)
+        return {"model_dir": str(path), "tiny": True}
+    from voicelab.download import download_cosyvoice3
+
+    res = download_cosyvoice3(
+        ws.base_model_dir,
+        source=o.get(ws, "download", "source"),
+        endpoint=o.get(ws, "download", "endpoint"),
+        rl=bool(o.get(ws, "download", "rl", False)),
+    )
+    return {
+        "model_dir": str(res.model_dir) if hasattr(res, "model_dir") else str(ws.base_model_dir)
+    }
+
+
+def _download_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    return [ws.base_model_dir / "llm.pt", ws.base_model_dir / "campplus.onnx"]
+
+
+# ---- prepare / features / pack -------------------------------------------------------------
+def _prepare_opts(ws: Workspace, o: RunOptions) -> Any:
+    from voicelab.prepare import options_from_workspace
+
+    return options_from_workspace(ws, **o.overrides.get("prepare", {}))
+
+
+def _prepare_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    p = _plain(_prepare_opts(ws, o))
+    for volatile in ("review", "apply_review", "device", "vad_filter"):
+        p.pop(volatile, None)
+    p["wav_dir"] = p.get("wav_dir") or ws.config.wav_dir
+    return p
+
+
+def _prepare_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.prepare import run_prepare
+
+    res = run_prepare(ws, _prepare_opts(ws, o))
+    for line in res.summary_lines():
+        log.info(line)
+    return res.figures()
+
+
+def _split_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    return [ws.split_dir(s) / f for s in ("train", "dev") for f in ("wav.scp", "text")]
+
+
+def _features_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    return {"onnx_dir": str(o.get(ws, "features", "onnx_dir") or ws.base_model_dir)}
+
+
+def _features_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.features import FeaturesOptions, run_features
+
+    device = o.get(ws, "features", "device", o.device)
+    res = run_features(ws, FeaturesOptions(device=device or "auto"))
+    log.info(res.summary())
+    return {"provider": res.provider, "excluded": len(res.excluded)}
+
+
+def _features_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    names = ("utt2embedding.pt", "spk2embedding.pt", "utt2speech_token.pt")
+    return [ws.split_dir(s) / n for s in ("train", "dev") for n in names]
+
+
+def _pack_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    return {
+        "utts_per_shard": o.get(ws, "pack", "utts_per_shard"),
+        "num_workers": o.get(ws, "train", "num_workers"),
+        "gpus": o.get(ws, "train", "gpus"),
+    }
+
+
+def _pack_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.pack import PackOptions, run_pack
+
+    p = _pack_params(ws, o)
+    res = run_pack(
+        ws,
+        PackOptions(
+            utts_per_shard=p["utts_per_shard"], num_workers=p["num_workers"], num_gpus=p["gpus"]
+        ),
+    )
+    log.info(res.summary())
+    return {f"{s}_shards": len(sp.shards) for s, sp in res.splits.items()}
+
+
+def _pack_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    return [ws.data_list("train"), ws.data_list("dev")]
+
+
+# ---- train ---------------------------------------------------------------------------------
+TRAIN_KEYS = (
+    "epochs",
+    "batch_frames",
+    "accum_grad",
+    "lr",
+    "save_per_step",
+    "engine",
+    "amp",
+    "gpus",
+    "num_workers",
+    "prefetch",
+)
+
+
+def _train_params(model: str):
+    def params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+        section = f"train_{model}" if model == "flow" else "train"
+        values = {k: o.get(ws, section, k, o.get(ws, "train", k)) for k in TRAIN_KEYS}
+        values["device"] = o.get(ws, "train", "device", o.device)
+        return values
+
+    return params
+
+
+def _train_run(model: str):
+    def run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+        from voicelab.train import TrainOptions, run_has_content, run_train
+
+        values = _train_params(model)(ws, o)
+        rec = load_record(ws, run_key(f"train_{model}"))
+        has_run = run_has_content(ws.exp_dir(model, values.get("engine") or "torch_ddp"))
+        # Interrupted (the record says running/pending): continue it. Otherwise the data or the
+        # options changed: start a fresh run, keeping the old one under a numbered name.
+        interrupted = rec is not None and rec.status in ("running", "pending")
+        opts = TrainOptions(
+            **{
+                k: v
+                for k, v in values.items()
+                if v is not None and k in TrainOptions.__annotations__
+            },
+            resume=has_run and interrupted,
+            new=has_run and not interrupted,
+        )
+        res = run_train(ws, model, opts)
+        return {
+            "epochs": res.epochs_done,
+            "best_cv_loss": res.best_cv_loss,
+            "run_dir": str(res.run_dir),
+        }
+
+    return run
+
+
+def _train_outputs(model: str):
+    def outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+        rec = load_record(ws, f"train_{model}")
+        last = rec.figures.get("last_checkpoint") if rec else None
+        return [Path(last)] if last else [ws.exp_dir(model) / "train_log.jsonl"]
+
+    return outputs
+
+
+# ---- export / audition ---------------------------------------------------------------------
+def _export_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    return {
+        "llm_select": o.get(ws, "export", "llm_select"),
+        "flow_select": o.get(ws, "export", "flow_select"),
+        "flow": o.train_flow,
+        "name": ws.voice_name,
+        "locked_epoch": ws.config.locked_epoch,
+    }
+
+
+def _export_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.export import ExportOptions, run_export
+
+    p = _export_params(ws, o)
+    res = run_export(
+        ws,
+        ExportOptions(
+            llm_select=p["llm_select"],
+            flow_select=p["flow_select"],
+            no_flow=not o.train_flow,
+            overwrite=True,
+        ),
+    )
+    return {"voice_dir": str(res.voice_dir), "llm": [c.label for c in res.llm]}
+
+
+def _audition_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    return {
+        "sentences": o.get(ws, "audition", "sentences"),
+        "compare": bool(o.get(ws, "audition", "compare", False)),
+    }
+
+
+def _audition_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+    from voicelab.audition import AuditionOptions, run_audition
+
+    p = _audition_params(ws, o)
+    res = run_audition(
+        ws, AuditionOptions(sentences=p["sentences"], compare=p["compare"], model_dir=ws.voice_dir)
+    )
+    return {"index": str(res.index), "takes": res.takes, "rtf": round(res.rtf, 3)}
+
+
+def _audition_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
+    rec = load_record(ws, run_key("audition"))
+    index = rec.figures.get("index") if rec else None
+    return [Path(index)] if index else []
+
+
+def default_stages() -> list[Stage]:
+    return [
+        Stage(
+            "vendor",
+            (),
+            _vendor_params,
+            _vendor_run,
+            _vendor_outputs,
+            summary="upstream CosyVoice checkout at its pin",
+        ),
+        Stage(
+            "download", (), _download_params, _download_run, _download_outputs, summary="base model"
+        ),
+        Stage(
+            "prepare",
+            (),
+            _prepare_params,
+            _prepare_run,
+            _split_outputs,
+            summary="intake, segmentation, ASR, QC, split",
+        ),
+        Stage(
+            "features",
+            ("prepare", "download"),
+            _features_params,
+            _features_run,
+            _features_outputs,
+            summary="speaker embeddings and speech tokens",
+        ),
+        Stage(
+            "pack", ("features",), _pack_params, _pack_run, _pack_outputs, summary="parquet shards"
+        ),
+        Stage(
+            "train_llm",
+            ("pack", "vendor", "download"),
+            _train_params("llm"),
+            _train_run("llm"),
+            _train_outputs("llm"),
+            summary="LLM fine-tune",
+        ),
+        Stage(
+            "train_flow",
+            ("pack", "vendor", "download"),
+            _train_params("flow"),
+            _train_run("flow"),
+            _train_outputs("flow"),
+            enabled=lambda o: o.train_flow,
+            summary="flow fine-tune",
+        ),
+        Stage(
+            "export",
+            ("train_llm", "train_flow"),
+            _export_params,
+            _export_run,
+            lambda ws, o: [ws.voice_dir / "llm.pt", ws.voice_dir / "spk2info.pt"],
+            summary="voice model dir",
+        ),
+        Stage(
+            "audition",
+            ("export",),
+            _audition_params,
+            _audition_run,
+            _audition_outputs,
+            summary="test sentences",
+        ),
+    ]
+
+
+STAGE_NAMES = [s.name for s in default_stages()]
+
+
+def figure_line(s: StageState) -> str:
+    """Key figures of a stage for ``voicelab status``."""
+    f = s.figures
+    name = s.name
+    if name == "prepare" and "kept" in f:
+        return (
+            f"{f.get('kept_minutes', 0)} min kept, {f.get('kept')} utts "
+            f"(train {f.get('train')}, dev {f.get('dev')}), {f.get('excluded')} excluded"
+        )
+    if name == "features" and "kept" in f:
+        return f"{f.get('kept')} utts, {f.get('excluded', 0)} excluded, {f.get('provider', '')}"
+    if name == "pack" and "train_shards" in f:
+        return f"{f.get('train_shards')} train / {f.get('dev_shards')} dev shards"
+    if name.startswith("train_") and "epochs" in f:
+        best = f.get("best_cv_loss")
+        best_s = f", best CV loss {best:.4f}" if isinstance(best, (int, float)) else ""
+        return f"{f.get('epochs')} epoch(s){best_s}"
+    if name == "export" and "voice_dir" in f:
+        return str(f["voice_dir"])
+    if name == "audition" and "index" in f:
+        return str(f["index"])
+    if name == "vendor" and "commit" in f:
+        return str(f["commit"])[:12]
+    return ""
+
+
+def ensure_ok(states: list[StageState]) -> None:
+    failed = [s for s in states if s.state == "failed"]
+    if failed:
+        raise StageError(
+            f"stage {failed[0].name} failed: {failed[0].reason}",
+            "fix it and run the same command again",
+        )
