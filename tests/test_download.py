@@ -690,6 +690,67 @@ def test_cli_from_dir_and_check(tmp_path, remote, expected):
     assert out.exit_code == 1 and "wrong hash: hift.pt" in out.stdout
 
 
+def _loopback_modelscope(root: Path, repo: str):
+    """The ModelScope endpoints the client uses for a download (file list with sha256, file by
+    path), serving ``root`` on 127.0.0.1."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            u = urlparse(self.path)
+            q = parse_qs(u.query)
+            if u.path == f"/api/v1/models/{repo}/repo/files":
+                files = [
+                    {
+                        "Path": p.relative_to(root).as_posix(),
+                        "Name": p.name,
+                        "Size": p.stat().st_size,
+                        "Sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                        "Type": "blob",
+                    }
+                    for p in sorted(root.rglob("*"))
+                    if p.is_file()
+                ]
+                body = json.dumps({"Code": 200, "Success": True, "Data": {"Files": files}})
+                self._send(200, body.encode())
+            elif u.path == f"/api/v1/models/{repo}/repo" and "FilePath" in q:
+                p = root / q["FilePath"][0]
+                self._send(200, p.read_bytes()) if p.is_file() else self._send(404, b"{}")
+            else:  # anything else the client asks (acceleration info ...): nothing special
+                self._send(200, json.dumps({"Code": 200, "Success": True, "Data": {}}).encode())
+
+        def _send(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, remote, expected):
+    srv = _loopback_modelscope(remote, dl.COSYVOICE3_REPO)
+    try:
+        ep = f"http://127.0.0.1:{srv.server_address[1]}"
+        dest = tmp_path / "model"
+        res = dl.download_cosyvoice3(dest, source="modelscope", endpoint=ep, expected=expected)
+        assert res.report.ok and res.source == "modelscope" and res.endpoint == ep
+        assert set(res.sync.fetched) >= set(dl.COSYVOICE3_REQUIRED)
+        assert dl.verify_model_dir(dest, deep=True).ok
+        _flip_byte(dest / "hift.pt")
+        res = dl.download_cosyvoice3(dest, source="modelscope", endpoint=ep, expected=expected)
+        assert res.sync.fetched == ["hift.pt"] and dl.verify_model_dir(dest, deep=True).ok
+    finally:
+        srv.shutdown()
+
+
 # ---- real downloads, where a hub is reachable ----------------------------------------------------
 def _reachable(host: str) -> str | None:
     try:
