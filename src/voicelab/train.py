@@ -1144,6 +1144,10 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         ws_text = ws.train_yaml.read_text("utf-8")
     else:
         ws_text = ""
+    # A resumed run keeps its own config (epochs, batch frames ...) unless options say otherwise.
+    run_cfg = ws.exp_dir(model, opts.engine) / "train_config.yaml"
+    if opts.resume and run_cfg.is_file():
+        ws_text = run_cfg.read_text("utf-8")
     explicit = _explicit_overrides(opts, section)
     run_text = tc.run_config_text(ws_text, explicit) if ws_text else ""
     values = tc.read_values(run_text) if run_text else {}
