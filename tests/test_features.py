@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,17 +49,17 @@ def _espeak(text: str, voice: str, out: Path) -> None:
 def build_speech_set(root: Path) -> dict[str, list[tuple[str, str, str, str]]]:
     """espeak-ng clips for two speakers: 24 kHz wavs (one kept at 44.1 kHz, one over 30 s).
 
-    Returns ``{split: [(utt, wav, text, spk)]}``. Cached under ``root``.
+    Returns ``{split: [(utt, wav, text, spk)]}``. Built once into ``root`` (a cache entry).
     """
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng sox)")
     import soundfile as sf
     import soxr
 
-    root.mkdir(parents=True, exist_ok=True)
     manifest = root / "manifest.json"
     if manifest.is_file():
         return json.loads(manifest.read_text())
+    final, root = root, Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     rows: dict[str, list[tuple[str, str, str, str]]] = {"train": [], "dev": []}
     clips: dict[str, list[np.ndarray]] = {}
     for si, (spk, voice) in enumerate(VOICES.items()):
@@ -82,8 +83,17 @@ def build_speech_set(root: Path) -> dict[str, list[tuple[str, str, str, str]]]:
     wav = root / f"{LONG_UTT}.wav"
     sf.write(wav, long, 24000, subtype="PCM_16")
     rows["train"].append((LONG_UTT, str(wav), "a long one", "spkA"))
-    manifest.write_text(json.dumps(rows))
-    return rows
+    # built beside the cache entry, then moved into place: concurrent test runs never see half
+    rows = {
+        k: [(u, w.replace(str(root), str(final)), t, sp) for u, w, t, sp in v]
+        for k, v in rows.items()
+    }
+    (root / "manifest.json").write_text(json.dumps(rows))
+    try:
+        os.replace(root, final)
+    except OSError:  # another run finished first: use its copy
+        shutil.rmtree(root, ignore_errors=True)
+    return json.loads(manifest.read_text())
 
 
 def write_kaldi(ws: Workspace, rows: dict[str, list[tuple[str, str, str, str]]]) -> None:
@@ -99,9 +109,14 @@ def write_kaldi(ws: Workspace, rows: dict[str, list[tuple[str, str, str, str]]])
         )
 
 
+SPEECH_CACHE = "features-speech-v1"  # bump when the corpus above changes
+
+
 @pytest.fixture(scope="session")
-def speech_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
-    return build_speech_set(tmp_path_factory.mktemp("speech"))
+def speech_set() -> dict[str, list]:
+    cache = Path(os.environ["VOICELAB_TEST_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_speech_set(cache / SPEECH_CACHE)
 
 
 @pytest.fixture(scope="session")

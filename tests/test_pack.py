@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_features import LONG_UTT, build_speech_set, write_kaldi
+from test_features import LONG_UTT, SPEECH_CACHE, build_speech_set, write_kaldi
 from voicelab import features as feat
 from voicelab import pack
 from voicelab.errors import StageError
@@ -43,8 +43,10 @@ def expected_schema():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def speech_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
-    return build_speech_set(tmp_path_factory.mktemp("speech"))
+def speech_set() -> dict[str, list]:
+    cache = Path(os.environ["VOICELAB_TEST_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_speech_set(cache / SPEECH_CACHE)
 
 
 @pytest.fixture(scope="session")
