@@ -74,6 +74,7 @@ def test_to_simplified(text: str, expected: str) -> None:
         ("增长了５０％", None, "增长了百分之五十"),
         # mixed zh/en: zh normalizer, English words kept, no blank between CJK and Latin
         ("我用iPhone 15打电话", None, "我用iPhone十五打电话"),
+        ("COVID-19疫情", None, "COVID十九疫情"),  # not "负十九"
         # upstream's zh clean-ups: brackets removed, trailing comma -> 。
         ("（注意）今天，", "zh", "注意今天。"),
         # en

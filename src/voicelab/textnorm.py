@@ -92,6 +92,7 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\ufeff]")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _ZH_TRAILING_COMMA = re.compile(r"[，,、]+$")
+_LETTER_HYPHEN = re.compile(r"(?<=[A-Za-z])-(?=\d)")
 
 
 def clean_whitespace(text: str) -> str:
@@ -172,6 +173,9 @@ def normalize(text: str, lang: str | None = None, simplify: bool = True) -> str:
         text = to_simplified(text)
     if lang not in ("zh", "en"):
         return text
+    if lang == "zh":
+        # zh TN reads "COVID-19" as "COVID负十九": a hyphen after a letter is no minus sign.
+        text = _LETTER_HYPHEN.sub(" ", text)
     out = _wetext(text, lang)
     if out is None:
         other = "en" if lang == "zh" else "zh"
