@@ -838,10 +838,10 @@ class Facts:
     params: int = 0
 
 
-def _check_modules() -> list[Problem]:
+def check_modules(modules: Iterable[str] = TRAIN_MODULES) -> list[Problem]:
     import importlib.util
 
-    missing = [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if not missing:
         return []
     return [
@@ -866,7 +866,7 @@ def preflight(
     base_ckpt: Path,
     epochs_to_run: int,
     engine: str,
-    check_modules: bool = True,
+    modules: Iterable[str] = TRAIN_MODULES,
     gpus: list[Gpu] | None = None,
     count_tokens: Callable[[str], int] = estimate_text_tokens,
 ) -> tuple[list[Problem], list[str], Facts]:
@@ -884,8 +884,8 @@ def preflight(
                         f"the vendor checkout lacks {rel}", "run: voicelab vendor sync cosyvoice"
                     )
                 )
-    if check_modules:
-        problems += _check_modules()
+    if modules:
+        problems += check_modules(modules)
 
     base = ws.base_model_dir
     need = [base_ckpt, base / "CosyVoice-BlankEN" / "config.json", base / "campplus.onnx"]
@@ -897,6 +897,7 @@ def preflight(
     facts.params = model_params(base_ckpt)
 
     rules = FilterRules.from_config(values)
+    longest_train = 100
     for split in ("train", "dev"):
         lst = ws.data_list(split)
         if not lst.is_file() or not read_list(lst):
@@ -933,6 +934,8 @@ def preflight(
                 )
             )
         longest = max((u.frames for s in shards for u in s.utts if rules.keeps(u)), default=0)
+        if split == "train":
+            longest_train = longest
         if longest > max_frames:
             problems.append(
                 Problem(
@@ -960,13 +963,13 @@ def preflight(
     if facts.train_shards:
         facts.batches = batches_per_rank(facts.train_shards, rules, max_frames, world, num_workers)
         fewest = min(facts.batches)
+        suggest = max(longest_train, max_frames // (accum + 1)) // 100 * 100
         if fewest < accum:
             problems.append(
                 Problem(
                     f"an epoch has {fewest} batch(es) per process but accum_grad is {accum}:"
                     " no optimizer step would ever happen",
-                    f"use --batch-frames {max(100, max_frames // (accum + 1) // 100 * 100)}"
-                    " or --accum-grad 1, or add data",
+                    f"use --batch-frames {suggest} or --accum-grad 1, or add data",
                 )
             )
     warn, errs = tc.check_values(values, engine)
