@@ -116,18 +116,31 @@ TRAINABLE_FILES = ("llm.pt", "flow.pt", "hift.pt")
 
 WHISPER_PATTERNS = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json"]
 WHISPER_PATTERNS.append("vocabulary.*")
-# faster-whisper's own table (faster_whisper.utils._MODELS) is used when installed; this copy
-# keeps `voicelab download whisper` working without it.
+# faster-whisper's own table (faster_whisper.utils._MODELS, 1.2). Importing faster_whisper
+# loads CTranslate2 and PyAV (seconds), so it is consulted only for names not listed here.
 _WHISPER_REPOS = {
-    "tiny": "Systran/faster-whisper-tiny",
-    "base": "Systran/faster-whisper-base",
-    "small": "Systran/faster-whisper-small",
-    "medium": "Systran/faster-whisper-medium",
-    "large-v1": "Systran/faster-whisper-large-v1",
-    "large-v2": "Systran/faster-whisper-large-v2",
-    "large-v3": "Systran/faster-whisper-large-v3",
+    **{
+        size: f"Systran/faster-whisper-{size}"
+        for size in (
+            "tiny.en",
+            "tiny",
+            "base.en",
+            "base",
+            "small.en",
+            "small",
+            "medium.en",
+            "medium",
+            "large-v1",
+            "large-v2",
+            "large-v3",
+        )
+    },
     "large": "Systran/faster-whisper-large-v3",
+    "distil-large-v2": "Systran/faster-distil-whisper-large-v2",
+    "distil-medium.en": "Systran/faster-distil-whisper-medium.en",
+    "distil-small.en": "Systran/faster-distil-whisper-small.en",
     "distil-large-v3": "Systran/faster-distil-whisper-large-v3",
+    "distil-large-v3.5": "distil-whisper/distil-large-v3.5-ct2",
     "large-v3-turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
     "turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
 }
@@ -845,7 +858,10 @@ class ModelScopeFetcher:
         return out
 
     def fetch(self, rel: str) -> Path:
-        from modelscope.hub.file_download import model_file_download
+        try:  # modelscope >= 1.3x delegates to modelscope_hub; `import modelscope` loads torch
+            from modelscope_hub.compat.file_download import model_file_download
+        except ImportError:
+            from modelscope.hub.file_download import model_file_download
 
         kw: dict[str, Any] = {"revision": self.revision, "local_dir": str(self.dest)}
         if self._client_endpoint():
@@ -1330,19 +1346,22 @@ def download_ttsfrd(
 
 # ---- Hugging Face cache (faster-whisper) ----------------------------------------------------
 def whisper_repo(model: str) -> str:
+    """faster-whisper's repository for a size name (``large-v3``) or a repo id."""
     if "/" in model:
         return model
-    try:
-        from faster_whisper.utils import _MODELS as table  # its own names, kept current
-    except ImportError:
-        table = _WHISPER_REPOS
-    repo = dict(table).get(model) or _WHISPER_REPOS.get(model)
-    if not repo:
+    if model in _WHISPER_REPOS:
+        return _WHISPER_REPOS[model]
+    table: dict[str, str] = dict(_WHISPER_REPOS)
+    with contextlib.suppress(ImportError):
+        from faster_whisper.utils import _MODELS  # names added after this table was written
+
+        table.update(_MODELS)
+    if model not in table:
         raise ConfigError(
             f"unknown Whisper model {model!r}",
             f"use one of {', '.join(sorted(table))} or a repo id (Systran/faster-whisper-large-v3)",
         )
-    return repo
+    return table[model]
 
 
 def hf_repo_folder(repo: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
