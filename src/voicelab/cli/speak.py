@@ -65,12 +65,14 @@ def _voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _workspace(ctx: Ctx) -> Any:
+def _workspace(ctx: Ctx, model_dir: str | None) -> Any:
     """The workspace if there is one: say/audition also work on a bare --model-dir."""
-    if ctx.workspace_arg:
-        return ctx.workspace()
     ws = ctx.workspace(must_exist=False)
-    return ws if ws.config_file.is_file() else None
+    if ws.config_file.is_file():
+        return ws
+    if ctx.workspace_arg and model_dir is None:
+        return ctx.workspace()  # the one-line "no voice workspace at ..." error
+    return None
 
 
 def _read_texts(text: str | None, text_file: str | None, paragraphs: bool) -> list[str]:
@@ -183,7 +185,7 @@ def say(
         join=join,
         pause=pause,
     )
-    result = run_say(_workspace(ctx), texts, opts)
+    result = run_say(_workspace(ctx, model_dir), texts, opts)
     for line in describe(result):
         echo(line)
 
@@ -249,7 +251,7 @@ def audition(
     from voicelab.audition import AuditionOptions, describe_unblind, run_audition, run_unblind
     from voicelab.errors import ConfigError
 
-    ws = _workspace(ctx)
+    ws = _workspace(ctx, model_dir)
     if unblind_file is not None:
         dirs = [ws.reports_dir] if ws is not None else []
         dirs.append(Path.cwd() / "reports")
