@@ -169,10 +169,19 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _kept(row: dict[str, Any]) -> bool:
-    for key in ("keep", "kept"):
-        if key in row:
-            return bool(row[key]) and str(row[key]) not in ("0", "false", "False")
-    return not row.get("reasons") and not row.get("reason")
+    """prepare's segments.jsonl says ``status: kept|excluded``."""
+    if "status" in row:
+        return row["status"] == "kept"
+    return bool(row.get("keep", not row.get("reasons")))
+
+
+def _duration(row: dict[str, Any]) -> float:
+    qc = row.get("qc") or {}
+    if "duration" in qc:
+        return float(qc["duration"])
+    if "duration" in row:
+        return float(row["duration"])
+    return max(0.0, float(row.get("end", 0.0)) - float(row.get("start", 0.0)))
 
 
 def _reasons(row: dict[str, Any]) -> list[str]:
@@ -189,7 +198,7 @@ def dataset_section(ws: Workspace) -> str:
         return "<p class='muted'>No dataset yet: run <code>voicelab prepare</code>.</p>"
     kept = [r for r in rows if _kept(r)]
     dropped = [r for r in rows if not _kept(r)]
-    durs = [float(r.get("duration", 0.0)) for r in kept]
+    durs = [_duration(r) for r in kept]
     reasons = Counter(x for r in dropped for x in _reasons(r))
     out = [
         table(
@@ -199,7 +208,7 @@ def dataset_section(ws: Workspace) -> str:
                 [
                     "excluded",
                     len(dropped),
-                    f"{sum(float(r.get('duration', 0)) for r in dropped) / 60:.1f}",
+                    f"{sum(_duration(r) for r in dropped) / 60:.1f}",
                 ],
             ],
             num_cols=2,
@@ -224,8 +233,8 @@ def dataset_section(ws: Workspace) -> str:
                 ["id", "duration", "reasons", "text"],
                 [
                     [
-                        r.get("id", r.get("utt", "")),
-                        f"{float(r.get('duration', 0)):.1f}",
+                        r.get("utt", r.get("id", "")),
+                        f"{_duration(r):.1f}",
                         ", ".join(_reasons(r)),
                         r.get("text", ""),
                     ]
