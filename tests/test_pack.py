@@ -180,19 +180,21 @@ def test_rerun_skips_and_rewrites_only_changed_shards(ws: Workspace) -> None:
 
 
 def test_worker_errors_are_all_reported_and_resume(ws: Workspace) -> None:
+    pack.run_pack(ws, pack.PackOptions(num_workers=2, num_gpus=1))
     out = ws.parquet_dir("train")
-    out.mkdir(parents=True, exist_ok=True)
     # two shard destinations that cannot be replaced by a file: both workers fail
     for i in (1, 3):
         blocker = out / f"parquet_{i:09d}.tar"
+        blocker.unlink()
         blocker.mkdir()
         (blocker / "keep").write_text("x")
     with pytest.raises(StageError) as err:
-        pack.run_pack(ws, pack.PackOptions(num_workers=2, num_gpus=1))
+        pack.run_pack(ws, pack.PackOptions(num_workers=2, num_gpus=1, force=True))
     msg = err.value.one_line()
     assert "2 of 4 train shard(s) failed" in msg
     assert "parquet_000000001.tar" in msg and "parquet_000000003.tar" in msg
-    assert not ws.data_list("train").exists()  # never a list naming a missing shard
+    # the earlier data.list is gone: it must never name a mix of old and new shards
+    assert not ws.data_list("train").exists()
     for i in (1, 3):
         shutil.rmtree(out / f"parquet_{i:09d}.tar")
     res = pack.run_pack(ws, pack.PackOptions(num_workers=2, num_gpus=1))

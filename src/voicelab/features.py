@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ import numpy as np
 from voicelab import fbank
 from voicelab.console import make_progress
 from voicelab.errors import EnvironmentProblem, InputError, ModelError
-from voicelab.fsutil import atomic_path, atomic_write_json, hash_obj, quick_fingerprint, read_json
+from voicelab.fsutil import atomic_path, atomic_write_text, hash_obj, quick_fingerprint, read_json
 from voicelab.paths import to_local_path
 from voicelab.state import stage_run, staleness
 from voicelab.workspace import Workspace
@@ -265,8 +266,12 @@ class FeatureCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        data = read_json(path, default={}) or {}
-        if data.get("version") != FEATURES_VERSION:
+        try:
+            data = read_json(path, default={}) or {}
+        except ValueError:  # not JSON (edited by hand?): start over, it is only a cache
+            log.warning("ignoring the unreadable features cache %s", path)
+            data = {}
+        if not isinstance(data, dict) or data.get("version") != FEATURES_VERSION:
             data = {}
         self.entries: dict[str, dict[str, Any]] = data.get("entries", {})
         self.files: dict[str, list[str]] = data.get("files", {})
@@ -310,10 +315,12 @@ class FeatureCache:
             return
         with self.lock:
             t0 = time.monotonic()
-            atomic_write_json(
-                self.path,
+            # compact: one line, no indentation (a big set's cache is tens of MB)
+            blob = json.dumps(
                 {"version": FEATURES_VERSION, "entries": self.entries, "files": self.files},
+                separators=(",", ":"),
             )
+            atomic_write_text(self.path, blob)
             self.dirty = False
             self.last_save = time.monotonic()
             self.save_cost = self.last_save - t0

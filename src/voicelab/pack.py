@@ -27,6 +27,7 @@ interrupted run resumes with the shards it had not finished.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -411,6 +412,10 @@ def _pack_split(
             continue
         todo.append((i, chunk))
 
+    if todo:
+        # until every shard is written again, no list may name a mix of old and new shards
+        for name in ("data.list", "utt2data.list", "spk2data.list"):
+            (out_dir / name).unlink(missing_ok=True)
     errors: list[str] = []
     with make_progress() as prog, ThreadPoolExecutor(max_workers=jobs) as pool:
         task = prog.add_task(f"packing {split}", total=len(todo))
@@ -482,7 +487,7 @@ def run_pack(ws: Workspace, opts: PackOptions | None = None) -> PackResult:
         opts.num_gpus or ws.option("pack", "gpus") or ws.option("train", "gpus") or DEFAULT_NUM_GPUS
     )
     ups = opts.utts_per_shard or ws.option("pack", "utts_per_shard")
-    opts.utts_per_shard = int(ups) if ups else None
+    opts = dataclasses.replace(opts, utts_per_shard=int(ups) if ups else None)
     jobs = max(1, opts.jobs or os.cpu_count() or 1)
     splits = [s for s in opts.splits if (ws.split_dir(s) / "wav.scp").is_file()]
     if "train" not in splits:
