@@ -751,6 +751,29 @@ def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, re
         srv.shutdown()
 
 
+def test_funasr_download_repair_and_listing_through_loopback_hub(tmp_path):
+    remote = tmp_path / "sv"
+    remote.mkdir()
+    (remote / "model.pt").write_bytes(b"m" * 100)
+    (remote / "configuration.json").write_text("{}")
+    srv = _loopback_modelscope(remote, "iic/SenseVoiceSmall")
+    try:
+        ep = f"http://127.0.0.1:{srv.server_address[1]}"
+        # The client keeps the cache dir it saw first in a process: name this test's.
+        cache = os.environ["MODELSCOPE_CACHE"]
+        path = dl.download_funasr("sensevoice", endpoint=ep, cache_dir=cache)
+        assert (path / "model.pt").read_bytes() == b"m" * 100
+        assert str(path).startswith(cache)
+        (path / "model.pt").write_bytes(b"")  # an empty model file: fetched again
+        path = dl.download_funasr("sensevoice", endpoint=ep, cache_dir=cache)
+        assert (path / "model.pt").stat().st_size == 100
+    finally:
+        srv.shutdown()
+    infos = dl.list_models(Workspace.open(tmp_path / "ws", must_exist=False))
+    (f,) = [i for i in infos if i.kind == "funasr"]
+    assert f.name == "iic/SenseVoiceSmall" and f.complete and f.where == "modelscope-cache"
+
+
 # ---- real downloads, where a hub is reachable ----------------------------------------------------
 def _reachable(host: str) -> str | None:
     try:

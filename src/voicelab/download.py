@@ -1547,9 +1547,13 @@ def _check_plain_dir(folder: Path, required: Iterable[str]) -> list[str]:
 
 
 def download_funasr(
-    model: str = "paraformer-zh", endpoint: str | None = None, revision: str = "master"
+    model: str = "paraformer-zh",
+    endpoint: str | None = None,
+    revision: str = "master",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Prefetch a FunASR model into the ModelScope cache, where ``funasr.AutoModel`` looks."""
+    """Prefetch a FunASR model into the ModelScope cache (``MODELSCOPE_CACHE``, or
+    ``cache_dir``), where ``funasr.AutoModel`` looks."""
     repo = FUNASR_MODELS.get(model, model if "/" in model else "")
     if not repo:
         raise ConfigError(
@@ -1558,6 +1562,8 @@ def download_funasr(
         )
     ep = ms_endpoint(endpoint)
     kw: dict[str, Any] = {"revision": revision}
+    if cache_dir:
+        kw["cache_dir"] = str(cache_dir)
     if endpoint or _ms_config_endpoint():
         kw["endpoint"] = ep
     for attempt in (1, 2):

@@ -158,12 +158,16 @@ def whisper(
 )
 @click.option("--endpoint", metavar="URL", help="ModelScope endpoint (MODELSCOPE_ENDPOINT).")
 @click.option("--revision", default="master", show_default=True, help="Model revision.")
-def funasr(models: tuple[str, ...], endpoint: str | None, revision: str) -> None:
+@click.option("--cache-dir", metavar="DIR", help="ModelScope cache (default: MODELSCOPE_CACHE).")
+def funasr(
+    models: tuple[str, ...], endpoint: str | None, revision: str, cache_dir: str | None
+) -> None:
     """FunASR models into the ModelScope cache (MODELSCOPE_CACHE), where funasr finds them."""
     from voicelab import download as dl
 
+    cache = to_local_path(cache_dir) if cache_dir else None
     for name in models or dl.FUNASR_DEFAULT:
-        path = dl.download_funasr(name, endpoint=endpoint, revision=revision)
+        path = dl.download_funasr(name, endpoint=endpoint, revision=revision, cache_dir=cache)
         echo(f"{name}: ready at {path}")
 
 
