@@ -56,6 +56,7 @@ STAGE = "features"
 SPLITS = ("train", "dev")
 CAMPPLUS = "campplus.onnx"
 TOKENIZER = "speech_tokenizer_v3.onnx"
+TOKENIZER_BATCH = "speech_tokenizer_v3.batch.onnx"  # used when batching, if present
 EMBEDDING_FILE = "utt2embedding.pt"
 SPK_EMBEDDING_FILE = "spk2embedding.pt"
 TOKEN_FILE = "utt2speech_token.pt"
@@ -192,7 +193,12 @@ class Models:
     thread-safe and releases the GIL)."""
 
     def __init__(
-        self, campplus: Path, tokenizer: Path, device: str = "auto", intra_threads: int = 1
+        self,
+        campplus: Path,
+        tokenizer: Path,
+        device: str = "auto",
+        intra_threads: int = 1,
+        token_batch: int | None = None,
     ) -> None:
         from voicelab.onnxrt import create_session
 
@@ -202,13 +208,21 @@ class Models:
                     f"ONNX model not found: {p}",
                     "run: voicelab download cosyvoice3 (or pass --onnx-dir DIR)",
                 )
-        self.campplus_path, self.tokenizer_path = campplus, tokenizer
         self.campplus = create_session(campplus, device, threads=intra_threads)
+        # Batches pay off on a GPU only; the small campplus session shows whether CUDA works
+        # before the ~1 GB tokenizer is loaded.
+        on_cuda = self.campplus.provider == "CUDAExecutionProvider"
+        self.token_batch = max(1, token_batch or (16 if on_cuda else 1))
+        batch_model = tokenizer.with_name(TOKENIZER_BATCH)
+        if self.token_batch > 1 and batch_model.is_file():
+            # upstream's batch export, which its online training path feeds padded batches
+            tokenizer = batch_model
+        self.campplus_path, self.tokenizer_path = campplus, tokenizer
         self.tokenizer = create_session(tokenizer, device, threads=intra_threads)
         self.notes = [n for n in (self.campplus.note, self.tokenizer.note) if n]
         shape = self.tokenizer.session.get_inputs()[0].shape
-        # A tokenizer exported with a fixed batch of 1 cannot take batches.
-        self.dynamic_batch = not (isinstance(shape[0], int) and shape[0] == 1)
+        if isinstance(shape[0], int) and shape[0] == 1:  # exported with a fixed batch of 1
+            self.token_batch = 1
         self.key = hash_obj([model_identity(campplus), model_identity(tokenizer), FEATURES_VERSION])
 
     @property
@@ -512,7 +526,11 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
         "splits": {
             s: [[u.utt, u.spk, hashes.get(u.wav, "")] for u in us] for s, us in splits.items()
         },
-        "models": [model_identity(camp_path), model_identity(tok_path)],
+        "models": [
+            model_identity(p)
+            for p in (camp_path, tok_path, tok_path.with_name(TOKENIZER_BATCH))
+            if p.is_file()
+        ],
         "version": FEATURES_VERSION,
     }
     params = {"splits": sorted(splits)}
@@ -523,11 +541,16 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
 
     with stage_run(ws, STAGE, inputs, params) as rec:
         threads = max(1, opts.threads or os.cpu_count() or 1)
-        models = Models(camp_path, tok_path, opts.device, intra_threads=1)
-        log.info("features: %s", models.describe())
-        token_batch = opts.token_batch or (16 if models.provider == "CUDAExecutionProvider" else 1)
-        if not models.dynamic_batch:
-            token_batch = 1
+        models = Models(
+            camp_path, tok_path, opts.device, intra_threads=1, token_batch=opts.token_batch
+        )
+        token_batch = models.token_batch
+        log.info(
+            "features: %s, speech tokenizer %s, batch %d",
+            models.describe(),
+            models.tokenizer_path.name,
+            token_batch,
+        )
 
         todo: dict[str, tuple[str, str, float]] = {}
         cached = 0

@@ -26,9 +26,15 @@ from voicelab.console import echo
     "--token-batch",
     type=int,
     metavar="N",
-    help="Utterances per speech-tokenizer call (default: 16 on CUDA, 1 on CPU).",
+    help="Utterances per speech-tokenizer call (default: 16 on CUDA, 1 on CPU); batches use "
+    "speech_tokenizer_v3.batch.onnx when it is there.",
 )
-@click.option("--force", is_flag=True, help="Run even when inputs are unchanged.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run even when inputs are unchanged (per-utterance results stay cached; delete "
+    "data/<speaker>_sft/.features_cache.json to recompute everything).",
+)
 @pass_ctx
 def features(
     ctx: Ctx,
