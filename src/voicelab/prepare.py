@@ -720,35 +720,42 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
             else:
                 hit = asr_cache.get(f"{s['sha']}:{asr_key}")
                 s["asr"] = hit
-        need = [
-            s
-            for s in segs
-            if opts.asr != "transcripts"
-            and s["asr"] is None
-            and (_forced_keep(s, overrides) or not s["audio_reasons"])
-        ]
-        if need:
-            _transcribe(need, asr_opts, asr_key, asr_cache, result)
-        for s in segs:
-            if opts.asr != "transcripts":
-                hit = s["asr"] or {}
-                s["raw_text"], s["language"] = hit.get("text", ""), hit.get("language") or None
 
-        # 4-6. text, QC, review.
-        for s in segs:
-            _finish_segment(s, opts, overrides)
-        by_utt = {s["utt"]: s for s in segs}
+        def take_asr() -> None:
+            for s in segs:
+                if opts.asr != "transcripts":
+                    hit = s["asr"] or {}
+                    s["raw_text"] = hit.get("text", "")
+                    s["language"] = hit.get("language") or None
+                _finish_segment(s, opts, overrides)
+
+        # 4-6. text, QC and review edits; the edits come first since a review may keep a
+        # segment that was excluded before ASR (it is transcribed now).
+        take_asr()
         if opts.apply_review is not None:
             review_file = (
                 to_local_path(opts.apply_review)
                 if str(opts.apply_review) not in ("", "-")
                 else prep / "review.tsv"
             )
+            by_utt = {s["utt"]: s for s in segs}
             result.review_applied = apply_review(review_file, by_utt, overrides)
             atomic_write_json(overrides_path, overrides)
             _mark_review_applied(review_file)
-            for s in segs:
-                _finish_segment(s, opts, overrides)
+        need = [
+            s
+            for s in segs
+            if opts.asr != "transcripts"
+            and s["asr"] is None
+            and (
+                not s["audio_reasons"]
+                # A review keeps it: worth transcribing unless upstream would drop it anyway.
+                or (_forced_keep(s, overrides) and not any(r["hard"] for r in s["audio_reasons"]))
+            )
+        ]
+        if need:
+            _transcribe(need, asr_opts, asr_key, asr_cache, result)
+        take_asr()
 
         # 7. split and outputs.
         kept = [s for s in segs if s["status"] == "kept"]

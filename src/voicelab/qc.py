@@ -293,9 +293,10 @@ def describe(reasons: list[dict[str, Any]]) -> str:
     for r in reasons:
         if r["code"] == "hallucination":
             parts.append(f"hallucination({'/'.join(r.get('flags', []))})")
-        elif r["threshold"] == 0.0 and r["code"] in ("no_speech", "empty_text"):
-            parts.append(r["code"])
         else:
-            op = next(x.op for x in RULES if x.code == r["code"])
-            parts.append(f"{r['code']}({r['value']:g}{op[0]}{r['threshold']:g})")
+            rule = next((x for x in RULES if x.code == r["code"]), None)
+            if rule is None or not rule.option:  # review_drop, no_speech, empty_text
+                parts.append(r["code"])
+            else:
+                parts.append(f"{r['code']}({r['value']:g}{rule.op[0]}{r['threshold']:g})")
     return ",".join(parts)
