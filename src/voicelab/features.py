@@ -220,10 +220,32 @@ class Models:
         self.campplus_path, self.tokenizer_path = campplus, tokenizer
         self.tokenizer = create_session(tokenizer, device, threads=intra_threads)
         self.notes = [n for n in (self.campplus.note, self.tokenizer.note) if n]
+        self._lock = threading.Lock()
+        self._threads = intra_threads
         shape = self.tokenizer.session.get_inputs()[0].shape
         if isinstance(shape[0], int) and shape[0] == 1:  # exported with a fixed batch of 1
             self.token_batch = 1
         self.key = hash_obj([model_identity(campplus), model_identity(tokenizer), FEATURES_VERSION])
+
+    def _run(self, which: str, feeds: dict[str, np.ndarray]) -> list[Any]:
+        """Run a session; a CUDA session that fails at run time (out of memory, a cuDNN
+        library that only loads on first use) is rebuilt on the CPU once, with a warning."""
+        sess = getattr(self, which)
+        try:
+            return sess.run(feeds)
+        except Exception as e:
+            if sess.provider != "CUDAExecutionProvider":
+                raise
+            with self._lock:
+                if getattr(self, which) is sess:  # another worker may have switched already
+                    from voicelab.onnxrt import create_session
+
+                    path = self.campplus_path if which == "campplus" else self.tokenizer_path
+                    note = f"{path.name} failed on CUDA ({type(e).__name__}): using the CPU"
+                    log.warning(note)
+                    self.notes.append(note)
+                    setattr(self, which, create_session(path, "cpu", threads=self._threads))
+            return getattr(self, which).run(feeds)
 
     @property
     def provider(self) -> str:
@@ -236,7 +258,7 @@ class Models:
 
     def embed(self, feat: np.ndarray) -> list[float]:
         inp = self.campplus.session.get_inputs()[0].name
-        out = self.campplus.run({inp: feat[None].astype(np.float32, copy=False)})[0]
+        out = self._run("campplus", {inp: feat[None].astype(np.float32, copy=False)})[0]
         vec = np.asarray(out, dtype=np.float32).reshape(-1)
         if vec.shape[0] != 192:
             raise ModelError(
@@ -254,7 +276,9 @@ class Models:
         for i, m in enumerate(mels):
             batch[i, :, : m.shape[1]] = m
         lengths = np.array([m.shape[1] for m in mels], dtype=np.int32)
-        out = np.asarray(self.tokenizer.run({inputs[0].name: batch, inputs[1].name: lengths})[0])
+        out = np.asarray(
+            self._run("tokenizer", {inputs[0].name: batch, inputs[1].name: lengths})[0]
+        )
         out = out.reshape(len(mels), -1)
         result = []
         for i, m in enumerate(mels):
