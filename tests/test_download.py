@@ -602,6 +602,18 @@ def _loopback_hub(root: Path, repo: str, commit: str = "c" * 40):
 
         def do_GET(self) -> None:
             path = urlparse(self.path).path
+            if path.startswith(f"/api/models/{repo}/tree/"):  # snapshot_download's listing
+                tree = []
+                for p in sorted(root.rglob("*")):
+                    if p.is_file():
+                        d = p.read_bytes()
+                        sha = hashlib.sha256(d).hexdigest()
+                        lfs = {"oid": sha, "size": len(d), "pointerSize": 1}
+                        rel = p.relative_to(root).as_posix()
+                        entry = {"type": "file", "path": rel, "size": len(d), "oid": sha[:40]}
+                        tree.append({**entry, "lfs": lfs})
+                self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
+                return
             if path.startswith(f"/api/models/{repo}"):
                 sib = []
                 for p in sorted(root.rglob("*")):
@@ -688,6 +700,26 @@ def test_cli_from_dir_and_check(tmp_path, remote, expected):
     _flip_byte(model / "hift.pt")
     out = run(cli, ["-w", str(ws), "download", "cosyvoice3", "--check"])
     assert out.exit_code == 1 and "wrong hash: hift.pt" in out.stdout
+
+
+def test_whisper_download_and_repair_through_loopback_hub(tmp_path):
+    remote = tmp_path / "fw"
+    remote.mkdir()
+    for rel, data in WHISPER_FILES.items():
+        (remote / rel).write_bytes(data)
+    (remote / "README.md").write_text("not needed by faster-whisper")
+    srv = _loopback_hub(remote, "Systran/faster-whisper-tiny")
+    cache = Path(os.environ["HF_HUB_CACHE"])  # named: the client fixes its default at import
+    try:
+        ep = f"http://127.0.0.1:{srv.server_address[1]}"
+        snap = dl.download_whisper("tiny", endpoint=ep, cache_dir=cache)
+        assert sorted(p.name for p in snap.iterdir()) == sorted(WHISPER_FILES)
+        assert dl.check_hf_snapshot("Systran/faster-whisper-tiny", cache_dir=cache, deep=True).ok
+        (snap / "vocabulary.txt").write_bytes(b"")  # the notes' broken cache
+        snap = dl.download_whisper("tiny", endpoint=ep, cache_dir=cache)
+        assert (snap / "vocabulary.txt").read_bytes() == WHISPER_FILES["vocabulary.txt"]
+    finally:
+        srv.shutdown()
 
 
 def _loopback_modelscope(root: Path, repo: str):
