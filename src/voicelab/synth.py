@@ -415,6 +415,7 @@ class SayResult:
     durations: list[float] = field(default_factory=list)
     rtfs: list[float] = field(default_factory=list)
     joined: Path | None = None
+    joined_seconds: float = 0.0
     audio_seconds: float = 0.0
     wall: float = 0.0
     device: str = ""
@@ -484,7 +485,7 @@ def run_say(ws: Workspace | None, texts: list[str], opts: SayOptions) -> SayResu
             write_wav(path, spoken.audio, spoken.sample_rate)
         if spoken.seconds == 0:
             raise InputError(f"no audio came out for {utt.text[:40]!r}", "try another text")
-        log.info("%s  %.2f s  RTF %.2f", path.name, spoken.seconds, spoken.rtf)
+        log.debug("%s  %.2f s  RTF %.2f", path.name, spoken.seconds, spoken.rtf)
         result.files.append(path)
         result.durations.append(spoken.seconds)
         result.rtfs.append(spoken.rtf)
@@ -492,9 +493,9 @@ def run_say(ws: Workspace | None, texts: list[str], opts: SayOptions) -> SayResu
         result.wall += spoken.wall
         audios.append(spoken.audio)
     if opts.join and audios:
-        result.joined = write_wav(
-            join_path(out), join_audio(audios, synth.sample_rate, opts.pause), synth.sample_rate
-        )
+        joined = join_audio(audios, synth.sample_rate, opts.pause)
+        result.joined = write_wav(join_path(out), joined, synth.sample_rate)
+        result.joined_seconds = len(joined) / synth.sample_rate
     return result
 
 
@@ -502,7 +503,7 @@ def describe(result: SayResult) -> list[str]:
     """The summary lines ``voicelab say`` prints."""
     lines = [f"{p}  ({d:.2f} s)" for p, d in zip(result.files, result.durations, strict=True)]
     if result.joined is not None:
-        lines.append(f"{result.joined}  (joined)")
+        lines.append(f"{result.joined}  ({result.joined_seconds:.2f} s, joined)")
     extra = f", first audio after {result.first_audio:.2f} s" if result.first_audio else ""
     lines.append(
         f"{result.audio_seconds:.1f} s of audio in {result.wall:.1f} s: RTF {result.rtf:.2f} "

@@ -15,8 +15,13 @@ many lines), so the things upstream does at import time land in our process:
 * ``CosyVoice2Model.tts`` doubles ``token_hop_len`` on the model instance on every streamed chunk
   and never resets it, so a second streamed utterance starts with a larger first chunk (later
   first audio): :func:`reset_stream_state` puts it back before each streamed utterance.
-* ``inference_sft`` wraps its loop in ``tqdm``: one bar per call on stderr. ``TQDM_DISABLE``
-  (read by tqdm >= 4.66 when a bar is made) is set for this process only.
+* ``inference_sft`` wraps its loop in ``tqdm`` (one bar per segment call on stderr, over our own
+  progress bar): the module's ``tqdm`` name is replaced by a pass-through. ``TQDM_DISABLE`` would
+  not do: tqdm reads it when tqdm itself is imported, before we run.
+* Loading the model prints transformers' "Loading weights" bar and deprecation warnings of
+  torch/transformers APIs upstream calls (``torch.cuda.amp.autocast``, ``weight_norm``,
+  ``past_key_values``): noise a user cannot act on, silenced for this process
+  (``VOICELAB_VERBOSE_UPSTREAM=1`` keeps them).
 
 SFT inference never calls ``torchaudio.load`` (only zero-shot prompts are read from files), so
 no audio-IO fix is needed here.
@@ -30,6 +35,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,7 +92,7 @@ def import_cosyvoice3() -> Any:
             "pip install -e '.[train]' (in the environment you run voicelab from)",
         )
     _ensure_import_paths(list(runtime.import_paths))
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    _quiet_third_party()
     with _keep_root_logging():
         try:
             module = importlib.import_module("cosyvoice.cli.cosyvoice")
@@ -96,6 +102,7 @@ def import_cosyvoice3() -> Any:
                 "run: voicelab vendor sync cosyvoice (it also fetches Matcha-TTS), "
                 "or pip install the missing package",
             ) from e
+    module.tqdm = _no_bar  # inference_sft's per-call bar
     cls = getattr(module, "CosyVoice3", None)
     if cls is None:
         raise VendorError(
@@ -103,6 +110,31 @@ def import_cosyvoice3() -> Any:
             "run: voicelab vendor sync cosyvoice",
         )
     return cls
+
+
+def _no_bar(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+    return iterable
+
+
+# Deprecations upstream triggers on current torch/transformers; nothing a user can change.
+_NOISE = (
+    r".*torch\.cuda\.amp\.autocast.*",
+    r".*torch\.nn\.utils\.weight_norm.*",
+    r".*past_key_values.*",
+)
+
+
+def _quiet_third_party() -> None:
+    if os.environ.get("VOICELAB_VERBOSE_UPSTREAM"):
+        return
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # checked by the caller; nothing to quiet
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def reset_stream_state(cosyvoice: Any) -> None:
