@@ -149,3 +149,46 @@ def test_stage_figures_are_kept_for_status(tmp_workspace: Workspace) -> None:
     g = _graph(tmp_workspace, calls)
     run_pipeline(tmp_workspace, g, _opts())
     assert all(s.figures.get("n") for s in stage_states(tmp_workspace, g, _opts())[:4])
+
+
+def test_status_command_lists_every_stage(tmp_workspace: Workspace) -> None:
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+    from voicelab.stages import STAGE_NAMES
+
+    res = CliRunner().invoke(cli, ["-w", str(tmp_workspace.root), "status"])
+    assert res.exit_code == 0, res.output
+    lines = [ln.split() for ln in res.output.splitlines()[1:]]
+    assert [ln[0] for ln in lines] == STAGE_NAMES
+    assert all(ln[1] in ("pending", "disabled") for ln in lines)
+    as_json = CliRunner().invoke(cli, ["-w", str(tmp_workspace.root), "status", "--json"])
+    assert '"stage": "train_llm"' in as_json.output
+
+
+def test_run_options_remember_the_last_run(tmp_workspace: Workspace) -> None:
+    from voicelab.stages import run_options, save_run_options
+
+    save_run_options(tmp_workspace, run_options(tmp_workspace, train_flow=True, tiny=True))
+    again = run_options(Workspace.open(tmp_workspace.root))
+    assert again.train_flow and again.tiny
+    assert not run_options(tmp_workspace, train_flow=False).train_flow
+
+
+def test_stage_names_and_order() -> None:
+    from voicelab.stages import STAGE_NAMES, default_stages
+
+    assert STAGE_NAMES == [
+        "vendor",
+        "download",
+        "prepare",
+        "features",
+        "pack",
+        "train_llm",
+        "train_flow",
+        "export",
+        "audition",
+    ]
+    deps = {s.name: s.deps for s in default_stages()}
+    for name, ds in deps.items():
+        assert all(STAGE_NAMES.index(d) < STAGE_NAMES.index(name) for d in ds)

@@ -69,7 +69,7 @@ def _download_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
         "model": BASE_MODEL_NAME,
         "dir": str(ws.base_model_dir),
         "source": o.get(ws, "download", "source"),
-        "rl": bool(o.get(ws, "download", "rl", False)),
+        "rl": o.get(ws, "download", "rl"),
     }
 
 
@@ -85,7 +85,7 @@ def _download_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
         ws.base_model_dir,
         source=o.get(ws, "download", "source"),
         endpoint=o.get(ws, "download", "endpoint"),
-        rl=bool(o.get(ws, "download", "rl", False)),
+        rl=o.get(ws, "download", "rl"),  # None keeps the dir's current choice
     )
     return {
         "model_dir": str(res.model_dir) if hasattr(res, "model_dir") else str(ws.base_model_dir)
@@ -279,6 +279,32 @@ def _audition_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
     rec = load_record(ws, run_key("audition"))
     index = rec.figures.get("index") if rec else None
     return [Path(index)] if index else []
+
+
+def run_options(ws: Workspace, **given: Any) -> RunOptions:
+    """RunOptions for this workspace: ``given`` flags (None = not given), else what the last
+    ``voicelab run``/``demo`` saved under ``[run]`` (so ``status`` judges with the same)."""
+    saved = ws.config.section("run")
+    flags = {}
+    for key in ("train_flow", "tiny", "device"):
+        value = given.pop(key, None)
+        flags[key] = value if value is not None else saved.get(key)
+    opts = RunOptions(
+        train_flow=bool(flags["train_flow"]),
+        tiny=bool(flags["tiny"]),
+        device=flags["device"] or "auto",
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    return opts
+
+
+def save_run_options(ws: Workspace, opts: RunOptions) -> None:
+    ws.config.sections["run"] = {
+        "train_flow": opts.train_flow,
+        "tiny": opts.tiny,
+        "device": opts.device,
+    }
+    ws.save()
 
 
 def default_stages() -> list[Stage]:

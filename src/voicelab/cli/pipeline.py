@@ -56,8 +56,9 @@ def _finish(ws: Workspace, opts: Any) -> None:
 def _run_pipeline(ws: Workspace, opts: Any, skip_doctor: bool) -> None:
     from voicelab.pipeline import run_pipeline
     from voicelab.report import build_report
-    from voicelab.stages import default_stages
+    from voicelab.stages import default_stages, save_run_options
 
+    save_run_options(ws, opts)
     if not skip_doctor:
         _preflight(ws)
     try:
@@ -70,12 +71,14 @@ def _run_pipeline(ws: Workspace, opts: Any, skip_doctor: bool) -> None:
 @click.command()
 @click.option("--wav-dir", metavar="DIR", help="Folder of the speaker's recordings.")
 @click.option("--speaker", help="Speaker id (first run: required).")
-@click.option("--train-flow", is_flag=True, help="Also fine-tune the flow model.")
+@click.option(
+    "--train-flow/--no-train-flow", default=None, help="Also fine-tune the flow model (saved)."
+)
 @click.option("--from", "from_stage", metavar="STAGE", help=f"First stage ({STAGE_HELP}).")
 @click.option("--until", "until_stage", metavar="STAGE", help="Last stage.")
 @click.option("--force", is_flag=True, help="Redo the selected stages even when up to date.")
 @click.option("--skip-doctor", is_flag=True, help="Do not run the doctor preflight.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: auto.")
 @click.option("--epochs", type=int, help="Training epochs (saved in voicelab.toml).")
 @click.option("--gpus", type=int, help="GPUs to train on.")
 @click.option("--asr", type=click.Choice(["faster-whisper", "funasr", "transcripts"]))
@@ -86,12 +89,12 @@ def run(
     ctx: Ctx,
     wav_dir: str | None,
     speaker: str | None,
-    train_flow: bool,
+    train_flow: bool | None,
     from_stage: str | None,
     until_stage: str | None,
     force: bool,
     skip_doctor: bool,
-    device: str,
+    device: str | None,
     epochs: int | None,
     gpus: int | None,
     asr: str | None,
@@ -106,7 +109,7 @@ def run(
     example:
       voicelab run --wav-dir "/mnt/c/AIGC/数据集/xuan" --speaker xuan
     """
-    from voicelab.pipeline import RunOptions
+    from voicelab.stages import run_options
 
     ws = ctx.workspace(must_exist=False)
     if speaker or wav_dir or not ws.config_file.is_file():
@@ -122,12 +125,13 @@ def run(
         for key, value in values.items():
             if value is not None:
                 ws.set_option(section, key, value)
-    opts = RunOptions(
+    opts = run_options(
+        ws,
         train_flow=train_flow,
+        device=device,
         from_stage=from_stage,
         until_stage=until_stage,
         force=force,
-        device=device,
     )
     _run_pipeline(ws, opts, skip_doctor)
 
@@ -140,12 +144,11 @@ def status(ctx: Ctx, train_flow: bool, as_json: bool) -> None:
     """One line per stage: done, stale (and why), pending, failed (and the error)."""
     import json
 
-    from voicelab.pipeline import RunOptions, stage_states
-    from voicelab.stages import default_stages, figure_line
+    from voicelab.pipeline import stage_states
+    from voicelab.stages import default_stages, figure_line, run_options
 
     ws = ctx.workspace()
-    flow_ran = (ws.state_dir / "run-train_flow.json").is_file()
-    states = stage_states(ws, default_stages(), RunOptions(train_flow=train_flow or flow_ran))
+    states = stage_states(ws, default_stages(), run_options(ws, train_flow=train_flow or None))
     if as_json:
         echo(
             json.dumps(
