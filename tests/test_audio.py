@@ -97,3 +97,36 @@ def test_write_wav_pcm16_atomic(tmp_path: Path) -> None:
     y, _ = sf.read(str(out), dtype="int16")
     assert y.max() == 32767 and y.min() == -32768  # clipped, not wrapped
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp files left
+
+
+@pytest.mark.parametrize("kind", ["stereo", "m4a", "mp3", "good"])
+def test_streaming_intake_matches_one_shot(corpus: Corpus, kind: str) -> None:
+    clip = corpus.clip(kind)
+    dec = au.decode(clip.path)
+    x24 = au.resample(au.to_mono(dec.samples), dec.sample_rate, au.TARGET_SR)
+    x16 = au.resample(x24, au.TARGET_SR, au.ASR_SR)
+    # Blocks of 0.37 s: many block edges, for both the soundfile and the ffmpeg path.
+    src = au.load_for_intake(clip.path, block_seconds=0.37)
+    assert (src.sample_rate, src.channels) == (dec.sample_rate, dec.channels)
+    assert src.frames == dec.samples.shape[0]
+    assert abs(src.x24.size - x24.size) <= 2 and abs(src.x16.size - x16.size) <= 2
+    n = min(src.x24.size, x24.size)
+    assert np.max(np.abs(src.x24[:n] - x24[:n])) < 2e-3
+    whole = au.load_for_intake(clip.path)
+    np.testing.assert_allclose(whole.x24[:n], src.x24[:n], atol=2e-3)
+    assert src.clip_counts.size == -(-src.frames // src.frame_len)
+
+
+def test_streaming_intake_clip_profile(tmp_path: Path) -> None:
+    sr = 22050
+    x = np.zeros(sr * 2, np.float32)
+    x[sr : sr + 2205] = 1.0  # 100 ms at full scale, from 1.0 s to 1.1 s
+    path = tmp_path / "c.wav"
+    sf.write(str(path), x, sr, subtype="FLOAT")
+    src = au.load_for_intake(path, block_seconds=0.3)
+    assert src.clip_ratio(0.0, 0.98) == 0.0
+    assert src.clip_ratio(1.0, 1.1) > 0.85  # 10 ms frame granularity at the edges
+    assert src.clip_ratio(0.0, 2.0) == pytest.approx(0.05, abs=0.005)
+    with pytest.raises(au.AudioError) as e:
+        au.load_for_intake(tmp_path / "missing.wav")
+    assert e.value.reason == "missing"

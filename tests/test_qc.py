@@ -60,12 +60,11 @@ def test_noise_lowers_snr(corpus: Corpus) -> None:
 
 
 def test_clipping_measured_on_source(corpus: Corpus) -> None:
-    from voicelab.prepare import _clip_mask
-
-    dec = au.decode(corpus.hard["clipped"])
-    ratio = float(_clip_mask(dec.samples).mean())
+    src = au.load_for_intake(corpus.hard["clipped"])
+    ratio = src.clip_ratio(0.0, src.duration)
     assert ratio > 0.05
-    m = _measure(au.resample(au.to_mono(dec.samples), dec.sample_rate, 24000), 22050, ratio)
+    assert au.load_for_intake(corpus.clip("good").path).clip_ratio(0.0, 10.0) == 0.0
+    m = _measure(src.x24, 22050, ratio)
     assert "clipping" in _codes(m, stage="audio")
 
 

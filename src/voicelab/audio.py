@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,3 +245,156 @@ def read_wav_mono(path: str | os.PathLike[str], sr: int | None = None) -> tuple[
     if sr is not None and sr != dec.sample_rate:
         return resample(x, dec.sample_rate, sr), sr
     return x, dec.sample_rate
+
+
+# ---- streaming intake ------------------------------------------------------------------------
+
+
+@dataclass
+class IntakeAudio:
+    """A source file brought to mono 24 kHz and 16 kHz, with its clipping profile.
+
+    ``clip_counts[i]`` is how many source samples of 10 ms frame ``i`` sit at full scale on any
+    channel (measured before resampling, which smooths peaks away)."""
+
+    x24: np.ndarray
+    x16: np.ndarray
+    sample_rate: int
+    channels: int
+    frames: int
+    clip_counts: np.ndarray
+    frame_len: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    def clip_ratio(self, start_s: float, end_s: float) -> float:
+        """Share of full-scale source samples between two times."""
+        rate = self.sample_rate / self.frame_len  # ~100 frames/s (220 samples at 22.05 kHz)
+        f0 = int(start_s * rate)
+        f1 = max(f0 + 1, int(np.ceil(end_s * rate)))
+        counts = self.clip_counts[f0:f1]
+        return float(counts.sum()) / max(1, counts.size * self.frame_len)
+
+
+class _Accumulator:
+    """Downmix, clipping profile and two chained resampling streams, block by block, so an hour
+    of 48 kHz stereo never sits in memory as float32 (1.4 GB) at once."""
+
+    def __init__(self, sr: int, channels: int) -> None:
+        import soxr
+
+        self.sr, self.channels = sr, channels
+        self.frame_len = max(1, round(sr / 100))
+        self.to24 = soxr.ResampleStream(sr, TARGET_SR, 1, dtype="float32", quality="HQ")
+        self.to16 = soxr.ResampleStream(TARGET_SR, ASR_SR, 1, dtype="float32", quality="HQ")
+        self.p24: list[np.ndarray] = []
+        self.p16: list[np.ndarray] = []
+        self.clips: list[np.ndarray] = []
+        self.pending = np.zeros(0, bool)
+        self.frames = 0
+
+    def add(self, block: np.ndarray, last: bool = False) -> None:
+        block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
+        self.frames += block.shape[0]
+        mask = (
+            np.concatenate([self.pending, np.abs(block).max(axis=1) >= 0.999])
+            if block.size
+            else self.pending
+        )
+        n = mask.size // self.frame_len
+        if last and mask.size > n * self.frame_len:
+            n += 1
+            mask = np.concatenate([mask, np.zeros(n * self.frame_len - mask.size, bool)])
+        self.clips.append(mask[: n * self.frame_len].reshape(n, self.frame_len).sum(axis=1))
+        self.pending = mask[n * self.frame_len :]
+        mono = to_mono(block) if block.size else np.zeros(0, np.float32)
+        if self.sr == TARGET_SR:
+            y24 = np.ascontiguousarray(mono, dtype=np.float32)
+        else:
+            y24 = self.to24.resample_chunk(np.ascontiguousarray(mono), last=last)
+        self.p24.append(y24)
+        self.p16.append(self.to16.resample_chunk(y24, last=last))
+
+    def result(self) -> IntakeAudio:
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return (
+                np.concatenate(parts).astype(np.float32, copy=False)
+                if parts
+                else np.zeros(0, np.float32)
+            )
+
+        return IntakeAudio(
+            x24=cat(self.p24),
+            x16=cat(self.p16),
+            sample_rate=self.sr,
+            channels=self.channels,
+            frames=self.frames,
+            clip_counts=np.concatenate(self.clips).astype(np.int32)
+            if self.clips
+            else np.zeros(0, np.int32),
+            frame_len=self.frame_len,
+        )
+
+
+def _ffmpeg_blocks(path: Path, info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    exe = shutil.which("ffmpeg")
+    if not exe:
+        raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
+    proc = subprocess.Popen(
+        [exe, "-nostdin", "-v", "error", "-i", os.fspath(path), "-map", "0:a:0",
+         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels),
+         "-ar", str(info.sample_rate), "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    frame_bytes = 4 * info.channels
+    try:
+        while True:
+            data = proc.stdout.read(block_frames * frame_bytes)
+            if not data:
+                break
+            usable = len(data) - len(data) % frame_bytes
+            yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, info.channels)
+        err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        if proc.wait() != 0:
+            msg = (err or ["ffmpeg failed"])[-1].replace(os.fspath(path) + ": ", "")[:120]
+            raise AudioError(path, "corrupt", f"cannot decode ({msg})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def load_for_intake(path: str | os.PathLike[str], block_seconds: float = 60.0) -> IntakeAudio:
+    """Decode ``path`` block by block to mono 24 kHz + 16 kHz with its clipping profile;
+    raises :class:`AudioError` (zero_length, corrupt, unsupported)."""
+    import soundfile as sf
+
+    p = Path(path)
+    _check_nonempty(p)
+    acc: _Accumulator | None = None
+    try:
+        with sf.SoundFile(os.fspath(p)) as f:
+            sr, ch = int(f.samplerate), int(f.channels)
+            acc = _Accumulator(sr, ch)
+            block = max(1, int(block_seconds * sr) // acc.frame_len * acc.frame_len)
+            # A read loop, not f.blocks(): blocks() trusts the header's frame count, which
+            # libsndfile only estimates for mp3 (it pads the tail with zeros).
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                acc.add(data)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
+        info = _ffprobe(p)
+        acc = _Accumulator(info.sample_rate, info.channels)
+        block = max(1, int(block_seconds * info.sample_rate) // acc.frame_len * acc.frame_len)
+        for data in _ffmpeg_blocks(p, info, block):
+            acc.add(data)
+    acc.add(np.zeros((0, acc.channels), np.float32), last=True)
+    if acc.frames == 0 or acc.sr <= 0:
+        raise AudioError(p, "zero_length", "the file holds no audio samples")
+    return acc.result()

@@ -58,7 +58,7 @@ from voicelab.workspace import Workspace
 log = logging.getLogger(__name__)
 
 STAGE = "prepare"
-INTAKE_VERSION = 2
+INTAKE_VERSION = 3
 ASR_BACKENDS = ("faster-whisper", "funasr", "transcripts")
 MIN_MINUTES_WARN = 30.0
 MIN_MINUTES_STRONG = 10.0
@@ -289,11 +289,6 @@ class JsonlCache:
 # ---- intake ----------------------------------------------------------------------------------
 
 
-def _clip_mask(samples: np.ndarray) -> np.ndarray:
-    """Samples at full scale on any channel (measured before resampling smooths the peaks)."""
-    return np.abs(samples).max(axis=1) >= 0.999
-
-
 def intake_source(
     path: Path,
     prefix: str,
@@ -305,18 +300,13 @@ def intake_source(
     (``error`` set for files that cannot be used)."""
     rec: dict[str, Any] = {"segments": [], "error": None}
     try:
-        dec = au.decode(path)
+        src = au.load_for_intake(path)
     except au.AudioError as e:
         rec["error"] = {"reason": e.reason, "detail": e.detail}
         return rec
-    sr = dec.sample_rate
-    rec.update(sample_rate=sr, channels=dec.channels, duration=round(dec.duration, 3))
-    clipped = _clip_mask(dec.samples)
-    mono = au.to_mono(dec.samples)
-    del dec
-    x24 = au.resample(mono, sr, au.TARGET_SR)
-    del mono
-    x16 = au.resample(x24, au.TARGET_SR, vad.VAD_SR)
+    sr = src.sample_rate
+    rec.update(sample_rate=sr, channels=src.channels, duration=round(src.duration, 3))
+    x24, x16 = src.x24, src.x16
     if x16.size == 0 or float(np.abs(x16).max()) < 1e-4:
         rec["error"] = {"reason": "silent", "detail": "the file is silent (below -80 dBFS)"}
         return rec
@@ -342,8 +332,7 @@ def intake_source(
         clip = clips_dir / f"{utt}.wav"
         au.write_wav(clip, pcm, au.TARGET_SR)
         s16, e16 = start * 2 // 3, end * 2 // 3
-        src_a, src_b = int(start * sr / au.TARGET_SR), max(int(end * sr / au.TARGET_SR), 1)
-        clip_ratio = float(clipped[src_a:src_b].mean()) if src_b > src_a else 0.0
+        clip_ratio = src.clip_ratio(start / au.TARGET_SR, end / au.TARGET_SR)
         metrics = qc.audio_metrics(
             pcm.astype(np.float32) / 32768.0, clip_ratio, sr, probs, s16, e16, noise, energy, speech
         )
