@@ -193,3 +193,36 @@ def test_audition_compare(voice_dir: Path, tmp_path: Path) -> None:
         # speed 1.1 makes the same tokens shorter (same seed, same instruct)
         assert lens[f"audio/{sid}__neutral-1.1.wav"] < lens[f"audio/{sid}__neutral-1.0.wav"]
     shutil.rmtree(res.report_dir)
+
+
+@pytest.mark.gpu
+def test_say_fp16_on_cuda(voice_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`say --fp16` (and `--stream --fp16`) on a CUDA GPU; skipped without one.
+
+    Set VOICELAB_TEST_OUT=DIR to keep the wavs and the printed summaries.
+    """
+    import torch
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("VOICELAB_WORKSPACE", str(tmp_path / "no-workspace"))
+    keep = os.environ.get("VOICELAB_TEST_OUT")
+    out = Path(keep) if keep else tmp_path / "out"
+    base = ["say", "--model-dir", str(voice_dir), "--speaker", SPK, "--fp16", "--seed", "1"]
+    runs = {
+        "fp16": [*base, "你好，这是一个推理测试。\nHello, this is a GPU test.", "--out", str(out)],
+        "fp16-stream": [*base, "Streaming on the GPU.", "--stream", "--out", str(out / "s.wav")],
+    }
+    for name, args in runs.items():
+        res = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert "on cuda" in res.output, res.output
+        if keep:
+            (out / f"{name}.txt").write_text(res.output, encoding="utf-8")
+    wavs = sorted(out.glob("*.wav"))
+    assert len(wavs) == 3
+    for w in wavs:
+        _check_wav(w)

@@ -167,7 +167,15 @@ def ckpt_weights(ws: Workspace | None, token: str, flow: Path | None = None) -> 
             if have
             else "use avg or a checkpoint file",
         )
-    return Weights(llm=cand, flow=flow, label=tok)
+    return Weights(llm=cand, flow=flow, label=cand.name if cand == path else tok)
+
+
+def _ckpt_name(token: str) -> str:
+    """A short variant name: ``epoch_4``, ``avg``, or a file's stem (not its whole path)."""
+    tok = token.strip()
+    if "/" in tok or "\\" in tok or tok.endswith(".pt"):
+        tok = to_local_path(tok).stem
+    return safe_name(tok, 40)
 
 
 def build_variants(
@@ -205,7 +213,7 @@ def build_variants(
             raise ConfigError(
                 "--compare-ckpts is empty", "e.g. --compare-ckpts epoch_4,epoch_6,avg"
             )
-        weights = [(safe_name(t.strip(), 30), ckpt_weights(ws, t, base.flow)) for t in tokens]
+        weights = [(_ckpt_name(t), ckpt_weights(ws, t, base.flow)) for t in tokens]
     else:
         weights = [("", base)]
     out: list[Variant] = []
@@ -294,7 +302,8 @@ def unblind(choices: dict[str, Any], key: dict[str, Any]) -> Unblinded:
 
 def find_key(choices_file: Path, report_id: str, reports_dirs: list[Path]) -> Path:
     name = f"{report_id}.key.json"
-    places = [*reports_dirs, choices_file.parent, choices_file.parent.parent]
+    here = choices_file.resolve().parent
+    places = list(dict.fromkeys([*reports_dirs, here, here / "reports", here.parent]))
     for d in places:
         if (d / name).is_file():
             return d / name
@@ -567,7 +576,7 @@ def run_audition(ws: Workspace | None, opts: AuditionOptions) -> AuditionResult:
         report_id=rid,
         title=f"Audition: {synth.speaker}",
         meta={
-            "voice": str(synth.model_dir),
+            "voice": str(synth.model_dir.resolve()),
             "speaker": synth.speaker,
             "device": synth.device + (" (fp16)" if synth.fp16 else ""),
             "seed": str(opts.seed),

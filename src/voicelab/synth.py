@@ -134,7 +134,7 @@ def resolve_model_dir(ws: Workspace | None, model_dir: str | Path | None) -> Pat
     if ws is None:
         raise WorkspaceError(
             "no voice to speak with: no workspace here and no --model-dir",
-            "pass --model-dir DIR (an exported voice), or --workspace DIR",
+            "pass --model-dir DIR of an exported voice, or --workspace DIR",
         )
     return ws.voice_dir
 
@@ -144,17 +144,17 @@ def check_model_dir(model_dir: Path) -> None:
     if not model_dir.is_dir():
         raise ModelError(
             f"model dir {model_dir} does not exist",
-            "run: voicelab export (or pass --model-dir DIR of an exported voice)",
+            "run: voicelab export, or pass --model-dir DIR of an exported voice",
         )
     missing = [name for name in (*BASE_FILES, SPK2INFO) if not (model_dir / name).exists()]
     if not missing:
         return
     if missing == [SPK2INFO]:
-        hint = "run: voicelab export (it writes spk2info.pt with the speaker's embedding)"
+        hint = "run: voicelab export; it writes spk2info.pt with the speaker's embedding"
     else:
         hint = (
-            "run: voicelab export (it assembles the voice from the base model; get that with: "
-            "voicelab download cosyvoice3)"
+            "run: voicelab export; it assembles the voice from the base model, "
+            "which voicelab download cosyvoice3 fetches"
         )
     raise ModelError(f"model dir {model_dir} is incomplete: missing {', '.join(missing)}", hint)
 
@@ -245,13 +245,13 @@ class Synthesizer:
         check_model_dir(self.model_dir)
         # Speaker checks before the slow model load.
         self.speaker = choose_speaker(read_speakers(self.model_dir), speaker, default_speaker)
+        cosyvoice3 = import_cosyvoice3()  # vendor and packages checked before anything slow
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             log.warning("no CUDA GPU: synthesizing on the CPU, this will be slow")
         self.fp16 = bool(fp16 and self.device == "cuda")
         if fp16 and not self.fp16:
             log.info("--fp16 has no effect on the CPU")
-        cosyvoice3 = import_cosyvoice3()
         with status(f"loading {self.model_dir.name}"):
             try:
                 self.cosy = cosyvoice3(str(self.model_dir), fp16=self.fp16)
@@ -265,6 +265,7 @@ class Synthesizer:
         self._base = {"llm": self.model_dir / "llm.pt", "flow": self.model_dir / "flow.pt"}
         self._loaded: dict[str, Path] = dict(self._base)
         self.weights = Weights()
+        self._told = ""  # the weights label last logged
         self.use_weights(weights or Weights())
 
     def use_weights(self, weights: Weights) -> None:
@@ -288,8 +289,10 @@ class Synthesizer:
                     ) from e
                 module.eval()
             self._loaded[part] = target
+        if self._told != weights.label:
+            log.info("speaking with %s (%s)", weights.label, self.model_dir.name)
+            self._told = weights.label
         self.weights = weights
-        log.info("speaking with %s (%s)", weights.label, self.model_dir.name)
 
     def speak(
         self,

@@ -89,7 +89,8 @@ def import_cosyvoice3() -> Any:
     if missing:
         raise EnvironmentProblem(
             f"speaking needs upstream CosyVoice's packages; missing: {', '.join(missing)}",
-            "pip install -e '.[train]' (in the environment you run voicelab from)",
+            # No square brackets: the CLI prints errors through rich markup.
+            "install VoiceLab's 'train' extra in the environment voicelab runs from",
         )
     _ensure_import_paths(list(runtime.import_paths))
     _quiet_third_party()
