@@ -488,3 +488,24 @@ def test_audio_metrics_stay_cheap_for_silence_inside() -> None:
     m = qc.text_metrics("", 3.0)
     assert m == {"text_chars": 0, "text_tokens": 0}
     assert np.isfinite(qc.estimate_tokens("..."))
+
+
+def test_workspace_inside_source_is_not_read(tmp_path: Path, corpus: Corpus) -> None:
+    src = tmp_path / "src"
+    clip = corpus.clips[1]
+    _copy(clip.path, src / clip.path.name).with_suffix(".txt").write_text(clip.text, "utf-8")
+    ws = Workspace.init(src / "voice", "spk1", str(src))
+    first = P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
+    # Its own clips (now under src/voice/...) are never taken for new sources.
+    again = P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
+    assert first.files == again.files == 1 and again.kept == 1
+
+
+def test_workspace_path_with_blanks_refused(tmp_path: Path, corpus: Corpus) -> None:
+    from voicelab.errors import ConfigError
+
+    src = tmp_path / "src"
+    _copy(corpus.clips[1].path, src / "a.wav")
+    ws = Workspace.init(tmp_path / "my voices" / "ws", "spk1", str(src))
+    with pytest.raises(ConfigError, match="whitespace"):
+        P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
