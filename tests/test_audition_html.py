@@ -232,6 +232,16 @@ def test_weights_order(tmp_path: Path) -> None:
     assert resolve_weights(None) == Weights()
     both = resolve_weights(ws, flow_ckpt=flow)
     assert both.flow == flow and both.llm == locked.llm
+    # A voice exported from exactly the locked epoch already is it: nothing to hot-load.
+    voice = tmp_path / "voice"
+    voice.mkdir()
+    prov = {"llm": {"checkpoints": [{"file": "epoch_4_whole.pt", "epoch": 4}]}}
+    (voice / "voicelab.json").write_text(json.dumps(prov), encoding="utf-8")
+    same = resolve_weights(ws, voice_dir=voice)
+    assert same.llm is None and "epoch 4" in same.label
+    prov["llm"]["checkpoints"].append({"file": "epoch_6_whole.pt"})  # an average: not the same
+    (voice / "voicelab.json").write_text(json.dumps(prov), encoding="utf-8")
+    assert resolve_weights(ws, voice_dir=voice).llm == locked.llm
     # A locked epoch whose file is gone (pruned after export): the exported voice.
     assert resolve_weights(_ws(tmp_path / "c", epochs=(), locked=3)).llm is None
 

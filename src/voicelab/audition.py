@@ -531,6 +531,7 @@ def run_audition(ws: Workspace | None, opts: AuditionOptions) -> AuditionResult:
         SayOptions,
         check_options,
         load_synthesizer,
+        resolve_model_dir,
         resolve_weights,
         voice_instruct,
         write_wav,
@@ -539,7 +540,9 @@ def run_audition(ws: Workspace | None, opts: AuditionOptions) -> AuditionResult:
 
     check_options(SayOptions(speed=opts.speed))
     sentences = read_sentences(opts.sentences) if opts.sentences else default_sentences()
-    base = resolve_weights(ws, opts.llm_ckpt, opts.flow_ckpt, opts.epoch)
+    base = resolve_weights(
+        ws, opts.llm_ckpt, opts.flow_ckpt, opts.epoch, resolve_model_dir(ws, opts.model_dir)
+    )
     variants = build_variants(
         ws,
         voice_instruct(ws),

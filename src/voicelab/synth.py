@@ -28,7 +28,7 @@ import numpy as np
 
 from voicelab.console import status, track
 from voicelab.errors import ConfigError, InputError, ModelError, WorkspaceError
-from voicelab.fsutil import atomic_path
+from voicelab.fsutil import atomic_path, read_json
 from voicelab.paths import safe_name, to_local_path
 from voicelab.tts_text import MARKER, Utterance, plan_texts, resolve_instruct
 from voicelab.workspace import DEFAULT_INSTRUCT
@@ -51,6 +51,7 @@ BASE_FILES = (
     "CosyVoice-BlankEN",
 )
 SPK2INFO = "spk2info.pt"
+PROVENANCE = "voicelab.json"  # written by voicelab export
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)_whole\.pt$")
 
 
@@ -84,13 +85,25 @@ def _explicit_ckpt(value: str | Path, what: str) -> Path:
     return path
 
 
+def exported_llm_files(voice_dir: Path) -> list[str]:
+    """File names of the llm checkpoints ``voicelab export`` averaged into ``voice_dir``."""
+    prov = read_json(Path(voice_dir) / PROVENANCE, default={}) or {}
+    ckpts = (prov.get("llm") or {}).get("checkpoints") or []
+    return [str(c.get("file")) for c in ckpts if isinstance(c, dict)]
+
+
 def resolve_weights(
     ws: Workspace | None,
     llm_ckpt: str | Path | None = None,
     flow_ckpt: str | Path | None = None,
     epoch: int | None = None,
+    voice_dir: Path | None = None,
 ) -> Weights:
-    """Explicit checkpoint > ``--epoch`` > locked epoch > the exported voice (module doc)."""
+    """Explicit checkpoint > ``--epoch`` > locked epoch > the exported voice (module doc).
+
+    With ``voice_dir``, a locked epoch the voice was exported from (its ``voicelab.json``) is
+    not loaded again: the voice already is that epoch.
+    """
     llm: Path | None = None
     labels: list[str] = []
     if llm_ckpt is not None:
@@ -117,7 +130,10 @@ def resolve_weights(
     elif ws is not None and ws.config.locked_epoch is not None:
         locked = ws.config.locked_epoch
         path = epoch_checkpoint(ws, locked)
-        if path.is_file():
+        if voice_dir is not None and exported_llm_files(voice_dir) == [path.name]:
+            # The voice was exported from exactly this epoch: nothing to hot-load.
+            labels.append(f"exported voice = epoch {locked} (locked)")
+        elif path.is_file():
             llm = path
             labels.append(f"epoch {locked} (locked)")
         else:
@@ -455,7 +471,7 @@ def default_out(ws: Workspace | None) -> Path:
 def load_synthesizer(ws: Workspace | None, opts: SayOptions) -> Synthesizer:
     model_dir = resolve_model_dir(ws, opts.model_dir)
     check_model_dir(model_dir)
-    weights = resolve_weights(ws, opts.llm_ckpt, opts.flow_ckpt, opts.epoch)
+    weights = resolve_weights(ws, opts.llm_ckpt, opts.flow_ckpt, opts.epoch, model_dir)
     default_spk = ws.config.speaker if ws is not None else None
     return Synthesizer(model_dir, opts.speaker, default_spk, fp16=opts.fp16, weights=weights)
 
