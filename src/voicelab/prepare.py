@@ -148,8 +148,15 @@ class PrepareResult:
 
     @property
     def projected_seconds(self) -> float:
-        """Projected wall time for the whole folder at this run's throughput."""
-        return self.source_seconds / self.throughput if self.throughput > 0 else 0.0
+        """Projected wall time for the whole folder from this run's intake and ASR speeds
+        (0 when nothing new was timed: everything came from the caches)."""
+        t = 0.0
+        if self.intake_audio_seconds > 0 and self.intake_wall_seconds > 0:
+            t += self.source_seconds * self.intake_wall_seconds / self.intake_audio_seconds
+        if self.asr_audio_seconds > 0 and self.asr_wall_seconds > 0:
+            # ASR sees the segments, not the pauses between them: an upper bound.
+            t += self.source_seconds * self.asr_wall_seconds / self.asr_audio_seconds
+        return t
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -180,12 +187,21 @@ class PrepareResult:
             rate = self.asr_audio_seconds / max(self.asr_wall_seconds, 1e-9)
             lines.append(f"ASR: {self.asr_calls} segments transcribed at {rate:.1f}x real time")
         if self.limited:
-            lines.append(
+            line = (
                 f"--limit: {self.processed_seconds:.0f} s of audio in {self.wall_seconds:.1f} s "
-                f"({self.throughput:.1f} s of audio per second); the whole folder "
-                f"({self.source_seconds / 60:.1f} min) would take about "
-                f"{_fmt_duration(self.projected_seconds)}"
+                f"({self.throughput:.1f} s of audio per second)"
             )
+            if self.intake_audio_seconds > 0 and self.intake_wall_seconds > 0:
+                rate = self.intake_audio_seconds / self.intake_wall_seconds
+                line += f"; intake {rate:.0f}x real time"
+            if self.projected_seconds > 0:
+                line += (
+                    f"; the whole folder ({self.source_seconds / 60:.1f} min) would take about "
+                    f"{_fmt_duration(self.projected_seconds)}"
+                )
+            else:
+                line += "; all results came from the caches, so no projection"
+            lines.append(line)
         if self.review_applied:
             lines.append(f"review: {self.review_applied} edits applied")
         if self.review_path:
