@@ -90,12 +90,18 @@ def test_llm_ckpt_and_bad_ckpt(synth, voice_dir: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "epoch_3_whole.pt"
     torch.save({**state, "epoch": 3, "step": 10}, ckpt)  # as upstream's train.py saves
     synth.use_weights(Weights(llm=ckpt, label="epoch 3"))
-    spoken = synth.speak(plan_utterance("你好。", BARE), seed=1)
+    utt = plan_utterance("你好。", BARE)
+    spoken = synth.speak(utt, seed=1)
     assert spoken.seconds > 0.5
+    # A checkpoint of another shape: refused before anything is copied into the model.
+    bad_state = {k: torch.zeros_like(v) for k, v in state.items()}
+    first = next(iter(bad_state))
+    bad_state[first] = torch.zeros(3)
     bad = tmp_path / "bad.pt"
-    torch.save({"not.a.weight": torch.zeros(2), "epoch": 1}, bad)
+    torch.save({**bad_state, "epoch": 1, "step": 1}, bad)
     with pytest.raises(ModelError, match="does not fit"):
         synth.use_weights(Weights(llm=bad))
+    assert np.array_equal(synth.speak(utt, seed=1).audio, spoken.audio)
     synth.use_weights(Weights())  # back to the voice's own llm.pt
 
 

@@ -279,14 +279,14 @@ class Synthesizer:
                 ) from e
         self.sample_rate = int(self.cosy.sample_rate)
         self._base = {"llm": self.model_dir / "llm.pt", "flow": self.model_dir / "flow.pt"}
-        self._loaded: dict[str, Path] = dict(self._base)
+        self._loaded: dict[str, Path | None] = dict(self._base)
         self.weights = Weights()
         self._told = ""  # the weights label last logged
         self.use_weights(weights or Weights())
 
     def use_weights(self, weights: Weights) -> None:
         """Hot-load checkpoints (or put the voice's own weights back); no-op when unchanged."""
-        from voicelab.checkpoints import load_state_dict, strip_meta
+        from voicelab.checkpoints import check_against, load_state_dict, strip_meta
 
         for part, path in (("llm", weights.llm), ("flow", weights.flow)):
             target = path or self._base[part]
@@ -295,14 +295,11 @@ class Synthesizer:
             module = getattr(self.cosy.model, part)
             with status(f"loading {part} weights from {target.name}"):
                 state = strip_meta(load_state_dict(target))
-                try:
-                    module.load_state_dict(state, strict=True)
-                except RuntimeError as e:
-                    first = (str(e).strip().splitlines() or [""])[0][:200]
-                    raise ModelError(
-                        f"{target} does not fit this voice's {part}: {first}",
-                        f"pass a {part} checkpoint of this model (exp/<spk>_sft/{part}/torch_ddp)",
-                    ) from e
+                # Keys and shapes first: a strict load that fails has already copied the
+                # matching tensors, leaving a model that is neither the old nor the new one.
+                check_against(state, module.state_dict(), str(target), f"this voice's {part}")
+                self._loaded[part] = None  # unknown until the load below completes
+                module.load_state_dict(state, strict=True)
                 module.eval()
             self._loaded[part] = target
         if self._told != weights.label:
