@@ -736,8 +736,8 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
 
         # 4-6. text, QC and review edits; the edits come first since a review may keep a
         # segment that was excluded before ASR (it is transcribed now).
-        take_asr()
         if opts.apply_review is not None:
+            take_asr()
             review_file = (
                 to_local_path(opts.apply_review)
                 if str(opts.apply_review) not in ("", "-")
