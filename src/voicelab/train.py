@@ -1135,6 +1135,11 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         with contextlib.suppress(Exception):
             shards, _ = read_shards(train_list)
             settings.max_epoch = default_epochs(sum(u.seconds for s in shards for u in s.utts))
+            # About ten progress lines per epoch (upstream logs every log_interval batches).
+            est = batches_per_rank(
+                shards, FilterRules(), settings.max_frames_in_batch, world, num_workers
+            )
+            settings.log_interval = max(1, min(50, min(est) // 10))
     cfg_warnings: list[str] = []
     if vendor is not None:
         upstream_text = (vendor.root / tc.UPSTREAM_YAML).read_text("utf-8")

@@ -1,0 +1,195 @@
+"""``voicelab train`` with the real upstream trainer, the tiny model, on the CPU.
+
+Builds the tiny CosyVoice 3 model, makes a small packed dataset (espeak-ng speech, kaldi lists,
+``voicelab features`` with the tiny ONNX stand-ins, ``voicelab pack``), then trains llm and flow
+for 2 epochs each, resumes, and runs 2 processes with gloo (issue 11's CPU part). Run with::
+
+    pytest -m vendor tests/test_train_vendor.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from voicelab import train as tr
+from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
+
+pytestmark = [pytest.mark.vendor, pytest.mark.slow]
+
+SENTENCES = (
+    "Good morning.",
+    "Please close the door.",
+    "The weather is lovely today.",
+    "She sells fresh bread at the corner market.",
+    "A quiet river runs behind the old stone house.",
+    "We walked along the beach until the sun went down.",
+    "My brother plays the piano every evening after dinner.",
+    "The library opens early on weekdays.",
+)
+
+
+def _cache() -> Path:
+    import os
+
+    return Path(os.environ["VOICELAB_TEST_CACHE"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Path:
+    from voicelab.tinymodel import build_tiny_model
+
+    return build_tiny_model(_cache() / "tiny-cosyvoice3")
+
+
+def _speak(text: str, out: Path, speed: int) -> None:
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        pytest.skip("espeak-ng is not installed")
+    subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(out), text], check=True)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Workspace:
+    """A workspace with packed train/dev data: 24 train and 4 dev clips of one speaker."""
+    from voicelab.features import FeaturesOptions, run_features
+    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.pack import PackOptions, run_pack
+
+    root = tmp_path_factory.mktemp("train-vendor")
+    ws = Workspace.init(root / "ws", "spk1")
+    ws.set_option("model", "base_dir", str(tiny_model))
+    clips = root / "clips"
+    clips.mkdir()
+    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
+    for i, (speed, text) in enumerate((s, t) for s in (140, 175, 210) for t in SENTENCES):
+        wav = clips / f"c{i:02d}.wav"
+        _speak(text, wav, speed)
+        split = "dev" if i % 7 == 3 else "train"
+        utts[split].append(Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT))
+    for split, items in utts.items():
+        write_kaldi_dir(ws.split_dir(split), items)
+    run_features(ws, FeaturesOptions(device="cpu"))
+    # 2 shards per worker per process for the 2-process run below.
+    run_pack(ws, PackOptions(num_workers=1, num_gpus=2))
+    return ws
+
+
+def _rows(ws: Workspace, model: str) -> list[dict]:
+    return tr.read_train_log(ws.exp_dir(model) / "train_log.jsonl")
+
+
+def _check_run(ws: Workspace, model: str, epochs: int) -> None:
+    run = ws.exp_dir(model)
+    for e in range(epochs):
+        assert (run / f"epoch_{e}_whole.pt").is_file()
+        assert (run / f"epoch_{e}_whole.yaml").is_file()
+    assert (run / "init.pt").is_file() and (run / "launch.sh").is_file()
+    cv = [r for r in _rows(ws, model) if r["tag"] == "CV"]
+    assert len(cv) >= epochs
+    assert all(math.isfinite(r["loss"]) for r in cv)
+    assert (ws.tensorboard_dir(model)).is_dir()
+
+
+def test_tiny_model_layout(tiny_model: Path) -> None:
+    for name in (
+        "cosyvoice3.yaml",
+        "llm.pt",
+        "flow.pt",
+        "hift.pt",
+        "campplus.onnx",
+        "speech_tokenizer_v3.onnx",
+        "speech_tokenizer_v3.batch.onnx",
+        "CosyVoice-BlankEN/vocab.json",
+        "CosyVoice-BlankEN/model.safetensors",
+    ):
+        assert (tiny_model / name).is_file(), name
+    # Cached: a second call returns at once with the same files.
+    from voicelab.tinymodel import build_tiny_model
+
+    before = (tiny_model / "llm.pt").stat().st_mtime_ns
+    assert build_tiny_model(tiny_model) == tiny_model
+    assert (tiny_model / "llm.pt").stat().st_mtime_ns == before
+
+
+def test_train_llm_then_flow_on_cpu(packed: Workspace) -> None:
+    ws = packed
+    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=2))
+    assert res.launched and res.epochs_done == 2
+    assert res.best_cv_loss is not None and math.isfinite(res.best_cv_loss)
+    _check_run(ws, "llm", 2)
+    train = [r for r in _rows(ws, "llm") if r["tag"] == "TRAIN"]
+    assert train and all(math.isfinite(r["loss"]) and "acc" in r for r in train)
+    yaml_text = (ws.exp_dir("llm") / "train_config.yaml").read_text()
+    assert "use_spk_embedding: True" in yaml_text and "max_epoch: 2" in yaml_text
+
+    res = tr.run_train(ws, "flow", tr.TrainOptions(device="cpu", epochs=2))
+    assert res.launched and res.epochs_done == 2
+    _check_run(ws, "flow", 2)
+
+    from voicelab.state import load_record
+
+    rec = load_record(ws, "train_llm")
+    assert rec is not None and rec.status == "done" and rec.figures["epochs"] == 2
+
+
+def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
+    ws = packed
+    run = ws.exp_dir("llm")
+    if not (run / "epoch_1_whole.pt").exists():
+        pytest.skip("needs the llm run of the test above")
+    first = (run / "epoch_0_whole.pt").stat().st_mtime_ns
+    with pytest.raises(tr.ConfigError, match="already holds a run"):
+        tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3))
+    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3, resume=True))
+    assert res.epochs_done == 3 and (run / "epoch_2_whole.pt").is_file()
+    assert (run / "epoch_0_whole.pt").stat().st_mtime_ns == first  # not retrained
+    starts = [r for r in _rows(ws, "llm") if r.get("event") == "start"]
+    assert starts[-1]["epoch"] == 2 and starts[-1]["step"] > 0
+    assert "--checkpoint" in res.argv
+    assert res.argv[res.argv.index("--checkpoint") + 1] == str(run / "epoch_1_whole.pt")
+    # All epochs done: nothing is launched.
+    again = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", resume=True))
+    assert not again.launched and again.epochs_done == 3
+
+
+def test_two_processes_gloo(packed: Workspace) -> None:
+    """Rank handling, sharding, and checkpoints written by rank 0 only (issue 11, CPU part)."""
+    ws = packed
+    res = tr.run_train(
+        ws,
+        "llm",
+        tr.TrainOptions(device="cpu", gpus=2, new=True, epochs=1, num_workers=1, log_interval=1),
+    )
+    assert res.launched and res.epochs_done == 1
+    log = (ws.exp_dir("llm") / "train.log").read_text()
+    assert "rank 0, world_size 2" in log and "rank 1, world_size 2" in log
+    saves = re.findall(r"\[Rank (\d+)\] Checkpoint: save to checkpoint (\S+)", log)
+    assert {r for r, _ in saves} == {"0"}
+    assert sorted(Path(p).name for _, p in saves) == ["epoch_0_whole.pt", "init.pt"]
+    # Each rank read its own half of the shards: fewer batches than the whole epoch has.
+    batches = {
+        rank: {int(b) for b in re.findall(rf"TRAIN Batch 0/(\d+) .* rank {rank}\b", log)}
+        for rank in (0, 1)
+    }
+    shards, _ = tr.read_shards(ws.data_list("train"))
+    whole = tr.batches_per_rank(shards, tr.FilterRules(), 500, world=1, workers=1)[0]
+    assert batches[0] and batches[1]
+    assert max(batches[0]) < whole and max(batches[1]) < whole
+    assert len(shards) >= 4
+    # The earlier run was kept, renamed.
+    assert (ws.exp_dir("llm").with_name("torch_ddp.1") / "epoch_0_whole.pt").is_file()
+    launch = json.loads(
+        next(
+            line
+            for line in (ws.exp_dir("llm") / "train_log.jsonl").read_text().splitlines()
+            if '"launch"' in line
+        )
+    )
+    assert launch["argv"][launch["argv"].index("--nproc_per_node") + 1] == "2"
