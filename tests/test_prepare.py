@@ -379,11 +379,23 @@ def _cli(ws: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "voicelab", "-q", "-w", str(ws), "prepare", *args]
 
 
+def _run_until(cmd: list[str], env: dict, cache: Path, lines: int) -> subprocess.Popen:
+    """Start ``cmd`` and return once the ASR cache holds ``lines`` lines (still running)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if cache.is_file() and cache.read_text().count("\n") >= lines:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1].decode()
+    return proc
+
+
 def test_killed_run_resumes_without_redoing_asr(
     tmp_path: Path, corpus: Corpus, whisper_dir: Path
 ) -> None:
     src = tmp_path / "src"
-    for clip in corpus.clips[7:10]:
+    for clip in corpus.clips[7:11]:
         _copy(clip.path, src / clip.path.name)
     Workspace.init(tmp_path / "ws", "spk1", str(src))
     ws = Workspace.open(tmp_path / "ws")
@@ -391,28 +403,40 @@ def test_killed_run_resumes_without_redoing_asr(
     args = ["--whisper-model", str(whisper_dir), "--device", "cpu", "--compute-type", "int8",
             "--language", "en"]  # fmt: skip
     env = {**os.environ, "VOICELAB_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(_cli(ws.root, *args), env=env, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if cache.is_file() and cache.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    # 1. SIGKILL once the first transcript is cached: nothing can be cleaned up.
+    proc = _run_until(_cli(ws.root, *args), env, cache, 1)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = cache.read_text().count("\n")
-    assert 1 <= done_before < 3
+    proc.communicate()
+    after_kill = cache.read_text().count("\n")
+    assert 1 <= after_kill < 4
     rec = load_record(ws, "prepare")
     assert rec is not None and rec.status == "running"  # killed: never marked done
-    out = subprocess.run(_cli(ws.root), env=env, capture_output=True, text=True)  # saved options
+    # 2. Ctrl-C (SIGINT) once one more is cached: the CLI says how to resume, exit 130.
+    proc = _run_until(_cli(ws.root), env, cache, after_kill + 1)  # options from voicelab.toml
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    after_int = cache.read_text().count("\n")
+    if after_int < 4:  # (the run may have finished before the signal landed)
+        assert proc.returncode == 130 and b"run the same command again" in err
+        assert load_record(ws, "prepare").status == "pending"
+    # 3. The rerun transcribes only what is left.
+    out = subprocess.run(_cli(ws.root), env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    lines = cache.read_text().splitlines()
-    keys = [json.loads(x)["k"] for x in lines]
-    assert len(keys) == len(set(keys)) == 3  # every segment transcribed exactly once
-    assert "3 segments kept" in out.stdout
+    keys = [json.loads(x)["k"] for x in cache.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 4  # every segment transcribed exactly once
+    assert "4 segments kept" in out.stdout
     assert load_record(Workspace.open(ws.root), "prepare").status == "done"
     saved = Workspace.open(ws.root).config.section("prepare")
     assert saved["whisper_model"] == str(whisper_dir) and saved["language"] == "en"
+
+
+def test_source_ids_unique_and_readable(tmp_path: Path) -> None:
+    files = [tmp_path / "a" / "take 1.wav", tmp_path / "b" / "take 1.wav", tmp_path / "说话.wav"]
+    ids = P.source_ids(tmp_path, files)
+    assert len(set(ids.values())) == 3
+    assert ids[files[2]] == "说话"
+    assert all(not has_whitespace(v) for v in ids.values())
+    assert ids[files[0]].startswith("a_take_1")
 
 
 # ---- pieces ----------------------------------------------------------------------------------
