@@ -533,3 +533,13 @@ def test_workspace_path_with_blanks_refused(tmp_path: Path, corpus: Corpus) -> N
     ws = Workspace.init(tmp_path / "my voices" / "ws", "spk1", str(src))
     with pytest.raises(ConfigError, match="whitespace"):
         P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
+
+
+def test_discover_follows_links_once(tmp_path: Path, corpus: Corpus) -> None:
+    src = tmp_path / "src"
+    _copy(corpus.clips[0].path, src / "sub" / "a.wav")
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)
+    (src / "notes.txt").write_text("not audio")
+    (src / ".hidden").mkdir()
+    _copy(corpus.clips[1].path, src / ".hidden" / "b.wav")
+    assert P.discover(src) == [src / "sub" / "a.wav"]

@@ -233,11 +233,16 @@ def discover(src: Path, exclude: Path | None = None) -> list[Path]:
         raise InputError(f"not a folder: {src}", "pass the folder that holds the recordings")
     ex = exclude.resolve() if exclude else None
     found: list[Path] = []
+    seen: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
         d = Path(dirpath)
-        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
+        real = d.resolve()
+        # Linked folders are followed (data spread over drives), each real folder once, so a
+        # link loop cannot recurse forever.
+        if real in seen or (ex is not None and (real == ex or ex in real.parents)):
             dirnames[:] = []
             continue
+        seen.add(real)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         found.extend(d / n for n in filenames if au.is_audio_file(Path(n)))
     found.sort(key=lambda p: p.relative_to(src).as_posix())
