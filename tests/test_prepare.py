@@ -543,3 +543,16 @@ def test_discover_follows_links_once(tmp_path: Path, corpus: Corpus) -> None:
     (src / ".hidden").mkdir()
     _copy(corpus.clips[1].path, src / ".hidden" / "b.wav")
     assert P.discover(src) == [src / "sub" / "a.wav"]
+
+
+def test_transcripts_keep_files_whole(tmp_path: Path, corpus: Corpus) -> None:
+    src = tmp_path / "src"
+    long = _copy(corpus.long_path, src / "long.wav")
+    long.with_suffix(".lab").write_text(" ".join(corpus.long_sentences), "utf-8")
+    clip = _copy(corpus.clips[2].path, src / "c.wav")
+    clip.with_suffix(".lab").write_text(corpus.clips[2].text, "utf-8")
+    ws = Workspace.init(tmp_path / "ws", "spk1", str(src))
+    res = P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
+    assert len(res.segments) == 2 and res.kept == 1
+    assert res.by_reason == {"too_long": 1}
+    assert any("keep each file whole" in w for w in res.warnings)

@@ -342,7 +342,9 @@ def intake_source(
     if whole:
         pad = int(seg_opts.pad_seconds * vad.VAD_SR)
         a, b = max(0, intervals[0][0] - pad), min(x16.size, intervals[-1][1] + pad)
-        plan = [vad.Segment(round(a * 1.5), round(b * 1.5), intervals[0][0], intervals[-1][1])]
+        up = au.TARGET_SR / vad.VAD_SR
+        first, last = intervals[0][0], intervals[-1][1]
+        plan = [vad.Segment(round(a * up), round(b * up), round(first * up), round(last * up))]
     else:
         plan = vad.plan_segments(intervals, x16.size, energy, seg_opts, sr=au.TARGET_SR)
     for i, seg in enumerate(plan, 1):
@@ -819,6 +821,12 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
             result.warnings.append(
                 f"only {result.kept_minutes:.1f} min of speech kept: 30 min or more is better, "
                 "an hour is advised"
+            )
+        too_long = result.by_reason.get("too_long", 0)
+        if opts.asr == "transcripts" and too_long:
+            result.warnings.append(
+                f"{too_long} files over {opts.qc_opts.max_duration:g} s were excluded: imported "
+                "transcripts keep each file whole (cut them first, or let ASR segment them)"
             )
         result.outputs = outputs
         rec.figures.update(result.figures())
