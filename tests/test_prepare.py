@@ -554,5 +554,5 @@ def test_transcripts_keep_files_whole(tmp_path: Path, corpus: Corpus) -> None:
     ws = Workspace.init(tmp_path / "ws", "spk1", str(src))
     res = P.run_prepare(ws, P.PrepareOptions(asr="transcripts"))
     assert len(res.segments) == 2 and res.kept == 1
-    assert res.by_reason == {"too_long": 1}
+    assert res.by_reason == {"too_long": 1, "too_many_tokens": 1}
     assert any("keep each file whole" in w for w in res.warnings)
