@@ -89,3 +89,28 @@ def test_failed_stage_is_recorded(tmp_workspace: Workspace) -> None:
 
     rec = load_record(tmp_workspace, "f")
     assert rec is not None and rec.status == "failed" and rec.error == "bad (fix it)"
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicelab",
+            "-w",
+            str(tmp_path / "none"),
+            "init",
+            "--speaker",
+            "a b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "'_' or '-'" in lines[0] and "Traceback" not in out.stderr

@@ -12,6 +12,7 @@ import sys
 import time
 
 import click
+from rich.markup import escape
 
 from voicelab import __version__
 from voicelab.console import console, setup_logging
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     except VoiceLabError as e:
         if verbose:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e.one_line()}", markup=True, highlight=False)
+        # The message may hold brackets ("pip install -e '.[train]'"): never read it as markup.
+        console.print(f"[bold red]error:[/] {escape(e.one_line())}", markup=True, highlight=False)
         sys.exit(1)
     sys.exit(0)
