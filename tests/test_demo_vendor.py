@@ -26,7 +26,7 @@ def _demo(ws: Path) -> tuple[str, float]:
 
 
 def test_demo_tiny_twice(tmp_path: Path) -> None:
-    ws = tmp_path / "demo ws 演示"
+    ws = tmp_path / "演示_demo"  # non-ASCII; spaces are refused (kaldi lists split at blanks)
     first, wall = _demo(ws)
     print(f"demo --tiny first run: {wall:.0f} s")
     for stage in ("prepare", "features", "pack", "train_llm", "train_flow", "export", "audition"):
