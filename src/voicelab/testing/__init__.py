@@ -1,1 +1,1 @@
-"""Shipped test helpers: generated speech corpus, the registry Whisper model, tiny ONNX stand-ins."""
+"""Shipped test helpers: generated speech corpus, registry Whisper model, tiny ONNX stand-ins."""

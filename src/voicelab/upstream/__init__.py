@@ -1,1 +1,1 @@
-"""The only code that knows upstream CosyVoice internals (YAML keys, train.py flags, runtime fixes)."""
+"""The only code that knows upstream CosyVoice internals: YAML keys, train.py flags, fixes."""
