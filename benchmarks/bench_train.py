@@ -232,10 +232,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from voicelab import train as tr
+    from voicelab.upstream import train_config as tc
     from voicelab.vendor import cosyvoice_runtime
     from voicelab.workspace import Workspace
 
     vendor = cosyvoice_runtime()
+    # build_base instantiates upstream's classes in this process.
+    sys.path[:0] = [str(p) for p in vendor.import_paths]
     t0 = time.time()
     base = build_base(args.work / "base", vendor.root)
     ws = Workspace.init(args.work / "ws", "bench")
@@ -263,10 +266,7 @@ def main() -> None:
             wall = time.time() - t
         rows = tr.read_train_log(ws.exp_dir(model) / "train_log.jsonl")
         cfg = (ws.exp_dir(model) / "train_config.yaml").read_text("utf-8")
-        frames = next(
-            (ln.split(":")[1].strip() for ln in cfg.splitlines() if "max_frames_in_batch" in ln),
-            "?",
-        )
+        frames = tc.get_value(tc.read_values(cfg), tc.MAX_FRAMES)
         report["models"][model] = {
             "wall_seconds": round(wall, 1),
             "max_frames_in_batch": frames,

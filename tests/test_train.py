@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -510,3 +511,86 @@ def test_default_batch_frames_by_gpu() -> None:
 
 def test_env_passes_through_os_environ(ws: Workspace, tmp_path: Path) -> None:
     assert "HOME" in launch(ws, tmp_path).env
+
+
+# ---- launcher pieces and Ctrl-C ----------------------------------------------------------------
+def test_launcher_splits_its_options_from_train_args() -> None:
+    from voicelab.upstream import launcher
+
+    ours, theirs = launcher._split(["--vendor-root", "/v", "--device=cpu", "--", "--model", "llm"])
+    assert ours == {"vendor-root": "/v", "device": "cpu"} and theirs == ["--model", "llm"]
+    assert launcher._arg_value(["--timeout", "30"], "--timeout") == "30"
+
+
+def test_launcher_dataloader_fix_allows_zero_workers() -> None:
+    import types
+
+    import torch
+
+    from voicelab.upstream import launcher
+
+    mod = types.SimpleNamespace()
+    launcher.fix_dataloader(mod)
+    data = torch.utils.data.TensorDataset(torch.arange(4))
+    loader = mod.DataLoader(data, batch_size=None, num_workers=0, prefetch_factor=100)
+    assert len(list(loader)) == 4
+    loader = mod.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=2)
+    assert loader.worker_init_fn is launcher.worker_init
+
+
+def test_launcher_restores_process_group_options() -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from voicelab.upstream import launcher
+
+    launcher._state["timeout"] = 42
+    launcher.fix_process_group_options()
+    opts = dist.ProcessGroup.options
+    got = opts.fget(None) if isinstance(opts, property) else None
+    if got is not None:  # torch without the attribute: ours
+        assert got._timeout == datetime.timedelta(seconds=42)
+
+
+def test_soundfile_reader_matches_torchaudio_shape(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from voicelab.upstream import launcher
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((2400, 2), dtype="float32"), 24000, format="WAV")
+    wav, sr = launcher._soundfile_load(io.BytesIO(buf.getvalue()))
+    assert sr == 24000 and tuple(wav.shape) == (2, 2400)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, text=True)
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    tr._stop(proc)
+    assert proc.poll() is not None
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived")
