@@ -594,3 +594,12 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
         time.sleep(0.05)
     else:
         pytest.fail("the grandchild survived")
+
+
+def test_vendor_import_probe_reports_the_error(tmp_path: Path) -> None:
+    from voicelab.vendor import VendorRuntime
+
+    fake = VendorRuntime(name="cosyvoice", root=tmp_path, commit="x", import_paths=[tmp_path])
+    problems = tr.check_vendor_import(fake)
+    assert len(problems) == 1
+    assert "do not import: ModuleNotFoundError" in problems[0].what

@@ -854,6 +854,49 @@ def check_modules(modules: Iterable[str] = TRAIN_MODULES) -> list[Problem]:
     ]
 
 
+#: What the training process imports first; transformers resolves classes lazily, so the Qwen2
+#: class is named explicitly (a broken audio stack shows up only there).
+IMPORT_PROBE = (
+    "import cosyvoice.utils.train_utils, hyperpyyaml, whisper, pyworld, matcha.utils.audio;"
+    "from transformers import Qwen2ForCausalLM"
+)
+
+
+def check_vendor_import(vendor: VendorRuntime, python: str = sys.executable) -> list[Problem]:
+    """Import upstream's training modules in a child process with the vendor's environment."""
+    env = vendor.env()
+    env.pop("onnx_path", None)
+    try:
+        proc = subprocess.run(
+            [python, "-c", IMPORT_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [
+            Problem(
+                f"upstream's training modules could not be imported ({e})",
+                "check the train extra: pip install -e '.[train]'",
+            )
+        ]
+    if proc.returncode == 0:
+        return []
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    last = next(
+        (ln for ln in reversed(lines) if re.match(r"^\w*(Error|Exception)\b", ln)),
+        lines[-1] if lines else f"exit {proc.returncode}",
+    )
+    return [
+        Problem(
+            f"upstream's training modules do not import: {last[:200]}",
+            "pip install -e '.[train]' in this environment; voicelab doctor",
+        )
+    ]
+
+
 def preflight(
     ws: Workspace,
     model: str,
@@ -887,7 +930,10 @@ def preflight(
                     )
                 )
     if modules:
-        problems += check_modules(modules)
+        missing = check_modules(modules)
+        problems += missing
+        if not missing and vendor is not None and not vendor_problem:
+            problems += check_vendor_import(vendor)
 
     base = ws.base_model_dir
     need = [base_ckpt, base / "CosyVoice-BlankEN" / "config.json", base / "campplus.onnx"]
