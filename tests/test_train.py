@@ -520,6 +520,12 @@ def test_launcher_splits_its_options_from_train_args() -> None:
     ours, theirs = launcher._split(["--vendor-root", "/v", "--device=cpu", "--", "--model", "llm"])
     assert ours == {"vendor-root": "/v", "device": "cpu"} and theirs == ["--model", "llm"]
     assert launcher._arg_value(["--timeout", "30"], "--timeout") == "30"
+    args = launcher.with_tensorboard_dir(["--model_dir", "/exp/llm"])
+    assert args[-2:] == ["--tensorboard_dir", "/exp/llm/tensorboard"]
+    assert launcher.with_tensorboard_dir(["--tensorboard_dir", "/tb"]) == [
+        "--tensorboard_dir",
+        "/tb",
+    ]
 
 
 def test_launcher_dataloader_fix_allows_zero_workers() -> None:

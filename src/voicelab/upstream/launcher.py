@@ -8,7 +8,15 @@ Usage (``voicelab train`` builds this; ``launch.sh`` in each run dir records it)
 Upstream's train.py and model classes run unmodified from the vendor checkout. What makes them
 work with the torch/torchaudio pair of our ``train`` extra, with offline features, and on a CPU
 for tiny models, is applied here, in this process, before any upstream module is imported by
-train.py. Every fix is contained (it only changes what it names) and says why below.
+train.py. Every fix is contained (it only changes what it names) and says why below:
+
+1. offline features: ``online_feature`` stays False (no speech tokenizer ONNX per step), and
+   ONNX sessions upstream still creates honour ``COSYVOICE_ORT_FORCE_CPU``;
+2. ``--num_workers 0`` works (no ``prefetch_factor`` then); workers re-apply the fixes;
+3. ``torchaudio.load`` reads through soundfile (torchaudio >= 2.9 needs torchcodec + FFmpeg);
+4. ``ProcessGroup.options`` is restored for ``cosyvoice_join`` (removed in torch >= 2.9);
+5. ``--device cpu``: gloo, no ``torch.cuda`` calls, forward on the CPU; small models only;
+6. TensorBoard events never land in the current folder (the vendor checkout, in the notes).
 
 This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
 ``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
@@ -268,6 +276,19 @@ def apply_fixes(
         fix_cpu_mode(train_utils)
 
 
+# ------------------------------------------------------------------------------------------------
+# Fix 6: TensorBoard events beside the run, not in the current folder
+# ------------------------------------------------------------------------------------------------
+def with_tensorboard_dir(train_args: list[str]) -> list[str]:
+    """train.py's default ``--tensorboard_dir`` is ``tensorboard`` relative to the current
+    folder, which in the notes' workflow is the vendor checkout. ``voicelab train`` always passes
+    the workspace's dir; a hand-run launch without one gets ``<model_dir>/tensorboard``."""
+    if _arg_value(train_args, "--tensorboard_dir") is not None:
+        return train_args
+    model_dir = _arg_value(train_args, "--model_dir") or "."
+    return [*train_args, "--tensorboard_dir", str(Path(model_dir) / "tensorboard")]
+
+
 def main(argv: list[str] | None = None) -> None:
     opts, train_args = _split(list(sys.argv[1:] if argv is None else argv))
     root = opts.get("vendor-root") or os.environ.get("VOICELAB_COSYVOICE_DIR")
@@ -283,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     if opts.get("max-cpu-params"):
         _state["max_cpu_params"] = int(float(opts["max-cpu-params"]))
     apply_fixes(vendor_root, device, train_args)
+    train_args = with_tensorboard_dir(train_args)
     sys.argv = [str(train_py), *train_args]
     runpy.run_path(str(train_py), run_name="__main__")
 
