@@ -145,11 +145,13 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
     if not (run / "epoch_1_whole.pt").exists():
         pytest.skip("needs the llm run of the test above")
     first = (run / "epoch_0_whole.pt").stat().st_mtime_ns
+    init = (run / "init.pt").stat().st_mtime_ns
     with pytest.raises(tr.ConfigError, match="already holds a run"):
         tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3))
     res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3, resume=True))
     assert res.epochs_done == 3 and (run / "epoch_2_whole.pt").is_file()
     assert (run / "epoch_0_whole.pt").stat().st_mtime_ns == first  # not retrained
+    assert (run / "init.pt").stat().st_mtime_ns == init  # the run's starting weights kept
     starts = [r for r in _rows(ws, "llm") if r.get("event") == "start"]
     assert starts[-1]["epoch"] == 2 and starts[-1]["step"] > 0
     assert "--checkpoint" in res.argv

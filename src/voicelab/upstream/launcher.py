@@ -16,7 +16,8 @@ train.py. Every fix is contained (it only changes what it names) and says why be
 3. ``torchaudio.load`` reads through soundfile (torchaudio >= 2.9 needs torchcodec + FFmpeg);
 4. ``ProcessGroup.options`` is restored for ``cosyvoice_join`` (removed in torch >= 2.9);
 5. ``--device cpu``: gloo, no ``torch.cuda`` calls, forward on the CPU; small models only;
-6. TensorBoard events never land in the current folder (the vendor checkout, in the notes).
+6. TensorBoard events never land in the current folder (the vendor checkout, in the notes);
+7. a resumed run keeps its first ``init.pt`` (train.py rewrites it at every start).
 
 This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
 ``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
@@ -270,10 +271,29 @@ def apply_fixes(
     import cosyvoice.utils.train_utils as train_utils
 
     fix_dataloader(train_utils)
+    train_utils.save_model = keep_first_init(train_utils.save_model)
     # init_distributed is the first upstream call after train.py sets onnx_path.
     train_utils.init_distributed = _after_onnx_env(train_utils.init_distributed)
     if device == "cpu":
         fix_cpu_mode(train_utils)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 7: a resumed run keeps its own init.pt
+# ------------------------------------------------------------------------------------------------
+def keep_first_init(save_model: Any) -> Any:
+    """train.py saves ``init.pt`` (a full model copy, 2 GB for the llm) at every start; on
+    ``--resume`` that would replace the run's real starting weights with the resumed epoch's.
+    The first ``init.pt`` of a run dir is kept; every other checkpoint is saved as upstream does."""
+
+    def wrapper(model: Any, model_name: str, info_dict: dict[str, Any]) -> Any:
+        if model_name == "init" and (Path(info_dict["model_dir"]) / "init.pt").exists():
+            print("voicelab launcher: keeping the run's first init.pt", flush=True)
+            return None
+        return save_model(model, model_name, info_dict)
+
+    wrapper.__wrapped__ = save_model  # type: ignore[attr-defined]
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------
