@@ -161,6 +161,16 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
     assert not again.launched and again.epochs_done == 3
 
 
+def test_dry_run_touches_nothing(packed: Workspace) -> None:
+    ws = packed
+    run = ws.exp_dir("llm")
+    before = sorted(p.name for p in run.iterdir())
+    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", new=True, dry_run=True))
+    assert not res.launched and (res.run_dir / "launch.sh").is_file()
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not run.with_name("torch_ddp.1").exists()
+
+
 def test_two_processes_gloo(packed: Workspace) -> None:
     """Rank handling, sharding, and checkpoints written by rank 0 only (issue 11, CPU part)."""
     ws = packed

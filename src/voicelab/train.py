@@ -1261,21 +1261,15 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     }
     inputs = [quick_fingerprint(p) for s in facts.train_shards + facts.dev_shards for p in [s.path]]
     inputs.append(quick_fingerprint(base_ckpt))
-    with state.stage_run(ws, f"train_{model}", inputs, params) as rec:
-        if plan.archive:
-            src, dst = plan.archive
-            os.replace(src, dst)
-            tb_src = plan.tb_dir
-            if tb_src.exists():
-                os.replace(tb_src, tb_src.with_name(dst.name))
-            log.info("the previous run was moved to %s", dst)
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        plan.tb_dir.mkdir(parents=True, exist_ok=True)
-        config_path = plan.run_dir / "train_config.yaml"
+
+    def write_files(where: Path) -> Launch:
+        """train_config.yaml, the deepspeed JSON and launch.sh into ``where``."""
+        where.mkdir(parents=True, exist_ok=True)
+        config_path = where / "train_config.yaml"
         atomic_write_text(config_path, run_text)
         ds_path = None
         if opts.engine == "deepspeed":
-            ds_path = plan.run_dir / "train_deepspeed.json"
+            ds_path = where / "train_deepspeed.json"
             grad_clip = float(tc.as_number(tc.get_value(values, tc.GRAD_CLIP)) or 5)
             log_int = int(tc.as_number(tc.get_value(values, tc.LOG_INTERVAL)) or 100)
             atomic_write_json(
@@ -1299,14 +1293,32 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             amp=amp,
             ds_config=ds_path,
         )
-        launch_sh = plan.run_dir / "launch.sh"
+        launch_sh = where / "launch.sh"
         atomic_write_text(launch_sh, launch.script())
         launch_sh.chmod(0o755)
+        return launch
+
+    if opts.dry_run:
+        # Nothing in the run dir is touched and no stage record is written: a preview only.
+        where = ws.configs_dir / f"dry-run-{model}"
+        result.argv = write_files(where).argv
+        result.run_dir = where
+        if plan.archive:
+            log.info("a real run would first move %s to %s", *plan.archive)
+        return result
+
+    with state.stage_run(ws, f"train_{model}", inputs, params) as rec:
+        if plan.archive:
+            src, dst = plan.archive
+            os.replace(src, dst)
+            tb_src = plan.tb_dir
+            if tb_src.exists():
+                os.replace(tb_src, tb_src.with_name(dst.name))
+            log.info("the previous run was moved to %s", dst)
+        plan.tb_dir.mkdir(parents=True, exist_ok=True)
+        launch = write_files(plan.run_dir)
         result.argv = launch.argv
         rec.outputs = [str(plan.run_dir / CHECKPOINT_LOG)]
-        if opts.dry_run:
-            rec.figures.update({"dry_run": True, "run_dir": str(plan.run_dir)})
-            return result
         batches = max(facts.batches) if facts.batches else 1
         t0 = time.time()
         rc = _run(launch, plan.run_dir, model, max_epoch, batches, accum, done_epoch)

@@ -52,7 +52,7 @@ from voicelab.console import echo
 @click.option("--resume", is_flag=True, help="Continue the existing run after its last epoch.")
 @click.option("--new", is_flag=True, help="Start a fresh run; the existing one is kept as .N.")
 @click.option("--checkpoint", metavar="PT", help="Start weights (default: the base model's).")
-@click.option("--dry-run", is_flag=True, help="Check, write the config and launch.sh, stop.")
+@click.option("--dry-run", is_flag=True, help="Check, preview the config and launch.sh, stop.")
 @pass_ctx
 def train(ctx: Ctx, model: str, **kw: object) -> None:
     """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
@@ -70,7 +70,7 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
     opts = TrainOptions(**kw)  # type: ignore[arg-type]
     res = run_train(ws, model, opts)
     if opts.dry_run:
-        echo(f"checked; config and launch.sh written to {res.run_dir} (nothing launched)")
+        echo(f"checked; config and launch.sh previewed in {res.run_dir} (nothing launched)")
         return
     best = "-" if res.best_cv_loss is None else f"{res.best_cv_loss:.4f} (epoch {res.best_epoch})"
     echo(f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}")
