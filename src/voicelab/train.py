@@ -1175,8 +1175,11 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     if tiny:
         settings.max_frames_in_batch = int(tc.TINY_DIMS[tc.MAX_FRAMES])
     else:
+        # One workspace config serves llm and flow: sized for the llm, the larger of the two.
         settings.max_frames_in_batch = default_batch_frames(
-            model, model_params(base_ckpt), min((g.total for g in vis), default=None)
+            "llm",
+            model_params(_base_checkpoint(ws, "llm")),
+            min((g.total for g in vis), default=None),
         )
     train_list = ws.data_list("train")
     if train_list.is_file():
