@@ -47,3 +47,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def tmp_workspace(tmp_path: Path) -> Workspace:
     """A fresh workspace for speaker ``spk1`` with no source folder."""
     return Workspace.init(tmp_path / "ws", "spk1")
+
+
+@pytest.fixture(scope="session")
+def speech_set() -> dict[str, list]:
+    """The espeak-ng speech set (``speech_corpus``), built once into the test cache."""
+    from speech_corpus import SPEECH_CACHE, build_speech_set
+
+    cache = Path(os.environ["VOICELAB_TEST_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_speech_set(cache / SPEECH_CACHE)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ONNX stand-ins for the feature models."""
+    from voicelab.testing import tiny_onnx
+
+    d = tmp_path_factory.mktemp("onnx")
+    tiny_onnx.write_all(d)
+    return d

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_features import LONG_UTT, SPEECH_CACHE, build_speech_set, write_kaldi
+from speech_corpus import LONG_UTT, write_kaldi
 from voicelab import features as feat
 from voicelab import pack
 from voicelab.errors import StageError
-from voicelab.testing import tiny_onnx
 from voicelab.workspace import Workspace
 
 
@@ -40,20 +39,6 @@ def expected_schema():  # type: ignore[no-untyped-def]
             ("instruct", pa.string()),
         ]
     )
-
-
-@pytest.fixture(scope="session")
-def speech_set() -> dict[str, list]:
-    cache = Path(os.environ["VOICELAB_TEST_CACHE"])
-    cache.mkdir(parents=True, exist_ok=True)
-    return build_speech_set(cache / SPEECH_CACHE)
-
-
-@pytest.fixture(scope="session")
-def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("onnx")
-    tiny_onnx.write_all(d)
-    return d
 
 
 @pytest.fixture
