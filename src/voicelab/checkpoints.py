@@ -273,6 +273,13 @@ def default_rule(model: str, locked_epoch: int | None) -> str:
     return DEFAULT_RULE
 
 
+# epochs:/steps: rules -> (Checkpoint attribute, what a missing one is called, rule to suggest)
+_NUMBERED = {
+    "epochs": ("epoch", "epoch_{}_whole.pt", "epochs:"),
+    "steps": ("step", "step checkpoint of step {}", "step:"),
+}
+
+
 def select(
     checkpoints: Iterable[Checkpoint], rule: str, where: str = "the run"
 ) -> list[Checkpoint]:
@@ -305,28 +312,18 @@ def select(
         # Lowest loss first; on ties the later (more adapted) checkpoint wins.
         best = sorted(scored, key=lambda c: (c.cv_loss, tuple(-x for x in c.order)))[:n]
         chosen = sorted(best, key=lambda c: c.order)
-    elif kind == "epochs":
+    elif kind in _NUMBERED:
+        attr, missing_name, prefix = _NUMBERED[kind]
         wanted = _numbers(arg, rule)
-        by_epoch = {c.epoch: c for c in pool}
-        missing = [e for e in wanted if e not in by_epoch]
+        by_number = {getattr(c, attr): c for c in pool}
+        missing = [n for n in wanted if n not in by_number]
         if missing:
-            have = ",".join(str(c.epoch) for c in pool)
+            have = ",".join(str(getattr(c, attr)) for c in pool)
             raise ModelError(
-                f"no epoch_{missing[0]}_whole.pt in {where} (epochs there: {have})",
-                "pick existing epochs, e.g. --select epochs:" + have.split(",")[-1],
+                f"no {missing_name.format(missing[0])} in {where} ({kind} there: {have})",
+                f"pick existing {kind}, e.g. --select {prefix}" + have.split(",")[-1],
             )
-        chosen = sorted((by_epoch[e] for e in wanted), key=lambda c: c.order)
-    elif kind == "steps":
-        wanted = _numbers(arg, rule)
-        by_step = {c.step: c for c in pool}
-        missing = [s for s in wanted if s not in by_step]
-        if missing:
-            have = ",".join(str(c.step) for c in pool)
-            raise ModelError(
-                f"no step checkpoint of step {missing[0]} in {where} (steps there: {have})",
-                "pick existing steps, e.g. --select step:" + have.split(",")[-1],
-            )
-        chosen = sorted((by_step[s] for s in wanted), key=lambda c: c.order)
+        chosen = sorted((by_number[n] for n in wanted), key=lambda c: c.order)
     else:  # pragma: no cover - parse_rule knows only the kinds above
         raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
     if kind in ("last", "best-cv") and len(chosen) < _count(arg, rule):
