@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from tmpfs_mount import mounted_tmpfs
 from voicelab import checkpoints as ck
 from voicelab.errors import ConfigError, ModelError
 
@@ -269,17 +270,8 @@ def test_check_against_base(run: Path) -> None:
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
     """A real 1 MB filesystem (root only): writes beyond it fail with ENOSPC."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_save_state_dict_disk_full_leaves_nothing(tiny_tmpfs: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from tmpfs_mount import mounted_tmpfs
 from voicelab import checkpoints as ck
 from voicelab.errors import ModelError, VoiceLabError
 from voicelab.export import ExportOptions, check_dir, run_export, verify_voice_dir
@@ -427,18 +428,8 @@ def test_interrupted_swap_is_undone(ws: Workspace) -> None:
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A real 4 MB filesystem (root only): ENOSPC for real, and a second device (no links)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "4m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_while_writing_llm(tmpfs: Path) -> None:
