@@ -125,17 +125,20 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
         return _ffprobe(p)
 
 
-def _ffmpeg_decode(path: Path) -> Decoded:
-    info = _ffprobe(path)
+def _ffmpeg_f32_cmd(path: Path, info: AudioInfo) -> list[str]:
+    """ffmpeg decoding the first audio stream to interleaved float32 on stdout, at the file's own
+    rate and channel count; AudioError when ffmpeg is not installed."""
     exe = shutil.which("ffmpeg")
     if not exe:
         raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
-    proc = subprocess.run(
-        [exe, "-nostdin", "-v", "error", "-i", os.fspath(path), "-map", "0:a:0",
-         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels),
-         "-ar", str(info.sample_rate), "-"],
-        capture_output=True,
-    )  # fmt: skip
+    return [exe, "-nostdin", "-v", "error", "-i", os.fspath(path), "-map", "0:a:0",
+            "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels),
+            "-ar", str(info.sample_rate), "-"]  # fmt: skip
+
+
+def _ffmpeg_decode(path: Path) -> Decoded:
+    info = _ffprobe(path)
+    proc = subprocess.run(_ffmpeg_f32_cmd(path, info), capture_output=True)
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["ffmpeg failed"]
         msg = err[-1].replace(os.fspath(path) + ": ", "")[:120]
@@ -339,15 +342,9 @@ class _Accumulator:
 
 
 def _ffmpeg_blocks(path: Path, info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
-    exe = shutil.which("ffmpeg")
-    if not exe:
-        raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
     proc = subprocess.Popen(
-        [exe, "-nostdin", "-v", "error", "-i", os.fspath(path), "-map", "0:a:0",
-         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels),
-         "-ar", str(info.sample_rate), "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        _ffmpeg_f32_cmd(path, info), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stderr is not None
     frame_bytes = 4 * info.channels
     try:
