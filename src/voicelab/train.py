@@ -1086,21 +1086,17 @@ def _base_checkpoint(ws: Workspace, model: str) -> Path:
 
 def _explicit_overrides(opts: TrainOptions, section: dict[str, Any]) -> dict[tc.KeyPath, Any]:
     """Config values chosen on the command line (or in voicelab.toml [train])."""
+
+    def given(value: Any, key: str) -> Any:
+        return value if value is not None else section.get(key)
+
     pick = {
-        tc.MAX_EPOCH: opts.epochs if opts.epochs is not None else section.get("epochs"),
-        tc.MAX_FRAMES: opts.batch_frames
-        if opts.batch_frames is not None
-        else section.get("batch_frames"),
-        tc.ACCUM_GRAD: opts.accum_grad
-        if opts.accum_grad is not None
-        else section.get("accum_grad"),
-        tc.LR: opts.lr if opts.lr is not None else section.get("lr"),
-        tc.SAVE_PER_STEP: opts.save_per_step
-        if opts.save_per_step is not None
-        else section.get("save_per_step"),
-        tc.LOG_INTERVAL: opts.log_interval
-        if opts.log_interval is not None
-        else section.get("log_interval"),
+        tc.MAX_EPOCH: given(opts.epochs, "epochs"),
+        tc.MAX_FRAMES: given(opts.batch_frames, "batch_frames"),
+        tc.ACCUM_GRAD: given(opts.accum_grad, "accum_grad"),
+        tc.LR: given(opts.lr, "lr"),
+        tc.SAVE_PER_STEP: given(opts.save_per_step, "save_per_step"),
+        tc.LOG_INTERVAL: given(opts.log_interval, "log_interval"),
     }
     out: dict[tc.KeyPath, Any] = {}
     for k, v in pick.items():
