@@ -336,3 +336,11 @@ def test_averaging_streams_one_checkpoint_at_a_time(tmp_path: Path) -> None:
     avg = ck.load_state_dict(out)
     assert torch.equal(avg["a"][:4], torch.full((4,), 1.0))
     assert torch.equal(avg["b"][-4:], torch.full((4,), 2.0))
+
+
+def test_bare_steps_rule_is_refused() -> None:
+    from voicelab.checkpoints import parse_rule
+
+    with pytest.raises(ConfigError):
+        parse_rule("steps:100")
+    assert parse_rule("step:100") == ("step", "steps", "100")

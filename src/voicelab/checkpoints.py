@@ -259,7 +259,8 @@ def parse_rule(rule: str) -> tuple[str, str, str]:
             kind = "steps"
     if kind in ("last", "best-cv"):
         _count(arg, rule)
-    elif kind in ("epochs", "steps"):
+    elif kind == "epochs" or (kind == "steps" and pool == "step"):
+        # "steps:N" alone is not a rule: step checkpoints are chosen with "step:N".
         _numbers(arg, rule)
     else:
         raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
