@@ -55,29 +55,15 @@ from voicelab.fsutil import (
     read_json,
     sha256_file,
 )
+from voicelab.upstream.model_files import BLANKEN, BLANKEN_FILES, INFERENCE_FILES, SPK2INFO
 from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-# What upstream's CosyVoice3(model_dir) opens (cosyvoice/cli/cosyvoice.py, frontend.py, model.py).
-REQUIRED_FILES = (
-    "cosyvoice3.yaml",
-    "llm.pt",
-    "flow.pt",
-    "hift.pt",
-    "campplus.onnx",
-    "speech_tokenizer_v3.onnx",
-)
-BLANKEN = "CosyVoice-BlankEN"  # Qwen2 config, tokenizer and weights (from_pretrained)
-BLANKEN_REQUIRED = (
-    "config.json",
-    "model.safetensors",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
-)
+REQUIRED_FILES = INFERENCE_FILES
+BLANKEN_REQUIRED = BLANKEN_FILES
 STATE_FILES = ("llm.pt", "flow.pt", "hift.pt")
-SPK2INFO = "spk2info.pt"
+
 PROVENANCE = "voicelab.json"
 FLOW_ONNX = "flow.decoder.estimator.fp32.onnx"
 DOWNLOAD_MANIFEST = ".voicelab-manifest.json"  # written by voicelab download

@@ -31,6 +31,7 @@ from voicelab.errors import ConfigError, InputError, ModelError, WorkspaceError
 from voicelab.fsutil import atomic_path, read_json
 from voicelab.paths import safe_name, to_local_path
 from voicelab.tts_text import MARKER, Utterance, plan_texts, resolve_instruct
+from voicelab.upstream.model_files import BLANKEN, INFERENCE_FILES, SPK2INFO
 from voicelab.workspace import DEFAULT_INSTRUCT
 
 if TYPE_CHECKING:
@@ -41,16 +42,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
 EMBEDDING_SHAPE = (1, 192)
 # What CosyVoice3(model_dir) opens, plus the SFT speaker table VoiceLab writes on export.
-BASE_FILES = (
-    "cosyvoice3.yaml",
-    "llm.pt",
-    "flow.pt",
-    "hift.pt",
-    "campplus.onnx",
-    "speech_tokenizer_v3.onnx",
-    "CosyVoice-BlankEN",
-)
-SPK2INFO = "spk2info.pt"
+BASE_FILES = (*INFERENCE_FILES, BLANKEN)
 PROVENANCE = "voicelab.json"  # written by voicelab export
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)_whole\.pt$")
 

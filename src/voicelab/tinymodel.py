@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import EnvironmentProblem, ModelError
 from voicelab.fsutil import atomic_write_json, read_json
+from voicelab.upstream.model_files import model_dir_files
 
 if TYPE_CHECKING:
     from voicelab.vendor import VendorRuntime
@@ -124,20 +125,7 @@ def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
     return dest
 
 
-REQUIRED_FILES = (
-    "cosyvoice3.yaml",
-    "llm.pt",
-    "flow.pt",
-    "hift.pt",
-    "campplus.onnx",
-    "speech_tokenizer_v3.onnx",
-    "speech_tokenizer_v3.batch.onnx",
-    "CosyVoice-BlankEN/config.json",
-    "CosyVoice-BlankEN/model.safetensors",
-    "CosyVoice-BlankEN/vocab.json",
-    "CosyVoice-BlankEN/merges.txt",
-    "CosyVoice-BlankEN/tokenizer_config.json",
-)
+REQUIRED_FILES = model_dir_files(training=True)
 
 
 def _complete(d: Path) -> bool:
