@@ -330,7 +330,7 @@ def select(
     if kind in ("last", "best-cv") and len(chosen) < _count(arg, rule):
         # A shortfall of the default rule is normal (short runs); of an explicit one, worth a look.
         log.log(
-            logging.INFO if rule == DEFAULT_RULE else logging.WARNING,
+            logging.DEBUG if rule == DEFAULT_RULE else logging.WARNING,
             "%s asks for %s checkpoints; %s has only %d: using those",
             rule,
             arg,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from voicelab.errors import ConfigError
-from voicelab.state import StageRecord, load_record, save_record, stage_run
+from voicelab.state import StageRecord, load_record, stage_run
 from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _judge(
     if rec is None:
         return "pending", "never run"
     if rec.status == "failed":
-        return "failed", rec.error or "failed"
+        return "failed", f"last run failed: {rec.error or 'unknown error'}"
     if rec.status != "done":
         return "pending", rec.error or "not finished"
     params = st.params(ws, opts)
@@ -174,23 +174,3 @@ def run_pipeline(
         if on_stage:
             on_stage(st.name, "done", f"{time.time() - t0:.1f} s")
     return stage_states(ws, stages, opts)
-
-
-def mark_done(ws: Workspace, stage: Stage, opts: RunOptions) -> None:
-    """Record a stage as done with the current options (used when adopting existing outputs)."""
-    params = stage.params(ws, opts)
-    now = time.time()
-    from voicelab.fsutil import hash_obj
-
-    save_record(
-        ws,
-        StageRecord(
-            stage=run_key(stage.name),
-            status="done",
-            inputs=hash_obj(params),
-            params=hash_obj(params),
-            param_values=params,
-            started=now,
-            finished=now,
-        ),
-    )

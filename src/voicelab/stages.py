@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from voicelab.errors import StageError
 from voicelab.pipeline import RunOptions, Stage, StageState, run_key
 from voicelab.state import load_record
 from voicelab.workspace import BASE_MODEL_NAME, Workspace
@@ -402,12 +401,3 @@ def figure_line(s: StageState) -> str:
     if name == "vendor" and "commit" in f:
         return str(f["commit"])[:12]
     return ""
-
-
-def ensure_ok(states: list[StageState]) -> None:
-    failed = [s for s in states if s.state == "failed"]
-    if failed:
-        raise StageError(
-            f"stage {failed[0].name} failed: {failed[0].reason}",
-            "fix it and run the same command again",
-        )
