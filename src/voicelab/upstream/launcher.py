@@ -17,7 +17,10 @@ train.py. Every fix is contained (it only changes what it names) and says why be
 4. ``ProcessGroup.options`` is restored for ``cosyvoice_join`` (removed in torch >= 2.9);
 5. ``--device cpu``: gloo, no ``torch.cuda`` calls, forward on the CPU; small models only;
 6. TensorBoard events never land in the current folder (the vendor checkout, in the notes);
-7. a resumed run keeps its first ``init.pt`` (train.py rewrites it at every start).
+7. a resumed run keeps its first ``init.pt`` (train.py rewrites it at every start);
+8. with ``VOICELAB_SEEN_UTTS`` set to a folder, each rank appends the utterance ids of every
+   batch it trains or validates on to ``<folder>/rank<R>.tsv`` (how multi-GPU runs prove that an
+   epoch sees each utterance once across ranks); off by default.
 
 This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
 ``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
@@ -276,6 +279,9 @@ def apply_fixes(
     train_utils.init_distributed = _after_onnx_env(train_utils.init_distributed)
     if device == "cpu":
         fix_cpu_mode(train_utils)
+    seen_dir = os.environ.get(SEEN_UTTS_ENV)
+    if seen_dir:
+        record_seen_utts(train_utils, Path(seen_dir))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,6 +300,46 @@ def keep_first_init(save_model: Any) -> Any:
 
     wrapper.__wrapped__ = save_model  # type: ignore[attr-defined]
     return wrapper
+
+
+# ------------------------------------------------------------------------------------------------
+# 8: which utterances each rank saw (multi-GPU proofs)
+# ------------------------------------------------------------------------------------------------
+SEEN_UTTS_ENV = "VOICELAB_SEEN_UTTS"
+
+
+def record_seen_utts(train_utils: Any, folder: Path) -> None:
+    """Wrap ``batch_forward`` (every TRAIN and CV batch passes through it) to append
+    ``tag, epoch, utt`` lines to ``rank<R>.tsv``; R is the global rank torchrun sets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"rank{int(os.environ.get('RANK', 0))}.tsv"
+    batch_forward = train_utils.batch_forward
+
+    def wrapper(model: Any, batch: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        info = args[1] if len(args) > 1 else kwargs.get("info_dict", {})
+        tag, epoch = info.get("tag", "?"), info.get("epoch", -1)
+        with out.open("a", encoding="utf-8") as f:
+            f.writelines(f"{tag}\t{epoch}\t{u}\n" for u in batch.get("utts", []))
+        return batch_forward(model, batch, *args, **kwargs)
+
+    wrapper.__wrapped__ = batch_forward  # type: ignore[attr-defined]
+    train_utils.batch_forward = wrapper
+    # executor.py binds batch_forward by name at import: train.py imports it after this runs,
+    # but a module imported earlier keeps the old name, so rebind it there too.
+    executor = sys.modules.get("cosyvoice.utils.executor")
+    if executor is not None:
+        executor.batch_forward = wrapper
+
+
+def read_seen_utts(folder: Path) -> dict[tuple[str, int], dict[int, list[str]]]:
+    """``{(tag, epoch): {rank: [utt, ...]}}`` from the files :func:`record_seen_utts` wrote."""
+    seen: dict[tuple[str, int], dict[int, list[str]]] = {}
+    for f in sorted(folder.glob("rank*.tsv")):
+        rank = int(f.stem[4:])
+        for line in f.read_text("utf-8").splitlines():
+            tag, epoch, utt = line.split("\t")
+            seen.setdefault((tag, int(epoch)), {}).setdefault(rank, []).append(utt)
+    return seen
 
 
 # ------------------------------------------------------------------------------------------------
