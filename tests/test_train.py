@@ -305,6 +305,10 @@ def test_preflight_gpus_and_memory(ws: Workspace) -> None:
     assert "2 GPU process(es) asked for" in whats(
         run_preflight(ws, device="cuda", gpus=one, world=2, num_workers=1)[0]
     )
+    # Two machines with one GPU each: this machine's one process fits its one GPU.
+    assert "GPU process(es)" not in whats(
+        run_preflight(ws, device="cuda", gpus=one, world=2, local_procs=1, num_workers=1)[0]
+    )
     busy = [tr.Gpu(0, 24 << 30, 6 << 30)]
     assert "GPU 0 has 6.0 GiB free" in whats(run_preflight(ws, device="cuda", gpus=busy)[0])
     assert run_preflight(ws, device="cuda", gpus=one)[0] == []
@@ -526,6 +530,33 @@ def test_launcher_splits_its_options_from_train_args() -> None:
         "--tensorboard_dir",
         "/tb",
     ]
+
+
+def test_launcher_deepspeed_grad_norm_is_logged_as_a_number() -> None:
+    from voicelab.upstream import launcher
+
+    def update(info: dict) -> dict:  # deepspeed between accumulation boundaries
+        info["grad_norm"] = None
+        return info
+
+    assert launcher.grad_norm_never_none(update)({"lr": 1e-5})["grad_norm"] == 0.0
+    done = launcher.grad_norm_never_none(lambda info: {**info, "grad_norm": 1.5})({})
+    assert done["grad_norm"] == 1.5
+    assert "{:.6f}".format(launcher.grad_norm_never_none(update)({})["grad_norm"]) == "0.000000"
+
+
+def test_launcher_records_the_utterances_of_each_batch(tmp_path: Path, monkeypatch) -> None:
+    import types
+
+    from voicelab.upstream import launcher
+
+    monkeypatch.setenv("RANK", "1")
+    mod = types.SimpleNamespace(batch_forward=lambda model, batch, scaler, info: info)
+    launcher.record_seen_utts(mod, tmp_path)
+    mod.batch_forward(None, {"utts": ["a", "b"]}, None, {"tag": "TRAIN", "epoch": 0})
+    mod.batch_forward(None, {"utts": ["c"]}, None, {"tag": "CV", "epoch": 0})
+    seen = launcher.read_seen_utts(tmp_path)
+    assert seen == {("TRAIN", 0): {1: ["a", "b"]}, ("CV", 0): {1: ["c"]}}
 
 
 def test_launcher_dataloader_fix_allows_zero_workers() -> None:

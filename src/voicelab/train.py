@@ -914,8 +914,12 @@ def preflight(
     modules: Iterable[str] = TRAIN_MODULES,
     gpus: list[Gpu] | None = None,
     count_tokens: Callable[[str], int] = estimate_text_tokens,
+    local_procs: int | None = None,
 ) -> tuple[list[Problem], list[str], Facts]:
-    """(problems, warnings, facts). Nothing is changed or launched here."""
+    """(problems, warnings, facts). Nothing is changed or launched here.
+
+    ``world`` counts the processes of every machine (data sharding); ``local_procs`` those of
+    this machine (default ``world``), which are what this machine's GPUs must hold."""
     problems: list[Problem] = []
     warnings: list[str] = []
     facts = Facts()
@@ -1042,16 +1046,16 @@ def preflight(
                     "check the driver (voicelab doctor)",
                 )
             )
-        elif len(gpus) < world:
+        elif len(gpus) < (local := local_procs or world):
             problems.append(
                 Problem(
-                    f"{world} GPU process(es) asked for, {len(gpus)} GPU(s) visible",
+                    f"{local} GPU process(es) asked for, {len(gpus)} GPU(s) visible",
                     f"use --gpus {len(gpus)}",
                 )
             )
         else:
             need_mem = memory_needed(model, facts.params, max_frames)
-            for g in gpus[:world]:
+            for g in gpus[:local]:
                 if g.free < need_mem:
                     problems.append(
                         Problem(
@@ -1223,6 +1227,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         values=values,
         device=device,
         world=world,
+        local_procs=nproc,
         num_workers=num_workers,
         max_frames=max_frames,
         base_ckpt=base_ckpt,

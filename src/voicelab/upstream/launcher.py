@@ -20,7 +20,10 @@ train.py. Every fix is contained (it only changes what it names) and says why be
 7. a resumed run keeps its first ``init.pt`` (train.py rewrites it at every start);
 8. with ``VOICELAB_SEEN_UTTS`` set to a folder, each rank appends the utterance ids of every
    batch it trains or validates on to ``<folder>/rank<R>.tsv`` (how multi-GPU runs prove that an
-   epoch sees each utterance once across ranks); off by default.
+   epoch sees each utterance once across ranks); off by default;
+9. ``--train_engine deepspeed``: the grad norm deepspeed reports is None between accumulation
+   boundaries, which ``log_per_step`` formats with ``{:.6f}`` (a crash at the first logged
+   non-boundary batch); it is logged as 0.0 there, as the torch_ddp path does.
 
 This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
 ``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
@@ -279,6 +282,7 @@ def apply_fixes(
     train_utils.init_distributed = _after_onnx_env(train_utils.init_distributed)
     if device == "cpu":
         fix_cpu_mode(train_utils)
+    train_utils.update_parameter_and_lr = grad_norm_never_none(train_utils.update_parameter_and_lr)
     seen_dir = os.environ.get(SEEN_UTTS_ENV)
     if seen_dir:
         record_seen_utts(train_utils, Path(seen_dir))
@@ -299,6 +303,23 @@ def keep_first_init(save_model: Any) -> Any:
         return save_model(model, model_name, info_dict)
 
     wrapper.__wrapped__ = save_model  # type: ignore[attr-defined]
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------
+# Fix 9: deepspeed's grad norm between accumulation boundaries
+# ------------------------------------------------------------------------------------------------
+def grad_norm_never_none(update: Any) -> Any:
+    """``model.get_global_grad_norm()`` is None until deepspeed's first optimizer step and
+    between boundaries; upstream formats it as a float. 0.0 is what torch_ddp logs there."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        info = update(*args, **kwargs)
+        if info.get("grad_norm") is None:
+            info["grad_norm"] = 0.0
+        return info
+
+    wrapper.__wrapped__ = update  # type: ignore[attr-defined]
     return wrapper
 
 
