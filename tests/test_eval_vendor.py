@@ -89,7 +89,7 @@ def test_eval_two_epochs_and_baselines_then_export_best(ws: Workspace) -> None:
         assert row["mos"] is not None and 1 <= row["mos"] <= 5, name
         wavs = sorted((run / name / "audio").glob("*.wav"))
         assert len(wavs) == 2, name
-        audio, sr = sf.read(wavs[0], dtype="float32")
+        audio, _ = sf.read(wavs[0], dtype="float32")
         assert len(audio) > 0 and np.isfinite(audio).all()
         line = json.loads(next((run / name / "lines").glob("*.json")).read_text("utf-8"))
         assert {"text", "transcript", "err", "sim", "mos"} <= set(line)
