@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from voicelab.cli.main import Ctx, pass_ctx
 from voicelab.console import echo
+
+if TYPE_CHECKING:
+    from voicelab.train import TrainOptions
+    from voicelab.workspace import Workspace
 
 
 def _f(v: object, digits: int = 3) -> str:
@@ -72,6 +78,39 @@ def evaluate(ctx: Ctx, **kw: object) -> None:
         echo(f"  {name}: synthesized in {secs:.1f} s")
     echo(f"best (rule best-eval): {', '.join(res.best) or 'none within the error margin'}")
     echo(f"report: {build_report(ws)}")
+
+
+def train_with_eval(
+    ws: Workspace, model: str, opts: TrainOptions, every: int | None, patience: int | None
+) -> None:
+    """``voicelab train --eval-every K --early-stop P`` (voicelab.evaluation.during_training)."""
+    from voicelab.errors import ConfigError
+    from voicelab.evaluation.during_training import TrainingEvaluator
+    from voicelab.train import run_train
+
+    if model != "llm" or not every:
+        raise ConfigError(
+            "--eval-every/--early-stop evaluate llm epochs",
+            "use: voicelab train llm --eval-every K",
+        )
+    watcher = TrainingEvaluator(ws, every, patience or 0, eval_args=("--device", opts.device))
+    if opts.dry_run:
+        run_train(ws, model, opts)
+        echo("checked (dry run): nothing launched, nothing evaluated")
+        return
+    watcher.start()
+    try:
+        res = run_train(ws, model, opts)
+    except KeyboardInterrupt:
+        if not watcher.stopped:
+            raise
+        watcher.close()
+        echo(f"early stop: {watcher.stopper.reason}")
+    else:
+        watcher.finish()
+        echo(f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}")
+    echo(f"evaluated epochs: {', '.join(map(str, watcher.done)) or 'none'} (eval/{watcher.run})")
+    echo(f"best so far: {watcher.best or '-'}; next: voicelab export (rule best-eval)")
 
 
 commands = [evaluate]
