@@ -198,22 +198,46 @@ def load_encoder(spec: str, base_model_dir: Path, device: str = "auto") -> Speak
 
 
 # ---- quality --------------------------------------------------------------------------------
+class Dnsmos:
+    """DNSMOS P.835 (``sig``, ``bak``, ``ovrl``) and P.808 (``p808``) with the ONNX models and
+    feature code of ``speechmos``, in sessions of our own: speechmos opens them without naming
+    a provider, which onnxruntime-gpu refuses, and cannot use the GPU."""
+
+    def __init__(self, device: str = "auto") -> None:
+        try:
+            from speechmos import dnsmos as _dnsmos
+        except ImportError as e:
+            raise EnvironmentProblem(f"speechmos is not installed ({e})", EVAL_HINT) from e
+        from voicelab.onnxrt import create_session
+
+        models = Path(_dnsmos.__file__).parent / "dnsmos_models"
+        self._model = _dnsmos.DNSMOS.__new__(_dnsmos.DNSMOS)
+        self._model.primary_model_path = str(models / "sig_bak_ovr.onnx")
+        self._model.onnx_sess = create_session(models / "sig_bak_ovr.onnx", device).session
+        self._model.p808_onnx_sess = create_session(models / "model_v8.onnx", device).session
+
+    def __call__(self, audio16k: np.ndarray) -> dict[str, float]:
+        x = np.clip(np.asarray(audio16k, dtype=np.float32), -1.0, 1.0)
+        if len(x) < ASR_RATE // 10:
+            return {"ovrl": math.nan, "sig": math.nan, "bak": math.nan, "p808": math.nan}
+        r = self._model(x, ASR_RATE, False)
+        return {
+            "ovrl": float(r["ovrl_mos"]),
+            "sig": float(r["sig_mos"]),
+            "bak": float(r["bak_mos"]),
+            "p808": float(r["p808_mos"]),
+        }
+
+
+_DNSMOS: Dnsmos | None = None
+
+
 def dnsmos(audio16k: np.ndarray) -> dict[str, float]:
-    """DNSMOS P.835 (``sig``, ``bak``, ``ovrl``) and P.808 (``p808``) of 16 kHz audio."""
-    try:
-        from speechmos import dnsmos as _dnsmos
-    except ImportError as e:
-        raise EnvironmentProblem(f"speechmos is not installed ({e})", EVAL_HINT) from e
-    x = np.clip(np.asarray(audio16k, dtype=np.float32), -1.0, 1.0)
-    if len(x) < ASR_RATE // 10:
-        return {"ovrl": math.nan, "sig": math.nan, "bak": math.nan, "p808": math.nan}
-    r = _dnsmos.run(x, ASR_RATE)
-    return {
-        "ovrl": float(r["ovrl_mos"]),
-        "sig": float(r["sig_mos"]),
-        "bak": float(r["bak_mos"]),
-        "p808": float(r["p808_mos"]),
-    }
+    """:class:`Dnsmos` on the CPU, loaded once."""
+    global _DNSMOS
+    if _DNSMOS is None:
+        _DNSMOS = Dnsmos("cpu")
+    return _DNSMOS(audio16k)
 
 
 def duration_ratio(seconds: float, reference_seconds: float | None) -> float:

@@ -288,6 +288,7 @@ class Scorer:
         with status("loading the scoring models"):
             self.asr = metrics.Asr(model, opts.device, funasr_zh=funasr)
             self.encoder = metrics.load_encoder(opts.speaker_model, ws.base_model_dir, opts.device)
+            self.dnsmos = metrics.Dnsmos(opts.device)
         self.centroid = self._centroid(ws, opts, run_dir)
         self._ref: dict[str, np.ndarray] = {}
 
@@ -323,7 +324,7 @@ class Scorer:
         hyp = self.asr.transcribe(x16, ln.lang)
         emb = self.encoder.embed(audio, sr)
         ref = self.reference(ln)
-        mos = metrics.dnsmos(x16)
+        mos = self.dnsmos(x16)
         return {
             "transcript": hyp,
             "err": metrics.error_rate(ln.text, hyp, ln.lang),
