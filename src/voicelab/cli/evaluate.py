@@ -10,6 +10,7 @@ from voicelab.cli.main import Ctx, pass_ctx
 from voicelab.console import echo
 
 if TYPE_CHECKING:
+    from voicelab.evaluation.during_training import TrainingEvaluator
     from voicelab.train import TrainOptions
     from voicelab.workspace import Workspace
 
@@ -80,6 +81,27 @@ def evaluate(ctx: Ctx, **kw: object) -> None:
     echo(f"report: {build_report(ws)}")
 
 
+def _mark_early_stop(ws: Workspace, model: str, watcher: TrainingEvaluator) -> None:
+    """An early stop ends the stage as done (not interrupted): `voicelab run` must not resume
+    the training that was stopped on purpose."""
+    from voicelab.evaluation.during_training import ready_epochs
+    from voicelab.state import load_record, save_record
+
+    rec = load_record(ws, f"train_{model}")
+    if rec is None:
+        return
+    rec.status, rec.error = "done", None
+    rec.figures.update(
+        {
+            "epochs": len(ready_epochs(ws)),
+            "early_stop": watcher.stopper.reason,
+            "best_eval": watcher.best,
+            "run_dir": str(ws.exp_dir(model)),
+        }
+    )
+    save_record(ws, rec)
+
+
 def train_with_eval(
     ws: Workspace, model: str, opts: TrainOptions, every: int | None, patience: int | None
 ) -> None:
@@ -105,6 +127,7 @@ def train_with_eval(
         if not watcher.stopped:
             raise
         watcher.close()
+        _mark_early_stop(ws, model, watcher)
         echo(f"early stop: {watcher.stopper.reason}")
     else:
         watcher.finish()
