@@ -57,3 +57,19 @@ def test_set_without_dev_and_prompt_clip(tmp_workspace: Workspace, tmp_path: Pat
     wav, text = sets.prompt_clip(ws)
     assert Path(wav).name == "train_3.wav" and text == "line number 3"  # 7 s: nearest to 6 s
     assert len(sets.train_clips(ws, n=2)) == 2
+
+
+def test_missing_scoring_package_fails_before_synthesis(
+    tmp_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing package is reported at once, with the extra to install (sys.modules entry set
+    to None is how Python itself marks a module as unimportable)."""
+    import sys
+
+    from voicelab.errors import EnvironmentProblem
+    from voicelab.evaluation.run import EvalOptions, run_eval
+
+    monkeypatch.setitem(sys.modules, "jiwer", None)
+    with pytest.raises(EnvironmentProblem, match="needs jiwer") as e:
+        run_eval(tmp_workspace, EvalOptions())
+    assert "voicelab[eval]" in e.value.one_line()

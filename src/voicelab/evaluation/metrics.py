@@ -102,6 +102,21 @@ class Asr:
         return self._whisper.transcribe(audio16k).text
 
 
+def check_installed(speaker_model: str = "campplus") -> None:
+    """Fail before any slow synthesis when a scoring package is missing."""
+    import importlib.util
+
+    need = {"jiwer": "jiwer", "speechmos": "speechmos", "faster_whisper": "faster-whisper"}
+    if speaker_model == "resemblyzer":
+        need["resemblyzer"] = "resemblyzer"
+    missing = [pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise EnvironmentProblem(
+            f"voicelab eval needs {', '.join(missing)}, which is not installed",
+            EVAL_HINT + (" and 'voicelab[asr]'" if "faster-whisper" in missing else ""),
+        )
+
+
 def funasr_available() -> bool:
     import importlib.util
 

@@ -423,6 +423,7 @@ def run_eval(ws: Workspace, opts: EvalOptions | None = None) -> EvalResult:
     from voicelab.evaluation.choose import best
 
     opts = opts or EvalOptions()
+    metrics.check_installed(opts.speaker_model)
     cands = plan_candidates(ws, opts)
     lines = load_set(ws, opts.lines, opts.seed, opts.fixed, opts.new_set)
     root = eval_root(ws)
