@@ -108,3 +108,21 @@ def test_checkpoints_command_shows_eval_columns(ws: Workspace) -> None:
     data = json.loads(r.output)
     assert data["rule"] == "best-eval"
     assert [c["epoch"] for c in data["checkpoints"] if c["chosen"]] == [1]
+
+
+def test_rows_of_another_file_are_not_attached(ws: Workspace) -> None:
+    """An evaluation of an earlier run's epoch 1 says nothing about a retrained epoch 1."""
+    from voicelab.fsutil import quick_fingerprint
+
+    here = quick_fingerprint(ws.exp_dir("llm") / "epoch_2_whole.pt")
+    write_run(
+        ws,
+        "r1",
+        [
+            BASE,
+            {**epoch(1, 0.08, 0.7, 3.1), "ckpt": "1:2:3"},
+            {**epoch(2, 0.08, 0.6, 3.0), "ckpt": here},
+        ],
+    )
+    by_epoch = {c.epoch: c for c in ck.run_checkpoints(ws, "llm") if c.kind == "epoch"}
+    assert by_epoch[1].eval is None and by_epoch[2].eval is not None

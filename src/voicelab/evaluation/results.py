@@ -33,8 +33,9 @@ COLUMNS = (
     "bak",
     "dur_ratio",
     "rtf",
+    "ckpt",  # size:mtime:inode of the llm file evaluated: a retrained epoch N is another file
 )
-_TEXT = {"candidate", "kind"}
+_TEXT = {"candidate", "kind", "ckpt"}
 
 
 def _cell(v: Any) -> str:
@@ -104,14 +105,16 @@ def epoch_rows(ws: Workspace) -> tuple[dict[int, dict[str, Any]], dict[str, Any]
 
 def attach(ws: Workspace, ckpts: list[Checkpoint]) -> None:
     """Mark epoch checkpoints with their latest evaluation (``eval``, ``eval_score``,
-    ``eval_ok``: within the error margin of the base model)."""
+    ``eval_ok``: within the error margin of the base model), when the row is of this very
+    file."""
     from voicelab.evaluation.choose import eligible, score
+    from voicelab.fsutil import quick_fingerprint
 
     by_epoch, base = epoch_rows(ws)
     for c in ckpts:
         row = by_epoch.get(c.epoch) if c.kind == "epoch" and c.epoch is not None else None
-        if row is None:
-            continue
+        if row is None or (row.get("ckpt") and row["ckpt"] != quick_fingerprint(c.path)):
+            continue  # not evaluated, or the evaluation was of an earlier run's epoch
         c.eval = row
         s = score(row)
         c.eval_score = s if math.isfinite(s) else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -202,6 +203,30 @@ def line_file(run_dir: Path, cand: str, line: str) -> Path:
 
 def wav_file(run_dir: Path, cand: str, line: str) -> Path:
     return run_dir / cand / "audio" / f"{safe_name(line, 80)}.wav"
+
+
+def weights_identity(c: Candidate) -> dict[str, str]:
+    from voicelab.fsutil import quick_fingerprint
+
+    w = c.weights
+    if w is None:
+        return {}
+    return {k: quick_fingerprint(p) for k, p in (("llm", w.llm), ("flow", w.flow)) if p}
+
+
+def forget_changed(run_dir: Path, cands: list[Candidate]) -> None:
+    """A candidate whose files changed since this run spoke it (a retrained epoch N under the
+    same name) is spoken and scored again."""
+    for c in cands:
+        ident = weights_identity(c)
+        path = run_dir / c.name / "weights.json"
+        old = read_json(path, default=None)
+        if old is not None and old != ident:
+            log.warning(
+                "%s changed since run %s scored it: evaluating it again", c.name, run_dir.name
+            )
+            shutil.rmtree(run_dir / c.name)
+        atomic_write_json(path, ident)
 
 
 def _lines_for(c: Candidate, lines: list[EvalLine]) -> list[EvalLine]:
@@ -401,6 +426,7 @@ def summarize(run_dir: Path, cands: list[Candidate], lines: list[EvalLine]) -> l
             "bak": _mean(rows, "bak"),
             "dur_ratio": _mean(rows, "dur_ratio"),
             "rtf": sum(walls) / audio if walls and audio > 0 else None,
+            "ckpt": (read_json(run_dir / c.name / "weights.json", default={}) or {}).get("llm"),
         }
         atomic_write_json(
             run_dir / c.name / "candidate.json",
@@ -440,6 +466,7 @@ def run_eval(ws: Workspace, opts: EvalOptions | None = None) -> EvalResult:
             "candidates": list(known.values()),
         },
     )
+    forget_changed(run_dir, cands)
     spent = synthesize(ws, opts, run_dir, cands, lines)
     scored = score_all(ws, opts, run_dir, cands, lines)
     # The table holds every candidate this run has scored, across resumed calls.
