@@ -55,7 +55,8 @@ def checkpoints(
 
     \b
     Marks: L = the locked epoch (voicelab.toml locked_epoch), * = chosen by the rule that
-    `voicelab export` would use (or --select), E = in the exported voice. Examples:
+    `voicelab export` would use (or --select), E = in the exported voice. After `voicelab eval`:
+    CER/WER, SIM and MOS of each epoch ("!": CER/WER beyond the base model's margin). Examples:
       voicelab checkpoints                       # llm run, default selection
       voicelab checkpoints flow --select best-cv:2
       voicelab checkpoints --lock 6              # export and say use epoch 6 from now on
