@@ -130,7 +130,11 @@ def train_with_eval(
         _mark_early_stop(ws, model, watcher)
         echo(f"early stop: {watcher.stopper.reason}")
     else:
-        watcher.finish()
+        try:
+            watcher.finish()
+        except KeyboardInterrupt:  # a stop signal raced with the end of training: it is over
+            if not watcher.stopped:
+                raise
         echo(f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}")
     echo(f"evaluated epochs: {', '.join(map(str, watcher.done)) or 'none'} (eval/{watcher.run})")
     echo(f"best so far: {watcher.best or '-'}; next: voicelab export (rule best-eval)")

@@ -129,7 +129,9 @@ class TrainingEvaluator:
     def _loop(self) -> None:
         while not self._quit.wait(self.poll):
             if self._step():
-                self.on_stop()
+                with self._lock:
+                    if not self._quit.is_set():  # training still runs: stop it
+                        self.on_stop()
                 return
 
     # -- lifecycle
@@ -138,7 +140,8 @@ class TrainingEvaluator:
         return self
 
     def close(self) -> None:
-        self._quit.set()
+        with self._lock:  # after the evaluation under way, so no stop signal comes later
+            self._quit.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
