@@ -33,3 +33,26 @@ def test_train_with_eval_every_epoch(packed: Workspace, monkeypatch: pytest.Monk
     rows = {x["candidate"]: x for x in read_table(runs[0] / TABLE)}
     assert {"epoch_0", "epoch_1", "base", "real"} <= set(rows)
     assert all(rows[c]["lines"] == 1 for c in ("epoch_0", "epoch_1", "base"))
+
+
+def test_early_stop_stops_the_real_trainer_at_a_checkpoint(packed: Workspace) -> None:  # noqa: F811
+    """The stop signal ends upstream's trainer (its process group) right after the epoch whose
+    evaluation decided it; evaluations here are stand-in rows that never beat the base model,
+    so patience 1 stops after the first evaluated epoch."""
+    from voicelab import train as tr
+    from voicelab.evaluation.during_training import TrainingEvaluator, ready_epochs
+
+    ws = packed
+    base = {"candidate": "base", "kind": "base", "err": 0.1, "sim": 0.5, "mos": 3.0}
+
+    def evaluate(e: int) -> tuple[dict, dict]:
+        return {"candidate": f"epoch_{e}", "kind": "epoch", "epoch": e, "err": 0.9}, base
+
+    watcher = TrainingEvaluator(ws, every=1, patience=1, evaluate=evaluate, poll=0.2).start()
+    with pytest.raises(KeyboardInterrupt):
+        tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=20, new=True))
+    watcher.close()
+    assert watcher.stopped and watcher.done == [0]
+    assert ready_epochs(ws)[-1] < 3  # stopped long before 20 epochs
+    rows = tr.read_train_log(ws.exp_dir("llm") / "train_log.jsonl")
+    assert rows[-1]["event"] == "end" and rows[-1]["interrupted"] is True

@@ -124,3 +124,24 @@ def test_bad_options(tmp_workspace: Workspace) -> None:
         TrainingEvaluator(tmp_workspace, every=0)
     with pytest.raises(ConfigError):
         TrainingEvaluator(tmp_workspace, every=1, patience=-1)
+
+
+def test_a_new_run_with_the_same_epoch_numbers_is_evaluated(tmp_workspace: Workspace) -> None:
+    """`voicelab train --new` moves the old run away and writes epoch_0 again: that new file is
+    evaluated, though an epoch 0 existed when the watcher started."""
+    import os
+    import time
+
+    ws = tmp_workspace
+    run = ws.exp_dir("llm")
+    run.mkdir(parents=True)
+    (run / "epoch_0_whole.pt").write_bytes(b"old")
+    (run / "epoch_0_whole.yaml").write_text("epoch: 0\n")
+    w = TrainingEvaluator(ws, every=1, evaluate=rows_for, on_stop=lambda: None)
+    os.replace(run, run.with_name(run.name + ".1"))
+    time.sleep(0.01)  # a different mtime even on coarse clocks
+    run.mkdir()
+    (run / "epoch_0_whole.pt").write_bytes(b"new weights")
+    (run / "epoch_0_whole.yaml").write_text("epoch: 0\n")
+    w.finish()
+    assert w.done == [0]

@@ -81,10 +81,21 @@ class TrainingEvaluator:
         self.stopper = EarlyStop(patience)
         self.done: list[int] = []
         self.stopped = False
-        self._seen = set(ready_epochs(ws))  # epochs of an earlier (resumed) run: not ours
+        # Checkpoints already there (a resumed run's, or one that --new moves away) are not
+        # ours; files, not epoch numbers: a new run writes its own epoch_0 again.
+        self._seen = {self._identity(e) for e in ready_epochs(ws)}
         self._quit = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="voicelab-eval", daemon=True)
+
+    def _identity(self, epoch: int) -> str:
+        from voicelab.fsutil import quick_fingerprint
+        from voicelab.synth import epoch_checkpoint
+
+        try:
+            return quick_fingerprint(epoch_checkpoint(self.ws, epoch))
+        except FileNotFoundError:  # moved away meanwhile (--new)
+            return f"gone:{epoch}"
 
     # -- evaluation of one epoch
     def _child_eval(self, epoch: int) -> tuple[Row | None, Row | None]:
@@ -104,9 +115,10 @@ class TrainingEvaluator:
         """Evaluate what is due; True when training should stop."""
         with self._lock:
             for e in ready_epochs(self.ws):
-                if e in self._seen or self.stopped:
+                ident = self._identity(e)
+                if ident in self._seen or self.stopped:
                     continue
-                self._seen.add(e)
+                self._seen.add(ident)
                 if not due(e, self.every):
                     continue
                 row, base = self.evaluate(e)
