@@ -452,6 +452,7 @@ def run_eval(ws: Workspace, opts: EvalOptions | None = None) -> EvalResult:
     metrics.check_installed(opts.speaker_model)
     cands = plan_candidates(ws, opts)
     lines = load_set(ws, opts.lines, opts.seed, opts.fixed, opts.new_set)
+    train_clips(ws, n=1)  # the speaker centroid needs training clips: fail before synthesis
     root = eval_root(ws)
     run_dir = root / (safe_name(opts.run, 60) if opts.run else new_run_name(root))
     run_dir.mkdir(parents=True, exist_ok=True)
