@@ -110,6 +110,10 @@ class Checkpoint:
     locked: bool = False
     chosen: bool = False
     exported: bool = False  # in the voice dir's current llm.pt / flow.pt (its voicelab.json)
+    # The latest `voicelab eval` of this epoch (voicelab.evaluation.results.attach).
+    eval: dict[str, Any] | None = field(default=None, repr=False)
+    eval_score: float | None = None
+    eval_ok: bool = False  # within the error margin of the base model: best-eval may pick it
 
     @property
     def name(self) -> str:
@@ -145,6 +149,13 @@ class Checkpoint:
             "locked": self.locked,
             "chosen": self.chosen,
             "exported": self.exported,
+            "eval": None
+            if self.eval is None
+            else {
+                **{k: self.eval.get(k) for k in ("err", "sim", "sim_ref", "mos", "run")},
+                "score": self.eval_score,
+                "eligible": self.eval_ok,
+            },
         }
 
 
@@ -209,6 +220,13 @@ def run_checkpoints(ws: Workspace, model: str) -> list[Checkpoint]:
         used = set()
     for c in found:
         c.exported = c.path.name in used
+    if model == "llm":
+        from voicelab.evaluation.results import attach
+
+        try:
+            attach(ws, found)
+        except (OSError, ValueError) as e:  # an unreadable table must not block export
+            log.warning("evaluation results not read: %s", e)
     return found
 
 
@@ -218,16 +236,19 @@ def list_checkpoints(ws: Workspace, model: str) -> list[dict[str, Any]]:
     ckpts = run_checkpoints(ws, model)
     if any(c.kind != "init" for c in ckpts):
         locked = ws.config.locked_epoch if model == "llm" else None
+        rule = default_rule(model, locked, evaluated(ckpts))
         with contextlib.suppress(VoiceLabError):
-            select(ckpts, default_rule(model, locked), str(ws.exp_dir(model)))
+            select(ckpts, rule, str(ws.exp_dir(model)))
     return [c.summary() for c in ckpts]
 
 
 # ---- selection ------------------------------------------------------------------------------
 RULE_HELP = (
     "last:N (the last N epochs; default last:3), best-cv:N (the N epochs of lowest CV loss), "
-    "epochs:4,5,6, step:S1,S2 (step checkpoints by global step), step:last:N, step:best-cv:N"
+    "epochs:4,5,6, step:S1,S2 (step checkpoints by global step), step:last:N, step:best-cv:N, "
+    "best-eval[:N] (the N best epochs of voicelab eval; default when evaluations exist)"
 )
+EVAL_RULE = "best-eval"
 
 
 def _count(text: str, rule: str) -> int:
@@ -257,7 +278,10 @@ def parse_rule(rule: str) -> tuple[str, str, str]:
             kind, arg = sub, sub_arg
         else:
             kind = "steps"
-    if kind in ("last", "best-cv"):
+    if kind == EVAL_RULE and pool == "epoch":
+        arg = arg or "1"
+        _count(arg, rule)
+    elif kind in ("last", "best-cv"):
         _count(arg, rule)
     elif kind == "epochs" or (kind == "steps" and pool == "step"):
         # "steps:N" alone is not a rule: step checkpoints are chosen with "step:N".
@@ -267,11 +291,19 @@ def parse_rule(rule: str) -> tuple[str, str, str]:
     return pool, kind, arg
 
 
-def default_rule(model: str, locked_epoch: int | None) -> str:
-    """What ``export`` uses without ``--select``: the locked epoch (llm only), else ``last:3``."""
+def default_rule(model: str, locked_epoch: int | None, evaluated: bool = False) -> str:
+    """What ``export`` uses without ``--select``: the locked epoch (llm only), else
+    ``best-eval`` when an evaluated llm epoch is eligible (``evaluated``), else ``last:3``."""
     if model == "llm" and locked_epoch is not None:
         return f"epochs:{locked_epoch}"
+    if model == "llm" and evaluated:
+        return EVAL_RULE
     return DEFAULT_RULE
+
+
+def evaluated(checkpoints: Iterable[Checkpoint]) -> bool:
+    """Whether ``best-eval`` can pick one of these checkpoints."""
+    return any(c.eval_ok for c in checkpoints)
 
 
 # epochs:/steps: rules -> (Checkpoint attribute, what a missing one is called, rule to suggest)
@@ -313,6 +345,9 @@ def select(
         # Lowest loss first; on ties the later (more adapted) checkpoint wins.
         best = sorted(scored, key=lambda c: (c.cv_loss, tuple(-x for x in c.order)))[:n]
         chosen = sorted(best, key=lambda c: c.order)
+    elif kind == EVAL_RULE:
+        n = _count(arg, rule)
+        chosen = _best_eval(pool, n, where)
     elif kind in _NUMBERED:
         attr, missing_name, prefix = _NUMBERED[kind]
         wanted = _numbers(arg, rule)
@@ -327,7 +362,7 @@ def select(
         chosen = sorted((by_number[n] for n in wanted), key=lambda c: c.order)
     else:  # pragma: no cover - parse_rule knows only the kinds above
         raise ConfigError(f"unknown checkpoint rule {rule!r}", RULE_HELP)
-    if kind in ("last", "best-cv") and len(chosen) < _count(arg, rule):
+    if kind in ("last", "best-cv", EVAL_RULE) and len(chosen) < _count(arg, rule):
         # A shortfall of the default rule is normal (short runs); of an explicit one, worth a look.
         log.log(
             logging.DEBUG if rule == DEFAULT_RULE else logging.WARNING,
@@ -342,6 +377,26 @@ def select(
     for c in chosen:
         c.chosen = True
     return chosen
+
+
+def _best_eval(pool: list[Checkpoint], n: int, where: str) -> list[Checkpoint]:
+    """The ``n`` best eligible evaluated epochs (voicelab.evaluation.choose), in training order."""
+    scored = [c for c in pool if c.eval_score is not None]
+    if not scored:
+        raise ModelError(
+            f"no epoch checkpoint in {where} has been evaluated",
+            "run: voicelab eval (or use --select last:N)",
+        )
+    ok = [c for c in scored if c.eval_ok]
+    if not ok:
+        raise ModelError(
+            f"no evaluated epoch in {where} keeps the base model's intelligibility "
+            "(CER/WER within the margin)",
+            "listen (voicelab audition --compare-ckpts ...), then pick with --select epochs:N",
+        )
+    # Highest score first; on ties the later (more adapted) epoch wins.
+    best = sorted(ok, key=lambda c: (c.eval_score or 0.0, c.order), reverse=True)[:n]
+    return sorted(best, key=lambda c: c.order)
 
 
 # ---- loading, averaging, saving -------------------------------------------------------------

@@ -39,6 +39,7 @@ from voicelab.checkpoints import (
     average,
     check_against,
     default_rule,
+    evaluated,
     load_state_dict,
     parse_rule,
     run_checkpoints,
@@ -377,6 +378,8 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
             f"epoch {locked} is locked but {ws.exp_dir('llm')} has no epoch_{locked}_whole.pt",
             "lock another epoch (voicelab checkpoints --lock N), --unlock, or --llm-select",
         )
+    if not opts.llm_select and locked is None:
+        llm_rule = default_rule("llm", None, evaluated(llm_all))  # best-eval once evaluated
     llm_ckpts = select(llm_all, llm_rule, str(ws.exp_dir("llm")))
     flow_all = run_checkpoints(ws, "flow")
     flow_rule: str | None = None

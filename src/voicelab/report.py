@@ -384,6 +384,15 @@ def status_section(ws: Workspace) -> str:
     return table(["stage", "status", "time", "when", "error"], rows) if rows else ""
 
 
+def _eval_section(ws: Workspace) -> str:
+    from voicelab.evaluation.report import eval_section
+
+    try:
+        return eval_section(ws)
+    except Exception as e:  # the report must never fail on one broken section
+        return f"<p class='bad'>evaluation: {esc(e)}</p>"
+
+
 def build_report(ws: Workspace) -> Path:
     """Write ``reports/index.html`` from whatever the stages have produced so far."""
     sections = [
@@ -392,6 +401,7 @@ def build_report(ws: Workspace) -> Path:
         ("Training", training_section(ws)),
         ("Voice", voice_section(ws)),
         ("Audition", audition_section(ws)),
+        ("Evaluation", _eval_section(ws)),
     ]
     body = "".join(f"<h2>{esc(t)}</h2>{s}" for t, s in sections if s)
     title = f"VoiceLab report: {ws.config.speaker or ws.root.name}"

@@ -13,7 +13,7 @@ from voicelab.console import echo
 RULE_METAVAR = "RULE"
 RULE_TEXT = (
     "last:N (default last:3, or the locked epoch), best-cv:N, epochs:4,5,6, "
-    "step:S1,S2, step:last:N, step:best-cv:N"
+    "step:S1,S2, step:last:N, step:best-cv:N, best-eval[:N] (default once voicelab eval ran)"
 )
 
 
@@ -27,6 +27,18 @@ def _fmt_size(n: int) -> str:
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+# voicelab eval's columns: error rate, speaker similarity, DNSMOS; "!" = beyond the error margin.
+EVAL_COLUMNS = ("CER/WER", "SIM", "MOS")
+
+
+def _eval_cells(c: object) -> tuple[str, ...]:
+    ev = getattr(c, "eval", None)
+    if not ev:
+        return ("-",) * len(EVAL_COLUMNS)
+    flag = "" if getattr(c, "eval_ok", False) else "!"
+    return (_fmt(ev.get("err"), 3) + flag, _fmt(ev.get("sim"), 3), _fmt(ev.get("mos"), 2))
 
 
 @click.command("checkpoints")
@@ -43,12 +55,13 @@ def checkpoints(
 
     \b
     Marks: L = the locked epoch (voicelab.toml locked_epoch), * = chosen by the rule that
-    `voicelab export` would use (or --select), E = in the exported voice. Examples:
+    `voicelab export` would use (or --select), E = in the exported voice. After `voicelab eval`:
+    CER/WER, SIM and MOS of each epoch ("!": CER/WER beyond the base model's margin). Examples:
       voicelab checkpoints                       # llm run, default selection
       voicelab checkpoints flow --select best-cv:2
       voicelab checkpoints --lock 6              # export and say use epoch 6 from now on
     """
-    from voicelab.checkpoints import default_rule, run_checkpoints, select
+    from voicelab.checkpoints import default_rule, evaluated, run_checkpoints, select
     from voicelab.errors import ConfigError, VoiceLabError
     from voicelab.export import set_lock
 
@@ -62,7 +75,7 @@ def checkpoints(
         echo(f"locked epoch: {ws.config.locked_epoch}" if not unlock else "no epoch locked")
     ckpts = run_checkpoints(ws, model)
     where = str(ws.exp_dir(model))
-    effective = rule or default_rule(model, ws.config.locked_epoch)
+    effective = rule or default_rule(model, ws.config.locked_epoch, evaluated(ckpts))
     problem = None
     if any(c.kind != "init" for c in ckpts):
         try:
@@ -97,6 +110,7 @@ def checkpoints(
         ("CV acc", "right"),
         ("size", "right"),
         ("saved", "left"),
+        *((c, "right") for c in EVAL_COLUMNS if any(k.eval for k in ckpts)),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for c in ckpts:
@@ -110,6 +124,7 @@ def checkpoints(
             _fmt(c.cv_acc),
             _fmt_size(c.size),
             str(c.info.get("save_time", ""))[:19],
+            *(_eval_cells(c) if any(k.eval for k in ckpts) else ()),
         )
     # Piped or captured output gets 120 columns (rich would cut file names at 80).
     width = None if sys.stdout.isatty() else 120

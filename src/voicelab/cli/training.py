@@ -53,6 +53,18 @@ from voicelab.console import echo
 @click.option("--new", is_flag=True, help="Start a fresh run; the existing one is kept as .N.")
 @click.option("--checkpoint", metavar="PT", help="Start weights (default: the base model's).")
 @click.option("--dry-run", is_flag=True, help="Check, preview the config and launch.sh, stop.")
+@click.option(
+    "--eval-every",
+    type=int,
+    metavar="K",
+    help="llm: run voicelab eval on every K-th epoch while training (same GPU).",
+)
+@click.option(
+    "--early-stop",
+    type=int,
+    metavar="P",
+    help="With --eval-every: stop when P evaluations in a row bring no improvement.",
+)
 @pass_ctx
 def train(ctx: Ctx, model: str, **kw: object) -> None:
     """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
@@ -67,7 +79,13 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
     from voicelab.train import TrainOptions, run_train
 
     ws = ctx.workspace()
+    eval_every, early_stop = kw.pop("eval_every"), kw.pop("early_stop")
     opts = TrainOptions(**kw)  # type: ignore[arg-type]
+    if eval_every or early_stop:
+        from voicelab.cli.evaluate import train_with_eval
+
+        train_with_eval(ws, model, opts, eval_every, early_stop)  # type: ignore[arg-type]
+        return
     res = run_train(ws, model, opts)
     if opts.dry_run:
         echo(f"checked; config and launch.sh previewed in {res.run_dir} (nothing launched)")
