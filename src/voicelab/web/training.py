@@ -1,0 +1,73 @@
+"""The Train tab's view of a run: progress and curves read from ``<run>/train_log.jsonl``.
+
+Everything comes from the run folder on disk, not from the job that started it: a page
+reopened later (or a run started by ``voicelab train`` in a terminal) shows the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voicelab.train import CHECKPOINT_LOG, Progress, read_train_log, summarize
+from voicelab.upstream import train_config as tc
+from voicelab.workspace import Workspace
+
+MAX_POINTS = 400
+
+
+def _max_epoch(ws: Workspace, model: str) -> int | None:
+    cfg = ws.exp_dir(model) / "train_config.yaml"
+    if not cfg.is_file():
+        return None
+    values = tc.read_values(cfg.read_text("utf-8"))
+    n = tc.as_number(tc.get_value(values, tc.MAX_EPOCH))
+    return int(n) if n else None
+
+
+def _thin(points: list[list[float]]) -> list[list[float]]:
+    """At most MAX_POINTS points, evenly picked, the last one always kept."""
+    if len(points) <= MAX_POINTS:
+        return points
+    step = len(points) / MAX_POINTS
+    out = [points[int(i * step)] for i in range(MAX_POINTS)]
+    out[-1] = points[-1]
+    return out
+
+
+def run_view(ws: Workspace, model: str) -> dict[str, Any]:
+    """Curves (train loss/acc by step, CV loss/acc by epoch), the live line and the summary."""
+    run_dir = ws.exp_dir(model)
+    rows = read_train_log(run_dir / CHECKPOINT_LOG)
+    train = [r for r in rows if r.get("tag") == "TRAIN"]
+    cv = [r for r in rows if r.get("tag") == "CV"]
+    events = [r for r in rows if r.get("tag") == "EVENT"]
+    max_epoch = _max_epoch(ws, model)
+    # Batches per epoch: the largest batch index of a finished epoch, else the one seen so far.
+    done_epochs = {r["epoch"] for r in cv}
+    per_epoch = max((r["batch"] for r in train if r["epoch"] in done_epochs), default=0)
+    per_epoch = per_epoch or max((r["batch"] for r in train), default=1)
+    line = ""
+    if train or cv:
+        prog = Progress(model, max_epoch or 1, per_epoch, 1)
+        launches = [i for i, r in enumerate(rows) if r.get("event") == "launch"]
+        # Rates and ETA from the latest launch only (a resume restarts the clock).
+        for r in rows[launches[-1] if launches else 0 :]:
+            if r.get("tag") in ("TRAIN", "CV"):
+                line = prog.update(r)
+    last_event = events[-1]["event"] if events else None
+    last = train[-1] if train else None
+    return {
+        "model": model,
+        "run_dir": str(run_dir),
+        "exists": run_dir.is_dir(),
+        "running": last_event not in (None, "end"),
+        "max_epoch": max_epoch,
+        "epoch": (last["epoch"] + 1) if last else None,
+        "step": last.get("step") if last else None,
+        "line": line,
+        "summary": summarize(rows),
+        "train_loss": _thin([[r["step"], r["loss"]] for r in train if "loss" in r]),
+        "train_acc": _thin([[r["step"], r["acc"]] for r in train if "acc" in r]),
+        "cv_loss": [[r["epoch"] + 1, r["loss"]] for r in cv if "loss" in r],
+        "cv_acc": [[r["epoch"] + 1, r["acc"]] for r in cv if "acc" in r],
+    }
