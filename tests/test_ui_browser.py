@@ -164,6 +164,14 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     _prepare_form(browser, whisper)
     _by(browser, "#prepare-go").click()
     wait(browser, lambda: job_state(browser) == ("prepare", "running"), 30, "prepare to start")
+    # One job per workspace: a second one is refused with a one-line error and hint.
+    status, answer = server.post("/api/prepare", {"ws": str(root)})
+    assert status == 400, answer
+    assert answer["error"]["line"].startswith("error: a prepare job is still running in ")
+    assert answer["error"]["hint"] == "wait for it to finish, or stop it first"
+    # Bound to loopback: a request naming another host (DNS rebinding) is refused.
+    status, _ = server.post("/api/review/discard", {"ws": str(root)}, host="evil.example:80")
+    assert status == 400
     # A reloaded (or reopened) page finds the job still running in the server.
     browser.refresh()
     wait(browser, lambda: str(root) in _text(browser, "#ws-status"), 30, "the reload")
@@ -186,9 +194,7 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     Select(_by(browser, "#f-reason")).select_by_value(reasons[0])
     filtered = _rows(browser)
     assert 0 < len(filtered) < len(rows)
-    assert all(
-        reasons[0] in [x["code"] for x in manifest[r["id"]]["reasons"]] for r in filtered
-    )
+    assert all(reasons[0] in [x["code"] for x in manifest[r["id"]]["reasons"]] for r in filtered)
     Select(_by(browser, "#f-reason")).select_by_value("")
 
     # Keyboard: fix the first kept segment's text, exclude the second kept one.

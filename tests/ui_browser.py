@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,21 @@ class Server:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.base + path, timeout=30) as r:
             return json.loads(r.read())
+
+    def post(self, path: str, body: dict[str, Any], host: str | None = None) -> tuple[int, Any]:
+        """POST JSON; returns (status, decoded body or text) for errors too."""
+        headers = {"Content-Type": "application/json", **({"Host": host} if host else {})}
+        data = json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.base + path, data, headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raw = e.read().decode("utf-8", "replace")
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw
 
     def url(self, ws: Path | str, tab: str = "voice", lang: str = "en") -> str:
         from urllib.parse import urlencode

@@ -26,14 +26,14 @@ def ui(ctx: Ctx, host: str, port: int) -> None:
     try:
         import uvicorn
 
-        from voicelab.web.app import create_app
+        from voicelab.web.app import LOOPBACK, create_app
     except ImportError as e:
         raise EnvironmentProblem(
             f"the web page needs {e.name or 'fastapi/uvicorn'}", "pip install -e '.[ui]'"
         ) from e
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         echo(f"warning: listening on {host}: anyone who can reach it can use this machine")
-    app = create_app(ctx.workspace_arg)
+    app = create_app(ctx.workspace_arg, host)
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     echo(f"VoiceLab page: http://{shown}:{port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -28,6 +29,7 @@ from voicelab.workspace import Workspace
 STATIC = Path(__file__).resolve().parent / "static"
 #: Workspace folders the page may fetch audio from.
 SERVED_DIRS = ("reports", "out_wav")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 # ---- request bodies ------------------------------------------------------------------------------
@@ -103,8 +105,11 @@ def _blank(value: str | None) -> str | None:
 
 
 # ---- the app -------------------------------------------------------------------------------------
-def create_app(default_workspace: str | None = None) -> FastAPI:
+def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") -> FastAPI:
     app = FastAPI(title="VoiceLab", version=__version__, docs_url=None, redoc_url=None)
+    if host in LOOPBACK:
+        # Bound to this machine only: refuse other Host names (DNS rebinding from a web page).
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))
     jobs = JobManager()
     app.state.jobs = jobs
 
