@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -179,6 +180,10 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     screenshot(browser, "data-prepare-running")
     assert wait_job(browser, "prepare", 600) == "done"
     assert "segments kept" in _text(browser, "#job-result")
+    # The job's progress is the library's own bars (intake, then ASR), counted to the end.
+    job = server.get("/api/job?" + urlencode({"ws": str(root)}))["job"]
+    assert [p["what"] for p in job["progress"]] == ["intake", "transcribe"]
+    assert all(p["done"] == p["total"] > 0 for p in job["progress"])
 
     # The review list: every segment, sorted by risk, audio that really loads.
     manifest = _manifest(ws)

@@ -162,11 +162,12 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
     wait(d, lambda: d.find_elements("css selector", ".report input[type=radio]"), 30, "the A/B")
     radio = d.find_elements("css selector", ".report input[type=radio]")[0]
     assert audio_duration(d, d.find_elements("css selector", ".report audio")[0]) > 0
-    radio.click()
+    picked = radio.get_attribute("value")
+    radio.click()  # the list is drawn again with the vote and, all voted, the tally
     wait(d, lambda: "Result" in _text(d, "#auditions"), 30, "the tally")
     report = d.find_element("css selector", ".report").get_attribute("data-report")
     votes = json.loads((ws.reports_dir / f"{report}.choices.json").read_text("utf-8"))
-    assert list(votes["choices"].values()) == [radio.get_attribute("value")]
+    assert list(votes["choices"].values()) == [picked]
     screenshot(d, "vendor-listen")
 
     # Speak a sentence with a seed and play it.

@@ -273,7 +273,19 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
         run_dir = w.exp_dir(body.model, opts.engine)
 
         def work(_: Job) -> dict[str, Any]:
-            return result_dict(run_train(w, body.model, opts))
+            res = run_train(w, body.model, opts)
+            # The lines `voicelab train` prints.
+            if opts.dry_run:
+                lines = [f"checked; config and launch.sh previewed in {res.run_dir} (nothing "
+                         "launched)"]  # fmt: skip
+            else:
+                best = "-" if res.best_cv_loss is None else (
+                    f"{res.best_cv_loss:.4f} (epoch {res.best_epoch})")  # fmt: skip
+                lines = [
+                    f"{body.model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}",
+                    f"best CV loss: {best}; last checkpoint: {res.last_checkpoint or '-'}",
+                ]
+            return {**result_dict(res), "summary": lines}
 
         def on_stop() -> None:
             # Preflight may still be running: wait (a little) for the launch, then stop it.

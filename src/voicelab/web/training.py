@@ -68,6 +68,7 @@ def run_view(ws: Workspace, model: str) -> dict[str, Any]:
         "summary": summarize(rows),
         "train_loss": _thin([[r["step"], r["loss"]] for r in train if "loss" in r]),
         "train_acc": _thin([[r["step"], r["acc"]] for r in train if "acc" in r]),
-        "cv_loss": [[r["epoch"] + 1, r["loss"]] for r in cv if "loss" in r],
-        "cv_acc": [[r["epoch"] + 1, r["acc"]] for r in cv if "acc" in r],
+        # By epoch number as the checkpoints are named (epoch_0_whole.pt is the first).
+        "cv_loss": [[r["epoch"], r["loss"]] for r in cv if "loss" in r],
+        "cv_acc": [[r["epoch"], r["acc"]] for r in cv if "acc" in r],
     }

@@ -302,7 +302,10 @@
       else {
         bits.push(v.model + ": " + (v.running ? t("train_running") : t("train_ended")));
         if (v.line) bits.push(v.line);
-        if (v.summary && v.summary.best_cv_loss !== null) bits.push("best CV " + fmt(v.summary.best_cv_loss) + " (epoch " + (v.summary.best_epoch + 1) + ")");
+        if (v.summary && v.summary.best_cv_loss !== null) bits.push("best CV " + fmt(v.summary.best_cv_loss) + " (epoch " + v.summary.best_epoch + ")");
+        // A run exists: continuing it is what the user most likely wants next.
+        var mode = $("#t-mode");
+        if (v.exists && !mode.dataset.touched && mode.value === "") mode.value = "resume";
       }
       $("#train-line").textContent = bits.join(" · ");
       chart($("#chart-train"), [{ pts: v.train_loss, color: "#2563a8", name: t("loss") }],
@@ -374,7 +377,7 @@
       var table = $("#checkpoints");
       table.textContent = "";
       if (!r.checkpoints.length) { table.appendChild(el("tr", {}, [el("td", { text: t("ckpt_none") })])); return; }
-      table.appendChild(el("tr", {}, ["marks", "file", "epoch", "step", "cv_loss", "cv_acc", "size", "saved", ""]
+      table.appendChild(el("tr", {}, ["marks", "file", "col_epoch", "step", "cv_loss", "cv_acc", "size", "saved", ""]
         .map(function (k) { return el("th", { text: k ? t(k) : "" }); })));
       r.checkpoints.forEach(function (c) {
         var marks = (c.locked ? "L" : "") + (c.chosen ? "*" : "") + (c.exported ? "E" : "");
@@ -481,6 +484,7 @@
     $("#train-stop").addEventListener("click", function () { post("/api/job/stop", {}).then(function (r) { showJob(r.job); }).catch(function () {}); });
     $("#job-stop").addEventListener("click", function () { post("/api/job/stop", {}).then(function (r) { showJob(r.job); }).catch(function () {}); });
     $("#t-model").addEventListener("change", loadTrain);
+    $("#t-mode").addEventListener("change", function () { $("#t-mode").dataset.touched = "1"; });
     $("#c-model").addEventListener("change", loadCheckpoints);
     $("#ckpt-refresh").addEventListener("click", function () { loadCheckpoints(); loadAuditions(); });
     $("#export-form").addEventListener("submit", function (ev) { ev.preventDefault(); startJob("/api/export", formData($("#export-form"))); });
