@@ -133,6 +133,11 @@ def test_pending_review_is_a_review_file(tmp_path: Path) -> None:
         review.edit(ws, "spk1_a_0000", text="   ")
     with pytest.raises(InputError, match="unknown segment"):
         review.edit(ws, "nope", keep=True)
+    # A new prepare run without the first segment: its edit goes, the other one stays.
+    manifest = ws.prepare_dir / "segments.jsonl"
+    manifest.write_text(manifest.read_text("utf-8").splitlines()[1] + "\n", encoding="utf-8")
+    assert review.prune(ws) == 1
+    assert list(review.read_pending(ws)) == ["spk1_a_0001"]
     review.discard(ws)
     assert review.read_pending(ws) == {}
 

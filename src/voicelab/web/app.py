@@ -9,6 +9,7 @@ Long work (prepare, review edits, train, export, audition, say) starts a backgro
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from voicelab.web import review
 from voicelab.web.jobs import Job, JobManager, error_dict
 from voicelab.workspace import Workspace
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 #: Workspace folders the page may fetch audio from.
 SERVED_DIRS = ("reports", "out_wav")
@@ -219,7 +221,9 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                     w.set_option("prepare", k, v)
             opts = options_from_workspace(w, **given, limit=body.limit)
             res = run_prepare(w, opts)
-            review.discard(w)  # edits of an older list may name segments that changed
+            # Edits not applied yet stay, but only for segments that still exist.
+            if review.prune(w):
+                log.warning("review edits of segments that are gone were dropped")
             return {"summary": res.summary_lines(), "figures": res.figures()}
 
         return job_json(jobs.start(key(w), "prepare", work))

@@ -106,6 +106,21 @@ def discard(ws: Workspace) -> None:
     pending_path(ws).unlink(missing_ok=True)
 
 
+def prune(ws: Workspace) -> int:
+    """Drop pending edits of segments a new prepare run no longer has; returns how many."""
+    pending = read_pending(ws)
+    live = {s["utt"] for s in read_manifest(ws)}
+    gone = [utt for utt in pending if utt not in live]
+    for utt in gone:
+        del pending[utt]
+    if gone:
+        if pending:
+            _write_pending(ws, pending)
+        else:
+            discard(ws)
+    return len(gone)
+
+
 def _write_pending(ws: Workspace, pending: dict[str, dict[str, str]]) -> Path:
     by_id = {s["utt"]: s for s in read_manifest(ws)}
     lines = ["\t".join(REVIEW_COLUMNS)]

@@ -95,6 +95,15 @@
         ? w.root + ": " + t("ws_info", { speaker: w.speaker, wav_dir: w.wav_dir || "-" })
         : w.root + ": " + t("ws_none");
       if (w.exists) {
+        // Options saved in voicelab.toml by an earlier run (page or CLI) are the defaults.
+        var saved = w.prepare_options || {};
+        [["#p-model", "whisper_model", "large-v3"], ["#p-lang", "language", "zh / en"],
+          ["#p-transcripts", "transcripts", null]].forEach(function (f) {
+          var box = $(f[0]);
+          if (saved[f[1]]) box.placeholder = String(saved[f[1]]);
+          else if (f[2]) box.placeholder = f[2];
+          else box.placeholder = t(box.dataset.i18nPh);
+        });
         $("#init-speaker").value = w.speaker || "";
         $("#init-wav").value = w.wav_dir || "";
         fillEpochs(w.epochs || []);
@@ -209,13 +218,6 @@
     var body = $("#segments tbody");
     body.textContent = "";
     var rows = visibleSegments();
-    var edits = state.segments.filter(function (s) { return s.pending; }).length;
-    var kept = state.segments.filter(function (s) { return s.status === "kept"; }).length;
-    $("#seg-count").textContent = state.segments.length
-      ? t("seg_count", { shown: rows.length, total: state.segments.length, kept: kept, edits: edits })
-      : t("no_segments");
-    $("#apply-go").disabled = edits === 0;
-    $("#discard-go").disabled = edits === 0;
     rows.forEach(function (s, i) {
       var eff = effective(s);
       var input = el("input", { value: eff.text, "data-id": s.id, class: "seg-text", spellcheck: "false" });
@@ -239,6 +241,7 @@
       tr.addEventListener("click", function (ev) { if (ev.target.tagName !== "INPUT") select(i, false); });
       body.appendChild(tr);
     });
+    renderCount();
     if (state.sel >= rows.length) state.sel = rows.length - 1;
     if (state.sel >= 0) select(state.sel, false);
   }
@@ -258,8 +261,31 @@
   }
   function saveEdit(s, body) {
     body.id = s.id;
-    return post("/api/review/edit", body).then(function (r) { s.pending = r.pending; renderSegments(); })
+    return post("/api/review/edit", body).then(function (r) { s.pending = r.pending; updateRow(s); })
       .catch(function () {});
+  }
+  // One row changed: redraw it alone (a list of thousands stays fast), unless a filter on the
+  // status may now hide it.
+  function updateRow(s) {
+    var tr = document.querySelector('#segments tbody tr[data-id="' + CSS.escape(s.id) + '"]');
+    if (!tr || $("#f-status").value) { renderSegments(); return; }
+    var eff = effective(s);
+    tr.className = (eff.keep ? "kept" : "excluded") + (s.pending ? " edited" : "") +
+      (tr.classList.contains("sel") ? " sel" : "");
+    tr.querySelector("td.status").textContent = t(eff.keep ? "kept" : "excluded");
+    var input = tr.querySelector("input");
+    if (document.activeElement !== input) input.value = eff.text;
+    renderCount();
+  }
+  function renderCount() {
+    var edits = state.segments.filter(function (s) { return s.pending; }).length;
+    var kept = state.segments.filter(function (s) { return s.status === "kept"; }).length;
+    var shown = document.querySelectorAll("#segments tbody tr").length;
+    $("#seg-count").textContent = state.segments.length
+      ? t("seg_count", { shown: shown, total: state.segments.length, kept: kept, edits: edits })
+      : t("no_segments");
+    $("#apply-go").disabled = edits === 0;
+    $("#discard-go").disabled = edits === 0;
   }
   function saveText(s, input) {
     if (input.value.trim() === effective(s).text) return;
