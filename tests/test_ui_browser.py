@@ -280,6 +280,11 @@ def test_chinese_page(server, browser, tmp_path: Path) -> None:
         assert "小明" in _text(browser, "#ws-status")
         screenshot(browser, f"zh-{tab}")
     wait(browser, lambda: "还没有切分结果" in _text(browser, "#seg-count"), 20, "the empty list")
+    # Offline: every resource the page loaded came from this server (no CDN, no web fonts).
+    urls = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(function (e) { return e.name; })"
+    )
+    assert urls and all(u.startswith(server.base + "/") for u in urls), urls
     # The switch goes back to English and remembers the choice.
     from selenium.webdriver.support.ui import Select
 

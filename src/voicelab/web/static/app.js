@@ -232,7 +232,7 @@
       var exclBtn = el("button", { type: "button", class: "exclude", text: t("exclude") });
       keepBtn.addEventListener("click", function () { setKeep(s, true); });
       exclBtn.addEventListener("click", function () { setKeep(s, false); });
-      var tr = el("tr", { "data-id": s.id, class: (eff.keep ? "kept" : "excluded") + (s.pending ? " edited" : "") }, [
+      var tr = el("tr", { "data-id": s.id, class: (eff.keep ? "kept" : "excluded") + (s.pending ? " edited" : "") + (s.reviewed ? " reviewed" : "") }, [
         el("td", { text: String(i + 1) }), el("td", { class: "id", text: s.id }), el("td", {}, [audio]),
         el("td", { class: "text" }, [input]), el("td", { class: "reasons", text: s.reasons_text }),
         el("td", { class: "risk", text: fmt(s.risk, 3) }),
@@ -271,7 +271,7 @@
     if (!tr || $("#f-status").value) { renderSegments(); return; }
     var eff = effective(s);
     tr.className = (eff.keep ? "kept" : "excluded") + (s.pending ? " edited" : "") +
-      (tr.classList.contains("sel") ? " sel" : "");
+      (s.reviewed ? " reviewed" : "") + (tr.classList.contains("sel") ? " sel" : "");
     tr.querySelector("td.status").textContent = t(eff.keep ? "kept" : "excluded");
     var input = tr.querySelector("input");
     if (document.activeElement !== input) input.value = eff.text;
