@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -125,6 +126,10 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
     assert wait_job(d, "train-llm", 1200) == "done"
     wait(d, lambda: _points(d, "chart-cv") >= 2, 30, "two CV points (one per epoch)")
     assert "best CV" in _text(d, "#train-line")
+    # Epoch, rate and ETA as the CLI's live line, and the speech tokens per second.
+    view = server.get("/api/train/view?" + urlencode({"ws": str(ws.root), "model": "llm"}))
+    assert view["max_epoch"] == 2 and view["line"].startswith("llm epoch 2")
+    assert view["tokens_per_s"] > 0 and "speech tokens/s" in _text(d, "#train-line")
     screenshot(d, "vendor-train")
     rows = tr.read_train_log(ws.exp_dir("llm") / "train_log.jsonl")
     assert len([r for r in rows if r["tag"] == "CV"]) == 2

@@ -328,6 +328,7 @@
       else {
         bits.push(v.model + ": " + (v.running ? t("train_running") : t("train_ended")));
         if (v.line) bits.push(v.line);
+        if (v.tokens_per_s) bits.push("~" + v.tokens_per_s + " " + t("tokens_s"));
         if (v.summary && v.summary.best_cv_loss !== null) bits.push("best CV " + fmt(v.summary.best_cv_loss) + " (epoch " + v.summary.best_epoch + ")");
         // A run exists: continuing it is what the user most likely wants next.
         var mode = $("#t-mode");
