@@ -19,6 +19,7 @@ from ui_browser import (
     audio_duration,
     chromium,
     cli_error,
+    click_job,
     job_state,
     need_browser,
     run_server,
@@ -227,8 +228,7 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     assert not (ws.prepare_dir / "review_overrides.json").exists()
     assert kept[1]["id"] in _kaldi(ws)
 
-    _by(browser, "#apply-go").click()
-    assert wait_job(browser, "review", 300) == "done"
+    assert click_job(browser, "#apply-go", "review", 300) == "done"
     assert "2 edits applied" in _text(browser, "#job-result")
     overrides = json.loads((ws.prepare_dir / "review_overrides.json").read_text("utf-8"))
     assert overrides[kept[0]["id"]]["text"] == fixed
@@ -256,15 +256,13 @@ def test_job_error_is_the_cli_line(server, browser, tmp_path: Path) -> None:
     from selenium.webdriver.support.ui import Select
 
     Select(_by(browser, "#p-asr")).select_by_value("transcripts")
-    _by(browser, "#prepare-go").click()
-    assert wait_job(browser, "prepare", 60) == "failed"
+    assert click_job(browser, "#prepare-go", "prepare", 60) == "failed"
     shown = wait(browser, lambda: _text(browser, "#error").strip(), 10, "the error box")
     assert shown == cli_error("-w", str(root), "prepare", "--asr", "transcripts")
     # Speak without an exported voice: refused the same way too.
     _tab(browser, "speak")
     _by(browser, "#s-text").send_keys("hello")
-    _by(browser, "#say-go").click()
-    assert wait_job(browser, "say", 120) == "failed"
+    assert click_job(browser, "#say-go", "say", 120) == "failed"
     shown = wait(browser, lambda: _text(browser, "#error").strip(), 10, "the error box")
     assert shown == cli_error("-w", str(root), "say", "hello")
 

@@ -1,6 +1,7 @@
 """The web page with the real upstream trainer and the tiny model on the CPU: train llm from
-the Train tab and watch the curves fill, stop a run from the page, export, run a blind A/B
-and vote, then speak a sentence and play it. Run with::
+the Train tab and watch the curves fill, stop a run from the page, train flow, export with a
+rule, run a blind A/B and vote, a style grid, then speak a sentence (epoch 0) and play it.
+Run with::
 
     pytest -m vendor tests/test_ui_vendor.py
 """
@@ -20,6 +21,7 @@ import pytest
 from ui_browser import (
     audio_duration,
     chromium,
+    click_job,
     job_state,
     need_browser,
     run_server,
@@ -96,10 +98,10 @@ def _points(driver: Any, chart: str) -> int:
     return int(_by(driver, f"#{chart}").get_attribute("data-points") or 0)
 
 
-def _train_form(driver: Any, epochs: int, mode: str) -> None:
+def _train_form(driver: Any, epochs: int, mode: str, model: str = "llm") -> None:
     from selenium.webdriver.support.ui import Select
 
-    Select(_by(driver, "#t-model")).select_by_value("llm")
+    Select(_by(driver, "#t-model")).select_by_value(model)
     Select(_by(driver, "#t-device")).select_by_value("cpu")
     box = _by(driver, "#t-epochs")
     box.clear()
@@ -114,8 +116,7 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
     wait(d, lambda: str(ws.root) in _text(d, "#ws-status"), 30, "the workspace")
     # Preflight first: its messages, nothing launched.
     _train_form(d, 2, "")
-    _by(d, "#train-check").click()
-    assert wait_job(d, "check-llm", 300) == "done"
+    assert click_job(d, "#train-check", "check-llm", 300) == "done"
     assert not (ws.exp_dir("llm") / "train_log.jsonl").exists()
     # Train; the page reloads mid-run and still shows it; the curves fill from train_log.jsonl.
     _by(d, "#train-go").click()
@@ -151,19 +152,30 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
     assert len(ends) == 2 and ends[-1]["rc"] != 0
     assert "training exited" in _text(d, "#error")
 
+    # The flow model from the same tab, its own curves.
+    _train_form(d, 2, "", model="flow")
+    _by(d, "#train-go").click()
+    wait(d, lambda: job_state(d) == ("train-flow", "running"), 60, "flow training")
+    assert wait_job(d, "train-flow", 1200) == "done"
+    wait(d, lambda: _points(d, "chart-cv") >= 2, 30, "the flow run's CV points")
+    assert _text(d, "#train-line").startswith("flow:")
+    assert (ws.exp_dir("flow") / "epoch_1_whole.pt").is_file()
+
     # Checkpoints, export with a rule, a blind A/B with votes saved in the workspace.
     _by(d, '#tabs button[data-tab="listen"]').click()
     wait(d, lambda: "epoch_1_whole.pt" in _text(d, "#checkpoints"), 60, "the checkpoint table")
     _by(d, "#e-llm").send_keys("epochs:1")
-    _by(d, "#export-go").click()
-    assert wait_job(d, "export", 600) == "done"
+    assert click_job(d, "#export-go", "export", 600) == "done"
     prov = json.loads((ws.voice_dir / "voicelab.json").read_text("utf-8"))
     assert [c["file"] for c in prov["llm"]["checkpoints"]] == ["epoch_1_whole.pt"]
+    assert [c["file"] for c in prov["flow"]["checkpoints"]] == [
+        "epoch_0_whole.pt",
+        "epoch_1_whole.pt",
+    ]
     _by(d, "#a-ckpts").send_keys("epoch_0,avg")
     _by(d, "#a-blind").click()
     _by(d, "#a-sentences").send_keys("Hello there.")
-    _by(d, "#audition-go").click()
-    assert wait_job(d, "audition", 900) == "done"
+    assert click_job(d, "#audition-go", "audition", 900) == "done"
     wait(d, lambda: d.find_elements("css selector", ".report input[type=radio]"), 30, "the A/B")
     radio = d.find_elements("css selector", ".report input[type=radio]")[0]
     assert audio_duration(d, d.find_elements("css selector", ".report audio")[0]) > 0
@@ -174,13 +186,25 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
     votes = json.loads((ws.reports_dir / f"{report}.choices.json").read_text("utf-8"))
     assert list(votes["choices"].values()) == [picked]
     screenshot(d, "vendor-listen")
+    # The style grid (not blind): four takes of one sentence, named by variant.
+    _by(d, "#a-blind").click()
+    _by(d, "#a-ckpts").clear()
+    _by(d, "#a-compare").click()
+    assert click_job(d, "#audition-go", "audition", 900) == "done"
+    wait(d, lambda: len(d.find_elements("css selector", ".report")) == 2, 30, "the grid report")
+    grid = d.find_elements("css selector", ".report")[0]
+    heads = [th.text for th in grid.find_elements("css selector", "th")][1:]
+    assert heads == ["neutral-1.0", "neutral-1.1", "hype-1.0", "hype-1.1"]
+    assert len(grid.find_elements("css selector", "audio")) == 4
 
     # Speak a sentence with a seed and play it.
     _by(d, '#tabs button[data-tab="speak"]').click()
     _by(d, "#s-text").send_keys("Hello, this is the page speaking.")
     _by(d, "#s-seed").send_keys("7")
-    _by(d, "#say-go").click()
-    assert wait_job(d, "say", 600) == "done"
+    from selenium.webdriver.support.ui import Select
+
+    Select(_by(d, "#s-epoch")).select_by_value("0")  # hot-load epoch 0 over the voice
+    assert click_job(d, "#say-go", "say", 600) == "done"
     audio = wait(d, lambda: d.find_elements("css selector", "#say-out audio.said"), 30, "audio")[0]
     assert audio_duration(d, audio) > 0
     played = d.execute_async_script(
@@ -190,6 +214,7 @@ def test_train_curves_stop_export_blind_and_speak(page, packed: Workspace) -> No
         audio,
     )
     assert played > 0
+    assert "epoch 0" in _text(d, "#job-result")
     link = d.find_element("css selector", "#say-out a[download]")
     assert link.get_attribute("href").startswith(server.base + "/api/file?")
     screenshot(d, "vendor-speak")

@@ -174,14 +174,29 @@ def job_state(driver: Any) -> tuple[str | None, str | None]:
     return kind, state
 
 
-def wait_job(driver: Any, kind: str, timeout: float = 300) -> str:
-    """Wait for the job ``kind`` to end; returns its state."""
+def job_id(driver: Any) -> str | None:
+    return driver.execute_script("return document.querySelector('#job').dataset.id || null")
+
+
+def wait_job(driver: Any, kind: str, timeout: float = 300, after: str | None = None) -> str:
+    """Wait for a job ``kind`` (other than job ``after``) to end; returns its state."""
 
     def ended() -> str | None:
         k, s = job_state(driver)
+        if job_id(driver) == after:
+            return None
         return s if k == kind and s in ("done", "failed", "stopped") else None
 
     return wait(driver, ended, timeout, f"the {kind} job to end")
+
+
+def click_job(driver: Any, button: str, kind: str, timeout: float = 300) -> str:
+    """Click ``button`` (a CSS selector) and wait for the job it starts to end: its state."""
+    from selenium.webdriver.common.by import By
+
+    before = job_id(driver)
+    driver.find_element(By.CSS_SELECTOR, button).click()
+    return wait_job(driver, kind, timeout, after=before)
 
 
 def audio_duration(driver: Any, element: Any) -> float:

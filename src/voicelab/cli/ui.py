@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from voicelab.cli.main import Ctx, pass_ctx
@@ -33,6 +35,9 @@ def ui(ctx: Ctx, host: str, port: int) -> None:
         ) from e
     if host not in LOOPBACK:
         echo(f"warning: listening on {host}: anyone who can reach it can use this machine")
+    # Jobs show their progress on the page. Live bars in this terminal would come from several
+    # job threads at once, which rich refuses ("only one live display may be active").
+    os.environ["VOICELAB_NO_PROGRESS"] = "1"
     app = create_app(ctx.workspace_arg, host)
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     echo(f"VoiceLab page: http://{shown}:{port}/  (Ctrl-C stops)")

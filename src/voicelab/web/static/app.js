@@ -128,6 +128,7 @@
     box.hidden = false;
     box.dataset.state = job.state;
     box.dataset.kind = job.kind;
+    box.dataset.id = String(job.id);
     $("#job-kind").textContent = t("job_" + job.kind);
     $("#job-state").textContent = t("state_" + job.state);
     $("#job-time").textContent = t("seconds", { s: Math.round(job.seconds) });
