@@ -223,6 +223,13 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
         body.send_keys(Keys.ARROW_DOWN)
     body.send_keys("x")
     wait(browser, lambda: "2 edits" in _text(browser, "#seg-count"), 20, "the exclusion")
+    # Space plays the chosen clip and pauses it again.
+    sel_audio = "return document.querySelector('#segments tbody tr.sel audio')"
+    browser.execute_script(sel_audio + ".muted = true")
+    body.send_keys(Keys.SPACE)
+    wait(browser, lambda: browser.execute_script(sel_audio + ".currentTime") > 0, 20, "playing")
+    body.send_keys(Keys.SPACE)
+    wait(browser, lambda: browser.execute_script(sel_audio + ".paused"), 20, "the pause")
     screenshot(browser, "data-review-edited")
     # Nothing on disk changed yet but the pending review file.
     assert not (ws.prepare_dir / "review_overrides.json").exists()
