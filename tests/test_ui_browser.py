@@ -162,7 +162,7 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     root = tmp_path / "ws"
     ws = Workspace.init(root, "spk1", str(source))
     _open(browser, server, root, "data")
-    assert "no segments" in _text(browser, "#seg-count").lower()
+    wait(browser, lambda: "no segments" in _text(browser, "#seg-count").lower(), 20, "no list")
     _prepare_form(browser, whisper)
     _by(browser, "#prepare-go").click()
     wait(browser, lambda: job_state(browser) == ("prepare", "running"), 30, "prepare to start")
@@ -178,6 +178,7 @@ def test_data_prepare_reload_review_apply(server, browser, tmp_path: Path, sourc
     browser.refresh()
     wait(browser, lambda: str(root) in _text(browser, "#ws-status"), 30, "the reload")
     assert job_state(browser) == ("prepare", "running"), "the job did not survive a reload"
+    assert not _by(browser, "#error").is_displayed(), _text(browser, "#error")
     screenshot(browser, "data-prepare-running")
     assert wait_job(browser, "prepare", 600) == "done"
     assert "segments kept" in _text(browser, "#job-result")
@@ -283,6 +284,7 @@ def test_chinese_page(server, browser, tmp_path: Path) -> None:
         labels = [b.text for b in _all(browser, "#tabs button")]
         assert labels == ["音色", "数据", "训练", "检查点与试听", "合成"]
         assert "小明" in _text(browser, "#ws-status")
+        assert not _by(browser, "#error").is_displayed(), _text(browser, "#error")
         screenshot(browser, f"zh-{tab}")
     wait(browser, lambda: "还没有切分结果" in _text(browser, "#seg-count"), 20, "the empty list")
     # Offline: every resource the page loaded came from this server (no CDN, no web fonts).

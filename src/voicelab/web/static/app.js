@@ -79,6 +79,7 @@
     refreshTab();
   }
   function refreshTab() {
+    if (!state.info || !state.info.exists) return;  // nothing to show yet (and no error)
     if (state.tab === "data") loadSegments();
     if (state.tab === "train") loadTrain();
     if (state.tab === "listen") { loadCheckpoints(); loadAuditions(); }
@@ -535,6 +536,7 @@
     var tab = (location.hash || "").replace("#", "");
     fetch("/api/info").then(function (r) { return r.json(); }).then(function (info) {
       var ws = q.get("ws") || localStorage.getItem("voicelab.ws") || info.default_workspace;
+      state.ws = ws;
       showTab(["voice", "data", "train", "listen", "speak"].indexOf(tab) >= 0 ? tab : "voice");
       return openWorkspace(ws);
     }).then(poll);
