@@ -20,13 +20,16 @@ for prog in git git-lfs ffmpeg sox espeak-ng; do
   command -v "$prog" >/dev/null 2>&1 || missing+=("$prog")
 done
 ldconfig -p 2>/dev/null | grep -q libsndfile || missing+=(libsndfile1)
+# Headless browser and a CJK font for the web page's tests (tests/test_ui_browser.py).
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver fonts-wqy-microhei)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing system packages: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-    git git-lfs ffmpeg sox libsox-fmt-all espeak-ng libsndfile1 >/dev/null
+    git git-lfs ffmpeg sox libsox-fmt-all espeak-ng libsndfile1 \
+    chromium chromium-driver fonts-wqy-microhei >/dev/null
 fi
 
 # Python 3.10-3.12 (upstream documents 3.10; onnxruntime 1.32 needs 3.11+).

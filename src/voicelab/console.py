@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,9 @@ T = TypeVar("T")
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"quiet": False, "verbose": False}
+# Per thread: a list that collects every progress bar made in it (the web UI's background jobs
+# read their bars from it; the bars keep counting while hidden).
+_watched = threading.local()
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
@@ -68,7 +72,7 @@ def progress_enabled() -> bool:
 
 def make_progress(transient: bool = False) -> Progress:
     """A rich progress bar with count, elapsed time and ETA."""
-    return Progress(
+    prog = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -80,6 +84,20 @@ def make_progress(transient: bool = False) -> Progress:
         transient=transient,
         disable=not progress_enabled(),
     )
+    bars = getattr(_watched, "bars", None)
+    if bars is not None:
+        bars.append(prog)
+    return prog
+
+
+@contextmanager
+def collect_progress(bars: list[Progress]) -> Iterator[list[Progress]]:
+    """Append every progress bar this thread makes inside the block to ``bars``."""
+    _watched.bars = bars
+    try:
+        yield bars
+    finally:
+        _watched.bars = None
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

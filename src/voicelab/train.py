@@ -1437,6 +1437,7 @@ def _run(
         )
         live = progress_enabled()
         status_cm = console.status(progress.text) if live else contextlib.nullcontext()
+        _RUNNING[str(run_dir)] = proc
         try:
             with status_cm as status:
                 assert proc.stdout is not None
@@ -1466,8 +1467,24 @@ def _run(
                 }
             )
             raise
+        finally:
+            _RUNNING.pop(str(run_dir), None)
         emit({"tag": "EVENT", "event": "end", "time": time.time(), "rc": rc})
     return rc
+
+
+#: Training processes running in this process, by run dir (the web UI's stop button).
+_RUNNING: dict[str, subprocess.Popen[str]] = {}
+
+
+def stop_training(run_dir: Path) -> bool:
+    """Stop the training of ``run_dir`` started by this process, as Ctrl-C would (the run keeps
+    its epoch checkpoints; ``--resume`` continues it). False when none is running here."""
+    proc = _RUNNING.get(str(run_dir))
+    if proc is None:
+        return False
+    _stop(proc)
+    return True
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "voicelab.cli.speak",  # say, audition
     "voicelab.cli.pipeline",  # run, status, demo, report
     "voicelab.cli.evaluate",  # eval
+    "voicelab.cli.ui",  # ui
 )
 
 
