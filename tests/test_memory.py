@@ -85,7 +85,7 @@ def test_long_utterances_need_a_bigger_minimum_batch() -> None:
 def test_nothing_fits() -> None:
     plan = _plan("llm", 2)
     assert not plan.fits
-    assert plan.mode == "checkpointing+offload"  # the last rung, reported with its need
+    assert plan.mode == "checkpointing+lora"  # the last rung, reported with its need
     assert len(plan.lines) == 1 and "does not fit" in plan.lines[0]
 
 

@@ -13,7 +13,7 @@ Features (a mode is one or several, joined with ``+``, e.g. ``checkpointing+8bit
 * ``full``: upstream's SFT, everything trained, fp32 weights + AdamW state (16 bytes/param);
 * ``checkpointing``: activations of each Qwen2 layer / DiT block recomputed in the backward pass;
 * ``8bit``: AdamW moments in 8 bits (~10 bytes/param in all);
-* ``offload``: AdamW state and step on the CPU (GPU keeps the weights and one grad at a time);
+* ``offload``: AdamW state and step on the CPU (the GPU keeps weights and gradients);
 * ``lora``: llm only: LoRA adapters on the Qwen2 body, speech embedding and ``llm_decoder``
   trained in full, the rest frozen (``voicelab export`` merges the adapters).
 
@@ -41,8 +41,8 @@ LADDER: dict[str, tuple[tuple[str, ...], ...]] = {
         ("full",),
         ("checkpointing",),
         ("checkpointing", "8bit"),
+        # offload is not on the llm's ladder: LoRA needs less GPU memory and is faster.
         ("checkpointing", "lora"),
-        ("checkpointing", "offload"),
     ),
     "flow": (
         ("full",),
@@ -52,7 +52,7 @@ LADDER: dict[str, tuple[tuple[str, ...], ...]] = {
     ),
 }
 #: Bytes per trainable parameter: fp32 weight + grad + optimizer state.
-BYTES_TRAINABLE = {"adamw": 16.0, "8bit": 10.2, "offload": 4.5}
+BYTES_TRAINABLE = {"adamw": 16.0, "8bit": 10.2, "offload": 8.5}
 BYTES_FROZEN = 4.0  # fp32 weights of a frozen parameter (lora)
 #: Activation bytes per batch frame, full SFT with bf16 autocast (calibrated: train.py).
 ACT_BYTES_PER_FRAME = {"llm": 3_800_000, "flow": 3_000_000}
@@ -82,7 +82,7 @@ EXPLAIN = {
         "a few % slower, same training otherwise)"
     ),
     "offload": (
-        "optimizer on the CPU: AdamW state and step in host RAM, the GPU keeps weights only "
+        "optimizer on the CPU: AdamW state and step in host RAM, the GPU keeps weights and grads "
         "(much less GPU memory; every step waits for the CPU, often 2-5x slower)"
     ),
     "lora": (

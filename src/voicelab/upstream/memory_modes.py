@@ -7,9 +7,9 @@ whose adapters :func:`merged_llm_state_dict` folds back into plain upstream keys
 * :func:`enable_checkpointing`: the Qwen2 body through Hugging Face's own
   ``gradient_checkpointing_enable`` (non-reentrant), the DiT blocks by wrapping each block's
   ``forward`` in ``torch.utils.checkpoint`` (an instance attribute: keys and weights unchanged);
-* :func:`add_lora`: peft adapters injected into the Qwen2 body in place (``inject_adapter_in_model``,
-  so ``llm.llm.model.model.embed_tokens`` and upstream's forward keep working), speech embedding
-  and ``llm_decoder`` trained in full, everything else frozen;
+* :func:`add_lora`: peft adapters injected into the Qwen2 body in place
+  (``inject_adapter_in_model``, so ``llm.llm.model.model.embed_tokens`` and upstream's forward
+  keep working), speech embedding and ``llm_decoder`` trained in full, everything else frozen;
 * :func:`make_optimizer`: upstream's Adam/AdamW, or bitsandbytes' 8-bit one, or torchao's
   CPU-offloaded one;
 * :func:`cap_vram` (``--max-vram``) and :class:`OomGuard` (an out-of-memory step is retried in
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -238,15 +239,12 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     parts = max(1, min(parts, n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     out = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         sub: dict[str, Any] = {}
         for k, v in batch.items():
-            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n:
-                sub[k] = v[a:b]
-            elif isinstance(v, list) and len(v) == n:
-                sub[k] = v[a:b]
-            else:
-                sub[k] = v
+            per_row = isinstance(v, list) and len(v) == n
+            per_row |= isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n
+            sub[k] = v[a:b] if per_row else v
         for k in list(sub):
             lens = sub.get(f"{k}_len")
             if isinstance(lens, torch.Tensor) and sub[k].dim() >= 2 and len(lens):
