@@ -44,6 +44,19 @@ def prepare_process() -> None:
     launcher.fix_torchaudio_load()
 
 
+def sft_yaml_text(vendor_root: Path, base_dir: Path, max_frames: int, **settings: Any) -> str:
+    """The speaker-SFT training YAML ``voicelab train`` generates, for ``base_dir``'s dims."""
+    from voicelab.upstream import train_config as tc
+
+    sft = tc.SftSettings(
+        qwen_pretrain_path=str(base_dir / "CosyVoice-BlankEN"),
+        max_frames_in_batch=max_frames,
+        **settings,
+    )
+    sft.dims = tc.model_dims((base_dir / "cosyvoice3.yaml").read_text("utf-8"))
+    return tc.render((vendor_root / tc.UPSTREAM_YAML).read_text("utf-8"), sft)
+
+
 def load_configs(yaml_text: str, kind: str, qwen_path: str | Path) -> dict[str, Any]:
     from hyperpyyaml import load_hyperpyyaml
 
