@@ -104,6 +104,7 @@ class MemoryPlan:
     requested_accum: int
     auto: bool
     fits: bool = True
+    params: int = 0
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -258,6 +259,7 @@ def plan_memory(
         named is None,
         fits=ok,
     )
+    plan.params = params
     plan.lines = _explain(plan, params, rungs, fits, total)
     return plan
 

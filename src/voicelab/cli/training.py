@@ -53,6 +53,20 @@ from voicelab.console import echo
 @click.option("--new", is_flag=True, help="Start a fresh run; the existing one is kept as .N.")
 @click.option("--checkpoint", metavar="PT", help="Start weights (default: the base model's).")
 @click.option("--dry-run", is_flag=True, help="Check, preview the config and launch.sh, stop.")
+@click.option(
+    "--memory",
+    default="auto",
+    show_default=True,
+    metavar="MODE",
+    help="auto, full, checkpointing, 8bit, offload, lora, or a combination such as "
+    "checkpointing+8bit: how training fits the GPU (preflight explains the choice).",
+)
+@click.option(
+    "--max-vram",
+    type=float,
+    metavar="GB",
+    help="GiB training may use on each GPU (e.g. when sharing it with a desktop).",
+)
 @pass_ctx
 def train(ctx: Ctx, model: str, **kw: object) -> None:
     """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
@@ -63,6 +77,7 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
       voicelab train llm --resume             # continue after the last finished epoch
       voicelab train flow --gpus 2 --cpus 0-11
       voicelab train llm --device cpu         # tiny model only (voicelab demo --tiny)
+      voicelab train llm --max-vram 6         # fit 6 GiB (auto: checkpointing, LoRA ...)
     """
     from voicelab.train import TrainOptions, run_train
 

@@ -93,6 +93,28 @@ def upstream_batches(
     yield from ds
 
 
+def collect_batches(
+    configs: dict[str, Any], data_list: Path, train: bool = True, workers: int = 0
+) -> list[dict[str, Any]]:
+    """One pass of upstream's batches, decoded once (``workers`` DataLoader processes, as
+    upstream's trainer uses them) and kept in host memory."""
+    from cosyvoice.dataset.dataset import Dataset
+    from torch.utils.data import DataLoader
+
+    if workers <= 0:
+        return list(upstream_batches(configs, data_list, train))
+    ds = Dataset(
+        str(data_list),
+        data_pipeline=configs["data_pipeline"],
+        mode="train" if train else "dev",
+        gan=False,
+        dpo=False,
+        shuffle=train,
+        partition=train,
+    )
+    return list(DataLoader(ds, batch_size=None, num_workers=workers))
+
+
 @dataclass
 class StepResult:
     loss: float
