@@ -304,3 +304,28 @@ def test_max_vram_caps_allocations() -> None:
     assert frac is not None and 0 < frac < 1
     with pytest.raises(torch.OutOfMemoryError):
         torch.empty(int(0.6 * (1 << 30)), dtype=torch.uint8, device="cuda")
+
+
+def test_upstream_trainer_runs_the_modes_and_saves_plain_checkpoints(
+    setup: dict[str, Any],
+) -> None:
+    """``voicelab train --memory ...`` with upstream's trainer: the launcher applies the modes
+    (checkpointing, LoRA, bitsandbytes' optimizer) and every checkpoint is a plain llm.pt."""
+    from voicelab import train as tr
+
+    ws, base = setup["ws"], setup["base"]
+    opts = tr.TrainOptions(device="cpu", epochs=1, new=True, memory="lora+checkpointing+8bit")
+    res = tr.run_train(ws, "llm", opts)
+    assert res.launched and res.epochs_done == 1
+    assert res.argv[res.argv.index("--memory") + 1] == "checkpointing+8bit+lora"
+    log = (res.run_dir / "train.log").read_text("utf-8")
+    assert "voicelab launcher: memory mode checkpointing+8bit+lora, trainable" in log
+    base_sd = torch.load(base / "llm.pt", weights_only=True)
+    for name in ("init.pt", "epoch_0_whole.pt"):
+        sd = torch.load(res.run_dir / name, weights_only=True)
+        assert set(sd) - {"epoch", "step"} == set(base_sd), name
+    sd = torch.load(res.run_dir / "epoch_0_whole.pt", weights_only=True)
+    q = "llm.model.model.layers.1.mlp.down_proj.weight"
+    assert not torch.equal(sd[q], base_sd[q]), "the merged adapters changed no weight"
+    emb = "llm.model.model.embed_tokens.weight"
+    assert torch.equal(sd[emb], base_sd[emb]), "LoRA must leave the frozen text embedding alone"
