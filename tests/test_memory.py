@@ -137,3 +137,78 @@ def test_oom_hint_names_the_next_mode() -> None:
     assert hint.endswith("continue with --resume --memory checkpointing+8bit")
     last = mem.oom_hint("llm", LLM, ("checkpointing", "lora"), 400)
     assert "most frugal" in last and "larger GPU" in last
+
+
+# ---- voicelab train: preflight and launch ---------------------------------------------------
+def test_train_plans_from_the_gpus_and_preflight_reports_a_misfit(tmp_path) -> None:
+    from test_train import make_base, make_split, run_preflight, sentences, whats
+    from voicelab import train as tr
+    from voicelab.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    make_base(ws, llm_bytes=2_024_669_519)  # the real llm.pt's size: 506 M parameters
+    make_split(ws, "train", [sentences(6) for _ in range(4)])
+    make_split(ws, "dev", [sentences(3) for _ in range(2)])
+    base = ws.base_model_dir / "llm.pt"
+
+    def plan(gpus: list[tr.Gpu], **opt: object) -> mem.MemoryPlan:
+        return tr.memory_plan_for(ws, "llm", base, "cuda", gpus, tr.TrainOptions(**opt), 2000, 2)
+
+    card8 = [tr.Gpu(0, 8 * GIB, 8 * GIB)]
+    p8 = plan(card8)
+    assert (p8.mode, p8.batch_frames, p8.accum_grad) == ("checkpointing+8bit", 1000, 4)
+    # Two GPUs: the one with less free memory decides.
+    assert plan([tr.Gpu(0, 80 * GIB, 80 * GIB), tr.Gpu(1, 24 * GIB, 12 * GIB)]).mode == (
+        "checkpointing"
+    )
+    assert plan([tr.Gpu(0, 80 * GIB, 80 * GIB)], max_vram=6).mode == "checkpointing+lora"
+    ws.set_option("train", "memory", "checkpointing+lora")  # voicelab.toml [train] memory
+    assert plan([tr.Gpu(0, 80 * GIB, 80 * GIB)]).mode == "checkpointing+lora"
+    assert plan([tr.Gpu(0, 80 * GIB, 80 * GIB)], memory="full").mode == "full"
+    cpu = tr.memory_plan_for(ws, "llm", base, "cpu", [], tr.TrainOptions(memory="lora"), 500, 1)
+    assert cpu.mode == "lora" and cpu.batch_frames == 500
+
+    # Preflight: a fitting plan replaces the full-SFT memory check, a misfit is a problem.
+    problems = run_preflight(ws, device="cuda", gpus=card8, memory_plan=p8, max_frames=1000)[0]
+    assert "GiB free" not in whats(problems) and "does not fit" not in whats(problems)
+    tiny = [tr.Gpu(0, 2 * GIB, 2 * GIB)]
+    text = whats(run_preflight(ws, device="cuda", gpus=tiny, memory_plan=plan(tiny))[0])
+    assert "llm does not fit 2.0 GiB for training on a 2.0 GiB GPU" in text
+    assert "free GPU memory" in text
+
+
+def test_launch_passes_the_mode_to_the_launcher(tmp_path) -> None:
+    from test_train import launch, make_base, make_split, sentences
+    from voicelab.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    make_base(ws)
+    make_split(ws, "train", [sentences(6)])
+    make_split(ws, "dev", [sentences(3)])
+    argv = launch(ws, tmp_path, max_vram=7.5).argv
+    assert "--memory" not in argv and argv[argv.index("--max-vram") + 1] == "7.5"
+    assert argv.index("--max-vram") < argv.index("--")  # the launcher's option, not train.py's
+    from voicelab import train as tr
+
+    opts = tr.TrainOptions()
+    plan = tr.RunPlan(ws.exp_dir("llm"), ws.tensorboard_dir("llm"), ws.base_model_dir, None, None)
+    la = tr.build_launch(
+        python="py",
+        vendor_root=tmp_path,
+        base_env={},
+        model="llm",
+        device="cuda",
+        nproc=1,
+        opts=opts,
+        config=tmp_path / "c.yaml",
+        train_list=ws.data_list("train"),
+        cv_list=ws.data_list("dev"),
+        base_dir=ws.base_model_dir,
+        plan=plan,
+        num_workers=1,
+        prefetch=2,
+        amp=True,
+        memory_mode="checkpointing+lora",
+    )
+    i = la.argv.index("--memory")
+    assert la.argv[i + 1] == "checkpointing+lora" and i < la.argv.index("--")

@@ -131,7 +131,7 @@ class TrainOptions:
     checkpoint: str | None = None  # start weights (default: the base model's llm.pt / flow.pt)
     timeout: int = 60
     dry_run: bool = False  # preflight, config and launch.sh only
-    memory: str = "auto"  # memory mode (voicelab.memory): auto, or e.g. checkpointing+8bit
+    memory: str | None = None  # memory mode (voicelab.memory): auto, or e.g. checkpointing+8bit
     max_vram: float | None = None  # GiB training may use on each GPU
 
 
@@ -1138,7 +1138,7 @@ def memory_plan_for(
     longest training utterance; on the CPU the named mode as it is (nothing to fit)."""
     from voicelab.memory import plan_memory
 
-    mode = opts.memory or str(ws.config.section("train").get("memory", "auto"))
+    mode = opts.memory or str(ws.config.section("train").get("memory") or "auto")
     longest = 0
     with contextlib.suppress(Exception):
         shards, _ = read_shards(ws.data_list("train"))

@@ -55,10 +55,8 @@ from voicelab.console import echo
 @click.option("--dry-run", is_flag=True, help="Check, preview the config and launch.sh, stop.")
 @click.option(
     "--memory",
-    default="auto",
-    show_default=True,
     metavar="MODE",
-    help="auto, full, checkpointing, 8bit, offload, lora, or a combination such as "
+    help="auto (default), full, checkpointing, 8bit, offload, lora, or a combination such as "
     "checkpointing+8bit: how training fits the GPU (preflight explains the choice).",
 )
 @click.option(
