@@ -205,16 +205,22 @@ def make_optimizer(
 # ------------------------------------------------------------------------------------------------
 # --max-vram and out-of-memory handling
 # ------------------------------------------------------------------------------------------------
+#: The CUDA context and kernels (outside the caching allocator, so outside its fraction), which
+#: a card of the capped size must also hold.
+CUDA_CONTEXT_GIB = 0.5
+
+
 def cap_vram(max_vram_gib: float | None, device: str = "cuda") -> float | None:
-    """Cap this process's CUDA allocations at ``max_vram_gib`` (allocations beyond it raise
-    ``torch.OutOfMemoryError``). Returns the fraction set, None on the CPU or without a cap."""
+    """Cap this process's GPU memory at ``max_vram_gib``: the caching allocator may hold that
+    less the CUDA context (allocations beyond it raise ``torch.OutOfMemoryError``). Returns the
+    fraction set, None on the CPU or without a cap."""
     import torch
 
     if max_vram_gib is None or not device.startswith("cuda") or not torch.cuda.is_available():
         return None
     dev = torch.device(device)
     total = torch.cuda.get_device_properties(dev).total_memory
-    frac = min(1.0, max_vram_gib * GIB / total)
+    frac = min(1.0, max(0.05, (max_vram_gib - CUDA_CONTEXT_GIB) * GIB / total))
     torch.cuda.set_per_process_memory_fraction(frac, dev)
     return frac
 
