@@ -143,8 +143,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     model = mt.build_model(cfg, kind, base / f"{kind}.pt")
     t0 = time.time()
     workers = min(8, os.cpu_count() or 1) if device == "cuda" else 0
-    train = mt.collect_batches(cfg, ws.data_list("train"), True, workers)
-    dev = mt.collect_batches(cfg, ws.data_list("dev"), False, 0)
+    # Decoded once per model and batch size, shared by the runs that plan the same batch.
+    cache = Path(args.ws) / f"batches-{kind}-{plan.batch_frames}-{args.seed}.pt"
+    if cache.is_file():
+        train, dev = torch.load(cache, weights_only=True)
+    else:
+        train = mt.collect_batches(cfg, ws.data_list("train"), True, workers)
+        dev = mt.collect_batches(cfg, ws.data_list("dev"), False, 0)
+        torch.save((train, dev), cache)
     out["data_seconds"] = round(time.time() - t0, 1)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

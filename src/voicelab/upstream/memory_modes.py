@@ -274,7 +274,9 @@ class OomGuard:
     checkpoint; nothing else is lost).
 
     ``run(sub_batch, weight)`` must do forward and backward with ``loss * weight`` and return the
-    loss dict; ``weight`` is the piece's share of the batch's utterances.
+    loss dict; ``weight`` is the piece's share of the batch's utterances. A batch is an upstream
+    batch dict by default; another layout (e.g. the engine's utterance index lists) passes its
+    own ``split(batch, parts)``, ``rows(batch)`` and ``frames(batch)``.
     """
 
     def __init__(
@@ -283,27 +285,31 @@ class OomGuard:
         params: int,
         features: tuple[str, ...],
         zero_grad: Callable[[], None],
+        split: Callable[[Any, int], list[Any]] | None = None,
+        rows: Callable[[Any], int] | None = None,
+        frames: Callable[[Any], int] | None = None,
     ) -> None:
         self.kind, self.params, self.features = kind, params, features
         self.zero_grad = zero_grad
+        self.split = split or split_batch
+        self.rows = rows or _rows
+        self.frames = frames or batch_frames
         self.parts = 1
         self.retries = 0
 
-    def step(
-        self, batch: dict[str, Any], run: Callable[[dict[str, Any], float], dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    def step(self, batch: Any, run: Callable[[Any, float], dict[str, Any]]) -> list[dict[str, Any]]:
         import torch
 
-        n = _rows(batch)
+        n = self.rows(batch)
         while True:
-            pieces = split_batch(batch, self.parts) if self.parts > 1 else [batch]
+            pieces = self.split(batch, self.parts) if self.parts > 1 else [batch]
             try:
-                return [run(p, _rows(p) / n) for p in pieces]
+                return [run(p, self.rows(p) / n) for p in pieces]
             except torch.OutOfMemoryError:
-                smallest = max(batch_frames(p) // max(1, _rows(p)) for p in pieces)
+                smallest = max(self.frames(p) // max(1, self.rows(p)) for p in pieces)
                 self.zero_grad()
                 _free_cuda()
-                if all(_rows(p) == 1 for p in pieces):
+                if all(self.rows(p) == 1 for p in pieces):
                     raise OutOfMemoryStop(
                         f"out of GPU memory in mode {'+'.join(self.features)} with one utterance "
                         "per batch",
