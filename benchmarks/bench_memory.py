@@ -66,7 +66,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
         base = build_tiny_model(args.work / "tiny", vendor)
     else:
         base = build_base(args.work / "base", vendor.root)
-    ws_dir = args.work / ("ws-tiny" if args.tiny else "ws")
+    ws_dir = args.work / ("ws-memory-tiny" if args.tiny else "ws-memory")
     stats_file = ws_dir / "bench_data.json"
     if stats_file.is_file():
         return base, ws_dir, json.loads(stats_file.read_text("utf-8"))
@@ -154,6 +154,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     out["data_seconds"] = round(time.time() - t0, 1)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    # Same draws for every run from here on, whether the batches came from the cache or not.
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
     trainer = mt.MemoryTrainer(
         model, kind, plan.features, device=device, lr=args.lr, accum_grad=plan.accum_grad
     )
