@@ -1269,6 +1269,12 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     # Memory mode and batch from the GPU's free memory (voicelab.memory); a split batch keeps
     # the tokens per optimizer step through accum_grad.
     mem_plan = memory_plan_for(ws, model, base_ckpt, device, vis, opts, max_frames, accum)
+    if mem_plan.has("offload") and device == "cuda":
+        # Upstream's GradScaler would unscale torchao's host gradient copies only.
+        raise ConfigError(
+            f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
+            "use --memory checkpointing+8bit (or lora for the llm), or --max-vram higher",
+        )
     if mem_plan.fits and (mem_plan.batch_frames, mem_plan.accum_grad) != (max_frames, accum):
         run_text = tc.apply_overrides(
             run_text,

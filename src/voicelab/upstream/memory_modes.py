@@ -196,10 +196,30 @@ def make_optimizer(
         from torchao.optim import CPUOffloadOptimizer
 
         # Gradients stay on the GPU between micro-batches: offload_gradients breaks accumulation.
-        return CPUOffloadOptimizer(params, optimizer_class=base, offload_gradients=False, **kw)
+        opt = CPUOffloadOptimizer(params, optimizer_class=base, offload_gradients=False, **kw)
+        return _step_with_final_grads(opt)
     if device.startswith("cuda"):
         kw.setdefault("fused", True)  # no multi-tensor temporaries: a lower step peak
     return base(params, **kw)
+
+
+def _step_with_final_grads(opt: Any) -> Any:
+    """torchao copies each gradient to the host as soon as backward has produced it, i.e. before
+    the trainer clips it; its step would then use unclipped gradients. The step first copies the
+    GPU gradients as they are now (clipped) to the host copies. (Upstream's trainer also runs a
+    GradScaler, which unscales the host copies only: so VoiceLab runs offload with its own loop,
+    never under upstream's train.py.)"""
+    step = opt.step
+
+    def step_with_final_grads(closure: Any = None) -> Any:
+        opt.stream.synchronize()  # the backward-time copies are done before we overwrite them
+        for p_device, p_host in opt.param_d2h_map.items():
+            if p_device.grad is not None:
+                p_host.grad.copy_(p_device.grad)
+        return step(closure)
+
+    opt.step = step_with_final_grads
+    return opt
 
 
 # ------------------------------------------------------------------------------------------------
