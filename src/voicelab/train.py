@@ -11,6 +11,9 @@ Upstream's trainer runs unmodified from the vendor checkout, under ``torchrun``,
   with its fix: vendor, train extra, base model files, data lists, parquet columns, what
   upstream's ``filter`` would keep of the dev set, shards vs workers x GPUs, batches per epoch vs
   ``accum_grad``, GPU memory, free disk for checkpoints;
+* **memory** (:func:`memory_plan_for`, :mod:`voicelab.memory`): ``--memory auto`` picks the
+  memory mode (checkpointing, 8-bit Adam, LoRA ...) and the batch from the GPUs' free memory
+  (``--max-vram`` caps it); the launcher applies it (:mod:`voicelab.upstream.memory_modes`);
 * **runs**: ``exp/<spk>_sft/<model>/<engine>`` (and ``tensorboard/...``). A run is never
   overwritten: ``--resume`` continues it from its newest epoch checkpoint (passed as
   ``--checkpoint``, whose ``epoch``/``step`` keys make upstream continue at the next epoch);
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import ConfigError, StageError, VoiceLabError
 from voicelab.fsutil import atomic_write_json, atomic_write_text, free_bytes, quick_fingerprint
+from voicelab.memory import MemoryPlan
 from voicelab.upstream import train_config as tc
 
 if TYPE_CHECKING:
@@ -130,6 +134,8 @@ class TrainOptions:
     checkpoint: str | None = None  # start weights (default: the base model's llm.pt / flow.pt)
     timeout: int = 60
     dry_run: bool = False  # preflight, config and launch.sh only
+    memory: str | None = None  # memory mode (voicelab.memory): auto, or e.g. checkpointing+8bit
+    max_vram: float | None = None  # GiB training may use on each GPU
 
 
 @dataclass
@@ -544,6 +550,7 @@ def build_launch(
     prefetch: int,
     amp: bool,
     ds_config: Path | None = None,
+    memory_mode: str | None = None,
 ) -> Launch:
     """The torchrun argv and environment of one run (pure: no files touched)."""
     argv = [python, "-m", "torch.distributed.run"]
@@ -564,7 +571,12 @@ def build_launch(
         argv += ["--standalone"]
     argv += ["--nproc_per_node", str(nproc)]
     argv += ["-m", "voicelab.upstream.launcher", "--vendor-root", str(vendor_root)]
-    argv += ["--device", device, "--"]
+    argv += ["--device", device]
+    if memory_mode and memory_mode != "full":
+        argv += ["--memory", memory_mode]
+    if opts.max_vram is not None:
+        argv += ["--max-vram", f"{opts.max_vram:g}"]
+    argv += ["--"]
     argv += [
         "--train_engine",
         opts.engine,
@@ -913,6 +925,7 @@ def preflight(
     engine: str,
     modules: Iterable[str] = TRAIN_MODULES,
     gpus: list[Gpu] | None = None,
+    memory_plan: MemoryPlan | None = None,
     count_tokens: Callable[[str], int] = estimate_text_tokens,
     local_procs: int | None = None,
 ) -> tuple[list[Problem], list[str], Facts]:
@@ -1053,6 +1066,14 @@ def preflight(
                     f"use --gpus {len(gpus)}",
                 )
             )
+        elif memory_plan is not None:  # the planner sized mode and batch to the free memory
+            if not memory_plan.fits:
+                problems.append(
+                    Problem(
+                        memory_plan.lines[0].removeprefix("memory: "),
+                        "free GPU memory, shorten the longest clips, or use a larger GPU",
+                    )
+                )
         else:
             need_mem = memory_needed(model, facts.params, max_frames)
             for g in gpus[:local]:
@@ -1108,6 +1129,41 @@ def _explicit_overrides(opts: TrainOptions, section: dict[str, Any]) -> dict[tc.
             continue
         out[k] = float(v) if k == tc.LR else int(v)
     return out
+
+
+def memory_plan_for(
+    ws: Workspace,
+    model: str,
+    base_ckpt: Path,
+    device: str,
+    gpus: list[Gpu],
+    opts: TrainOptions,
+    max_frames: int,
+    accum: int,
+) -> MemoryPlan:
+    """The memory plan of a run: on a GPU from the smallest free memory of the GPUs used and the
+    longest training utterance; on the CPU the named mode as it is (nothing to fit)."""
+    from voicelab.memory import plan_memory
+
+    mode = opts.memory or str(ws.config.section("train").get("memory") or "auto")
+    longest = 0
+    with contextlib.suppress(Exception):
+        shards, _ = read_shards(ws.data_list("train"))
+        rules = FilterRules()
+        longest = max((u.frames for s in shards for u in s.utts if rules.keeps(u)), default=0)
+    on_gpu = device == "cuda" and bool(gpus)
+    plan = plan_memory(
+        model,
+        model_params(base_ckpt),
+        total=min(g.total for g in gpus) if on_gpu else None,
+        free=min(g.free for g in gpus) if on_gpu else None,
+        max_vram_gib=opts.max_vram,
+        requested_frames=max_frames,
+        requested_accum=accum,
+        longest_frames=longest,
+        mode=mode,
+    )
+    return plan
 
 
 def resolve_device(device: str) -> str:
@@ -1214,6 +1270,23 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     max_frames = int(tc.as_number(tc.get_value(values, tc.MAX_FRAMES)) or tc.DEFAULT_MAX_FRAMES)
     accum = int(tc.as_number(tc.get_value(values, tc.ACCUM_GRAD)) or 1)
     lr = float(tc.as_number(tc.get_value(values, tc.LR)) or tc.DEFAULT_LR)
+    # Memory mode and batch from the GPU's free memory (voicelab.memory); a split batch keeps
+    # the tokens per optimizer step through accum_grad.
+    mem_plan = memory_plan_for(ws, model, base_ckpt, device, vis, opts, max_frames, accum)
+    if mem_plan.has("offload") and device == "cuda":
+        # Upstream's GradScaler would unscale torchao's host gradient copies only.
+        raise ConfigError(
+            f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
+            "use --memory checkpointing+8bit (or lora for the llm), or --max-vram higher",
+        )
+    if mem_plan.fits and (mem_plan.batch_frames, mem_plan.accum_grad) != (max_frames, accum):
+        run_text = tc.apply_overrides(
+            run_text,
+            {tc.MAX_FRAMES: mem_plan.batch_frames, tc.ACCUM_GRAD: mem_plan.accum_grad},
+            source="memory plan",
+        )
+        values = tc.read_values(run_text)
+        max_frames, accum = mem_plan.batch_frames, mem_plan.accum_grad
 
     plan = plan_run(ws, model, opts.engine, base_ckpt, opts, max_epoch)
     done_epoch = plan.resumed_epoch if plan.resumed_epoch is not None else -1
@@ -1234,6 +1307,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         epochs_to_run=epochs_to_run,
         engine=opts.engine,
         gpus=vis,
+        memory_plan=mem_plan if device == "cuda" else None,
     )
     warnings = cfg_warnings + warnings
     if plan.note:
@@ -1242,6 +1316,8 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         log.warning("%s", w)
     if problems:
         raise PreflightError(problems)
+    for line in mem_plan.lines:
+        log.info("%s", line)
     assert vendor is not None
     result = TrainResult(model, plan.run_dir, False, max_epoch=max_epoch, warnings=warnings)
     if epochs_to_run == 0:
@@ -1262,6 +1338,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         "lr": lr,
         "num_workers": num_workers,
         "config": tc.sha256_text(run_text)[:16],
+        "memory": mem_plan.mode,
     }
     inputs = [quick_fingerprint(p) for s in facts.train_shards + facts.dev_shards for p in [s.path]]
     inputs.append(quick_fingerprint(base_ckpt))
@@ -1296,6 +1373,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             prefetch=prefetch,
             amp=amp,
             ds_config=ds_path,
+            memory_mode=mem_plan.mode,
         )
         launch_sh = where / "launch.sh"
         atomic_write_text(launch_sh, launch.script())
@@ -1332,7 +1410,8 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         _fill(result, rows, plan.run_dir)
         if rc != 0:
             raise StageError(
-                _failure(plan.run_dir / "train.log", rc), _failure_hint(plan.run_dir / "train.log")
+                _failure(plan.run_dir / "train.log", rc),
+                _failure_hint(plan.run_dir / "train.log", mem_plan),
             )
         rec.figures.update(
             {
@@ -1375,9 +1454,14 @@ def _failure(log_path: Path, rc: int) -> str:
     return f"training exited with code {rc}" + (f": {err[:300]}" if err else "")
 
 
-def _failure_hint(log_path: Path) -> str:
+def _failure_hint(log_path: Path, mem_plan: MemoryPlan | None = None) -> str:
     text = log_path.read_text("utf-8", errors="replace")[-20000:] if log_path.exists() else ""
     if "out of memory" in text.lower():
+        if mem_plan is not None and mem_plan.cap_bytes is not None:
+            from voicelab.memory import oom_hint
+
+            params = mem_plan.params or 0
+            return oom_hint(mem_plan.model, params, mem_plan.features, mem_plan.batch_frames)
         return "the GPU ran out of memory: lower --batch-frames"
     return f"see {log_path}; fix, then continue with --resume"
 

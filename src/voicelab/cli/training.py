@@ -65,6 +65,18 @@ from voicelab.console import echo
     metavar="P",
     help="With --eval-every: stop when P evaluations in a row bring no improvement.",
 )
+@click.option(
+    "--memory",
+    metavar="MODE",
+    help="auto (default), full, checkpointing, 8bit, offload, lora, or a combination such as "
+    "checkpointing+8bit: how training fits the GPU (preflight explains the choice).",
+)
+@click.option(
+    "--max-vram",
+    type=float,
+    metavar="GB",
+    help="GiB training may use on each GPU (e.g. when sharing it with a desktop).",
+)
 @pass_ctx
 def train(ctx: Ctx, model: str, **kw: object) -> None:
     """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
@@ -75,6 +87,7 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
       voicelab train llm --resume             # continue after the last finished epoch
       voicelab train flow --gpus 2 --cpus 0-11
       voicelab train llm --device cpu         # tiny model only (voicelab demo --tiny)
+      voicelab train llm --max-vram 6         # fit 6 GiB (auto: checkpointing, LoRA ...)
     """
     from voicelab.train import TrainOptions, run_train
 

@@ -23,7 +23,10 @@ train.py. Every fix is contained (it only changes what it names) and says why be
    epoch sees each utterance once across ranks); off by default;
 9. ``--train_engine deepspeed``: the grad norm deepspeed reports is None between accumulation
    boundaries, which ``log_per_step`` formats with ``{:.6f}`` (a crash at the first logged
-   non-boundary batch); it is logged as 0.0 there, as the torch_ddp path does.
+   non-boundary batch); it is logged as 0.0 there, as the torch_ddp path does;
+10. ``--memory`` / ``--max-vram`` (issue 17): the memory modes of
+    :mod:`voicelab.upstream.memory_modes` applied to the model before upstream wraps it, the
+    optimizer swapped for the mode's, LoRA merged in every checkpoint (see :func:`fix_memory`).
 
 This module must not import ``cosyvoice.llm``, ``cosyvoice.flow`` or
 ``cosyvoice.dataset.processor`` before the offline-feature fix is in place: they read the
@@ -232,6 +235,78 @@ def fix_cpu_mode(train_utils: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Fix 8: memory modes and --max-vram
+# ------------------------------------------------------------------------------------------------
+def fix_memory(train_utils: Any, kind: str, mode: str, max_vram: float | None) -> None:
+    """Upstream's trainer with a memory mode, its checkpoints unchanged:
+
+    * ``wrap_cuda_model``: first caps this process's CUDA memory (``--max-vram``) and applies
+      the mode (checkpointing, LoRA) to the model, which train.py has already loaded its
+      ``--checkpoint`` into (plain keys, also when resuming a LoRA run: the merged weights);
+    * ``init_optimizer_and_scheduler``: upstream builds its optimizer and scheduler, then, for
+      8bit/offload, ours replaces the optimizer (nothing was allocated yet: Adam's state is
+      lazy) with upstream's scheduler class rebuilt on it; upstream's torch_ddp trainer saves no
+      optimizer state, so its checkpoints do not change;
+    * ``save_model``: with LoRA, the model handed to upstream's saver yields the merged plain
+      state dict, so every ``epoch_N_whole.pt`` is an upstream-loadable ``llm.pt``. A resumed
+      LoRA run starts fresh adapters on the merged weights (same function, new Adam state).
+    """
+    from voicelab.upstream import memory_modes as mm
+
+    features = tuple(mode.split("+"))
+    wrap = train_utils.wrap_cuda_model
+    init_opt = train_utils.init_optimizer_and_scheduler
+    save = train_utils.save_model
+
+    def wrap_with_modes(args: Any, model: Any) -> Any:
+        if _state["device"] == "cuda":
+            mm.cap_vram(max_vram, f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        applied = mm.apply_modes(model, kind, features)
+        print(
+            f"voicelab launcher: memory mode {'+'.join(applied.features)}, trainable"
+            f" {applied.trainable / 1e6:.1f} M of {applied.total / 1e6:.1f} M parameters",
+            flush=True,
+        )
+        return wrap(args, model)
+
+    def init_with_modes(args: Any, configs: Any, model: Any, gan: bool) -> Any:
+        out = init_opt(args, configs, model, gan)
+        if gan or not ({"8bit", "offload"} & set(features)) or args.train_engine != "torch_ddp":
+            return out
+        model, _, scheduler, opt_d, sched_d = out
+        conf = configs["train_conf"]
+        optimizer = mm.make_optimizer(
+            model.parameters(),
+            features,
+            optim=conf["optim"],
+            device=_state["device"],
+            **conf["optim_conf"],
+        )
+        if conf["scheduler"] == "constantlr":
+            scheduler = type(scheduler)(optimizer)
+        else:
+            scheduler = type(scheduler)(optimizer, **conf["scheduler_conf"])
+        return model, optimizer, scheduler, opt_d, sched_d
+
+    class _Merged:
+        """What upstream's ``save_model`` reads (``model.module.state_dict()``), LoRA merged."""
+
+        def __init__(self, ddp: Any) -> None:
+            self.module = self
+            self._net = getattr(ddp, "module", ddp)
+
+        def state_dict(self) -> dict[str, Any]:
+            return mm.plain_state_dict(self._net)
+
+    def save_merged(model: Any, model_name: str, info_dict: dict[str, Any]) -> Any:
+        return save(_Merged(model) if "lora" in features else model, model_name, info_dict)
+
+    train_utils.wrap_cuda_model = wrap_with_modes
+    train_utils.init_optimizer_and_scheduler = init_with_modes
+    train_utils.save_model = save_merged
+
+
+# ------------------------------------------------------------------------------------------------
 # Entry
 # ------------------------------------------------------------------------------------------------
 def _split(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -260,7 +335,11 @@ def _arg_value(args: list[str], name: str) -> str | None:
 
 
 def apply_fixes(
-    vendor_root: Path, device: str = "cuda", train_args: list[str] | None = None
+    vendor_root: Path,
+    device: str = "cuda",
+    train_args: list[str] | None = None,
+    memory: str | None = None,
+    max_vram: float | None = None,
 ) -> None:
     """Put the vendor on ``sys.path`` and apply every runtime fix (in this order)."""
     for p in (vendor_root / "third_party" / "Matcha-TTS", vendor_root):
@@ -286,6 +365,9 @@ def apply_fixes(
     seen_dir = os.environ.get(SEEN_UTTS_ENV)
     if seen_dir:
         record_seen_utts(train_utils, Path(seen_dir))
+    if (memory and memory != "full") or max_vram is not None:
+        kind = _arg_value(train_args or [], "--model") or "llm"
+        fix_memory(train_utils, kind, memory or "full", max_vram)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"voicelab launcher: --device must be cpu or cuda, not {device!r}")
     if opts.get("max-cpu-params"):
         _state["max_cpu_params"] = int(float(opts["max-cpu-params"]))
-    apply_fixes(vendor_root, device, train_args)
+    max_vram = float(opts["max-vram"]) if opts.get("max-vram") else None
+    apply_fixes(vendor_root, device, train_args, opts.get("memory"), max_vram)
     train_args = with_tensorboard_dir(train_args)
     sys.argv = [str(train_py), *train_args]
     runpy.run_path(str(train_py), run_name="__main__")
