@@ -556,3 +556,30 @@ def test_transcripts_keep_files_whole(tmp_path: Path, corpus: Corpus) -> None:
     assert len(res.segments) == 2 and res.kept == 1
     assert res.by_reason == {"too_long": 1, "too_many_tokens": 1}
     assert any("keep each file whole" in w for w in res.warnings)
+
+
+def test_damaged_files_are_rows_not_the_end(tmp_path: Path, corpus: Corpus) -> None:
+    # Issue 15 item 2: each unreadable file is one 'corrupt' row; the run goes on and no decoder
+    # noise or traceback reaches the terminal (the real CLI, so fd 2 is what a user sees).
+    from voicelab.testing.corpus import write_damaged
+
+    src, clips = _import_source(tmp_path, corpus)
+    for wav in src.rglob("*.wav"):
+        text = next(c.text for c in clips if c.path.name == wav.name)
+        wav.with_suffix(".txt").write_text(text, encoding="utf-8")
+    damaged = write_damaged(src / "damaged")
+    for f in damaged.values():
+        f.with_suffix(".txt").write_text("some words", encoding="utf-8")
+    ws = Workspace.init(tmp_path / "ws", "spk1", str(src))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicelab", "-w", str(ws.root), "prepare", "--asr", "transcripts"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("Traceback", "mpg123", "MPEG", "aac @"):
+        assert noise not in proc.stderr + proc.stdout, proc.stderr
+    rows = list(csv.DictReader((ws.prepare_dir / "qc.tsv").open(encoding="utf-8"), delimiter="\t"))
+    bad = {Path(r["source"]).name: r["reasons"] for r in rows if r["status"] == "unusable"}
+    assert bad == {f.name: "corrupt" for f in damaged.values()}
+    assert sum(r["status"] == "kept" for r in rows) == 3
