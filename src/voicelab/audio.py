@@ -276,6 +276,27 @@ def write_wav(path: str | os.PathLike[str], x: np.ndarray, sr: int) -> Path:
     return Path(path)
 
 
+def upstream_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes to hand upstream's training reader (soundfile): the file itself when
+    libsndfile reads it, else its decoded audio as a 32-bit float WAV (exact samples, so the
+    features computed from the same decode still match). Raises :class:`AudioError`."""
+    import io
+
+    import soundfile as sf
+
+    p = Path(path)
+    if not _prefer_ffmpeg(p):
+        try:
+            sf.info(os.fspath(p))
+            return p.read_bytes()
+        except (sf.LibsndfileError, RuntimeError):
+            pass
+    dec = decode(p)
+    buf = io.BytesIO()
+    sf.write(buf, dec.samples, dec.sample_rate, subtype="FLOAT", format="WAV")
+    return buf.getvalue()
+
+
 def read_wav_mono(path: str | os.PathLike[str], sr: int | None = None) -> tuple[np.ndarray, int]:
     """Decode ``path`` to mono float32, resampled to ``sr`` when given."""
     dec = decode(path)
