@@ -26,7 +26,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from voicelab.fsutil import (
     free_bytes,
     hash_obj,
     link_or_copy,
+    make_temp_dir,
     quick_fingerprint,
     read_json,
     sha256_file,
@@ -435,7 +435,7 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
 
     try:
         with stage_run(ws, "export", inputs, params) as rec:
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=pretrained))
+            staging = make_temp_dir(pretrained, prefix=f".{name}.staging-")
             swapped = False
             try:
                 res = ExportResult(

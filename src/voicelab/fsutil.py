@@ -17,12 +17,61 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only be
+    read by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give ``path`` the mode a plain open()/mkdir() would have: mkstemp/mkdtemp make 0600/0700
+    whatever the umask, which hides a user's outputs from their group."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A fresh staging folder in ``parent`` with the umask's mode (to be renamed into place)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    apply_umask(tmp, directory=True)
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    # Writers (soundfile, torch, pyarrow) close the temp file without fsync: without this, a
+    # power cut after os.replace can leave a zero-length file under the final name.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems (and Windows) refuse a dir fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; on success it is renamed onto ``dest``.
+    """Yield a temp path beside ``dest``; on success it is synced and renamed onto ``dest``.
 
     The temp name keeps ``dest``'s suffix (``suffix`` overrides it) so writers that look at the
-    extension (soundfile, torch) still work. On error the temp file is removed.
+    extension (soundfile, torch) still work. On error the temp file is removed. The result has
+    the umask's mode, as a plain open() would give.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +84,12 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     real = tmp_path.with_name(tmp_path.name[: -len(".tmp")])
     tmp_path.rename(real)
     try:
+        apply_umask(real)
         yield real
+        if real.is_file():  # a writer may have replaced it with a link (link_or_copy)
+            _fsync(real)
         os.replace(real, dest)
+        _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             real.unlink()

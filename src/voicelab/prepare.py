@@ -278,6 +278,7 @@ class JsonlCache:
         self.items: dict[str, dict[str, Any]] = {}
         self.appended = 0
         if path.is_file():
+            self._drop_torn_tail()
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
@@ -285,6 +286,30 @@ class JsonlCache:
                         self.items[obj[key]] = obj
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line a kill left without its newline: the next append would be glued to
+        it and both records lost."""
+        with open(self.path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            # Walk back to the last newline (a torn line is one record: at most a few KB).
+            pos = size
+            while pos > 0:
+                step = min(pos, 65536)
+                f.seek(pos - step)
+                nl = f.read(step).rfind(b"\n")
+                if nl >= 0:
+                    pos = pos - step + nl + 1
+                    break
+                pos -= step
+            f.truncate(pos)
+            f.flush()
+            os.fsync(f.fileno())
 
     def get(self, k: str) -> dict[str, Any] | None:
         return self.items.get(k)
