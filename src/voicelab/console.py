@@ -37,6 +37,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     """Configure the ``voicelab`` logger once per process (CLI only)."""
     _state.update(quiet=quiet, verbose=verbose)
     root = logging.getLogger("voicelab")
+    for h in root.handlers:  # a second call (demo: its own workspace's log) closes the first
+        h.close()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     root.propagate = False
@@ -49,7 +51,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     root.addHandler(handler)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        # delay: the file appears with the first record, so a command refused before any
+        # output (demo pointed at another voice) leaves no empty log behind.
+        fh = logging.FileHandler(log_file, encoding="utf-8", delay=True)
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
