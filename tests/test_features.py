@@ -244,3 +244,21 @@ def test_m4a_in_a_users_wav_scp(ws: Workspace, onnx_dir: Path, tmp_path: Path) -
     x, sr = sf.read(io.BytesIO(au.upstream_bytes(m4a)), dtype="float32")
     ref, ref_sr = feat.load_audio(m4a)
     assert sr == ref_sr and np.array_equal(x, ref)  # the same samples features saw
+
+
+def test_utf8_bom_in_users_lists(ws: Workspace, onnx_dir: Path, tmp_path: Path) -> None:
+    # Issue 15 item 11: Notepad's BOM must not become part of the first id (a phantom speaker
+    # '\ufeffspkA' in spk2embedding.pt and the parquet).
+    from voicelab.train import read_list
+
+    d = ws.split_dir("train")
+    for name in ("wav.scp", "text", "utt2spk", "instruct"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes())
+    feat.run_features(ws, feat.FeaturesOptions(onnx_dir=onnx_dir, device="cpu"))
+    spk = _load(d / feat.SPK_EMBEDDING_FILE)
+    tok = _load(d / feat.TOKEN_FILE)
+    assert not [k for k in (*spk, *tok) if "\ufeff" in k], (list(spk), list(tok)[:3])
+    assert set(spk) == {"spkA", "spkB"}
+    lst = tmp_path / "data.list"
+    lst.write_bytes(b"\xef\xbb\xbf/x/a.tar\n/x/b.tar\n")
+    assert read_list(lst) == [Path("/x/a.tar"), Path("/x/b.tar")]

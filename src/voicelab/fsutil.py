@@ -114,6 +114,12 @@ def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
     )
 
 
+def read_user_text(path: str | os.PathLike[str]) -> str:
+    """A text file a user may have written: UTF-8, with the BOM Windows editors put first
+    dropped (it would become part of the first utterance id, or a phantom speaker)."""
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -55,7 +55,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import ConfigError, StageError, VoiceLabError
-from voicelab.fsutil import atomic_write_json, atomic_write_text, free_bytes, quick_fingerprint
+from voicelab.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    free_bytes,
+    quick_fingerprint,
+    read_user_text,
+)
 from voicelab.upstream import train_config as tc
 
 if TYPE_CHECKING:
@@ -240,7 +246,7 @@ def estimate_text_tokens(text: str) -> int:
 
 
 def read_list(path: Path) -> list[Path]:
-    return [Path(line.strip()) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return [Path(line.strip()) for line in read_user_text(path).splitlines() if line.strip()]
 
 
 def read_shards(
