@@ -56,7 +56,7 @@ def test_atomic_path_syncs_before_replace(tmp_path: Path, monkeypatch: pytest.Mo
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd: int) -> None:
-        calls.append("fsync:" + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        calls.append("fsync:" + os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     def replace(a, b) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +68,8 @@ def test_atomic_path_syncs_before_replace(tmp_path: Path, monkeypatch: pytest.Mo
     atomic_write_text(tmp_path / "out.txt", "data")
     assert "replace" in calls
     before = calls[: calls.index("replace")]
-    assert any(c.startswith("fsync:.out.txt.") for c in before), calls
+    temp = [c for c in before if c.startswith("fsync:") and "/.out.txt." in c]
+    assert temp and temp[0] != f"fsync:{tmp_path / 'out.txt'}", calls
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -83,3 +84,17 @@ def test_outputs_respect_the_umask(tmp_path: Path, umask: int) -> None:
         os.umask(old)
     assert f.stat().st_mode & 0o777 == 0o666 & ~umask
     assert d.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_torch_save_is_byte_reproducible(tmp_path: Path) -> None:
+    # Issue 15 item 15: torch.save names the zip's folder after the file it writes; a random
+    # temp name made every .pt differ although the tensors were the same.
+    torch = pytest.importorskip("torch")
+    from voicelab.features import _save_pt
+
+    obj = {"spk": [0.5] * 192, "utt": torch.arange(10)}
+    a = _save_pt(obj, tmp_path / "a" / "spk2embedding.pt").read_bytes()
+    b = _save_pt(obj, tmp_path / "b" / "spk2embedding.pt").read_bytes()
+    assert a == b
+    assert b"spk2embedding/data.pkl" in a  # named after the final file, as torch.save(path)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["spk2embedding.pt"]

@@ -67,33 +67,27 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; on success it is synced and renamed onto ``dest``.
+    """Yield a temp path for ``dest``; on success it is synced and renamed onto ``dest``.
 
-    The temp name keeps ``dest``'s suffix (``suffix`` overrides it) so writers that look at the
-    extension (soundfile, torch) still work. On error the temp file is removed. The result has
-    the umask's mode, as a plain open() would give.
+    The temp file has ``dest``'s own name (``suffix`` replaces its extension) inside a fresh
+    hidden folder beside it: writers that sniff the extension (soundfile) work, and writers
+    that record the name (torch.save names its zip folder after the file) write the same bytes
+    as they would to ``dest`` itself, so outputs are byte-reproducible. The file is created by a
+    plain open(), so it gets the umask's mode. On error the temp folder is removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=(suffix or dest.suffix) + ".tmp", dir=dest.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # Keep the real extension last for libraries that sniff it (x.wav.tmp confuses soundfile).
-    real = tmp_path.with_name(tmp_path.name[: -len(".tmp")])
-    tmp_path.rename(real)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    real = tmp_dir / (dest.stem + suffix if suffix else dest.name)
     try:
-        apply_umask(real)
+        real.touch()
         yield real
-        if real.is_file():  # a writer may have replaced it with a link (link_or_copy)
+        if real.is_file() and not real.is_symlink():
             _fsync(real)
         os.replace(real, dest)
         _fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            real.unlink()
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
@@ -155,7 +149,7 @@ def link_or_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> s
     src, dest = Path(src), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
             how = "link"
