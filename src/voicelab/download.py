@@ -385,6 +385,9 @@ def expected_files(
             for rel, s in base.items()
         }
         return specs, f"{where} (voice dir; {', '.join(TRAINABLE_FILES)} trained)", "trained"
+    own = _own_manifest(root)
+    if own is not None:
+        return own
     man = read_manifest(root)
     llm = str(man.get("llm", "base"))
     if isinstance(man.get("files"), dict) and man["files"]:
@@ -395,6 +398,21 @@ def expected_files(
         where = f"hub manifest ({man.get('source', '?')} {str(man.get('revision') or '')[:12]})"
         return _apply_llm_state(specs, llm), where.replace(" )", ")"), llm
     return _apply_llm_state(base, llm), "built-in sizes", llm
+
+
+def _own_manifest(root: Path) -> tuple[dict[str, FileSpec], str, str] | None:
+    """A model VoiceLab built itself (the tiny random model) is checked against the file table
+    it was built with, never against Fun-CosyVoice3-0.5B's sizes."""
+    from voicelab.tinymodel import MARKER, REQUIRED_FILES
+
+    mark = read_json(root / MARKER, default=None) if (root / MARKER).is_file() else None
+    if not isinstance(mark, dict):
+        return None
+    files = mark.get("files")
+    if isinstance(files, dict) and files:
+        return _specs_from_json(files), f"tiny model manifest ({MARKER})", "base"
+    # Built before the marker had a file table: the files only have to exist.
+    return {r: FileSpec(r, None) for r in REQUIRED_FILES}, f"tiny model ({MARKER})", "base"
 
 
 def verify_model_dir(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import EnvironmentProblem, ModelError
-from voicelab.fsutil import atomic_write_json, make_temp_dir, read_json
+from voicelab.fsutil import atomic_write_json, make_temp_dir, read_json, sha256_file
 from voicelab.upstream.model_files import model_dir_files
 
 if TYPE_CHECKING:
@@ -78,6 +78,15 @@ QWEN_CONFIG: dict[str, Any] = {
 def is_tiny_model(model_dir: Path) -> bool:
     """Whether ``model_dir`` was built by :func:`build_tiny_model`."""
     return (Path(model_dir) / MARKER).is_file()
+
+
+def _files(d: Path) -> dict[str, dict[str, Any]]:
+    """The tiny model's own manifest (doctor and ``voicelab models`` check it against this, not
+    against the 5 GB model's sizes)."""
+    return {
+        rel: {"size": (d / rel).stat().st_size, "sha256": sha256_file(d / rel), "required": True}
+        for rel in REQUIRED_FILES
+    }
 
 
 def _check_replaceable(dest: Path) -> None:
@@ -132,7 +141,7 @@ def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
                 f"building the tiny model failed (exit {proc.returncode}):\n{tail}",
                 "pip install -e '.[train,test]' and check the vendor: voicelab vendor status",
             )
-        atomic_write_json(tmp / MARKER, {"key": key, "qwen": QWEN_CONFIG})
+        atomic_write_json(tmp / MARKER, {"key": key, "qwen": QWEN_CONFIG, "files": _files(tmp)})
         if dest.exists():
             _check_replaceable(dest)  # again: the build took minutes
             shutil.rmtree(dest)
