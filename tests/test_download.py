@@ -486,6 +486,23 @@ def test_ttsfrd_zip_slip_refused(tmp_path):
     assert not (tmp_path / "evil").exists()
 
 
+def test_ttsfrd_zip_size_capped(tmp_path, monkeypatch):
+    # Issue 15 item 28: an archive that unpacks to far more than it weighs is refused and
+    # nothing half-unpacked is left.
+    d = tmp_path / "t"
+    d.mkdir()
+    with zipfile.ZipFile(d / "resource.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in ("resource/a", "resource/b"):
+            zf.writestr(name, b"\0" * (3 << 20))
+    assert (d / "resource.zip").stat().st_size < 100_000
+    with pytest.raises(ModelError, match="unpacks to more than"):
+        dl._safe_unzip(d / "resource.zip", tmp_path / "out", max_bytes=4 << 20)
+    monkeypatch.setattr(dl._safe_unzip, "__defaults__", (4 << 20,))
+    with pytest.raises(ModelError, match="unpacks to more than"):
+        dl.unpack_ttsfrd_resource(d)
+    assert not (d / "resource").exists() and not (d / ".resource.tmp").exists()
+
+
 # ---- sources and the user config -----------------------------------------------------------------
 def test_source_resolution_and_saved_settings(monkeypatch):
     assert dl.resolve_source() == ("modelscope", None)

@@ -120,3 +120,12 @@ def test_paths_in_report_are_relative(tmp_workspace: Workspace) -> None:
     html = build_report(tmp_workspace).read_text(encoding="utf-8")
     assert 'src="audition-20260101-000000/neutral/s01.wav"' in html
     assert Path(tmp_workspace.reports_dir / "audition-20260101-000000/neutral/s01.wav").exists()
+
+
+def test_report_links_are_url_quoted(tmp_workspace: Workspace) -> None:
+    # Issue 15 item 28: '#' or '%' in a file name must not cut the link.
+    _fixture(tmp_workspace)
+    aud = tmp_workspace.reports_dir / "audition-20260101-000000"
+    (aud / "neutral" / "s01.wav").rename(aud / "neutral" / "take #1 100%.wav")
+    html = build_report(tmp_workspace).read_text(encoding="utf-8")
+    assert 'src="audition-20260101-000000/neutral/take%20%231%20100%25.wav"' in html

@@ -168,6 +168,14 @@ def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
+def _url(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` as a URL: a ``#``, ``%`` or ``?`` in a file name would
+    otherwise cut the link (the players would not find the file)."""
+    from urllib.parse import quote
+
+    return quote(_rel(path, base), safe="/")
+
+
 def _kept(row: dict[str, Any]) -> bool:
     """prepare's segments.jsonl says ``status: kept|excluded``."""
     if "status" in row:
@@ -224,7 +232,7 @@ def dataset_section(ws: Workspace) -> str:
             out.append(f"<p>{split}: {n} utterances</p>")
     qc = ws.prepare_dir / "qc.tsv"
     if qc.is_file():
-        out.append(f'<p>Per-clip QC: <a href="{esc(_rel(qc, ws.reports_dir))}">qc.tsv</a></p>')
+        out.append(f'<p>Per-clip QC: <a href="{esc(_url(qc, ws.reports_dir))}">qc.tsv</a></p>')
     if dropped:
         worst = dropped[:30]
         out.append(
@@ -347,16 +355,16 @@ def audition_section(ws: Workspace) -> str:
     players = [
         [
             _rel(w, latest.parent),
-            Raw(f'<audio controls preload="none" src="{esc(_rel(w, ws.reports_dir))}"></audio>'),
+            Raw(f'<audio controls preload="none" src="{esc(_url(w, ws.reports_dir))}"></audio>'),
         ]
         for w in wavs
     ]
     older = "".join(
-        f'<li><a href="{esc(_rel(p, ws.reports_dir))}">{esc(p.parent.name)}</a></li>'
+        f'<li><a href="{esc(_url(p, ws.reports_dir))}">{esc(p.parent.name)}</a></li>'
         for p in pages[:-1]
     )
     return (
-        f'<p>Latest: <a href="{esc(_rel(latest, ws.reports_dir))}">'
+        f'<p>Latest: <a href="{esc(_url(latest, ws.reports_dir))}">'
         f"{esc(latest.parent.name)}</a></p>"
         + table(["file", "listen"], players)
         + (
