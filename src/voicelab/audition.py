@@ -9,9 +9,9 @@ variant.
 The report is ``reports/audition-<time>/index.html`` plus ``audio/*.wav``: no network, no
 external JS/CSS, playable from disk. ``--blind`` shuffles the takes of each sentence, labels them
 A, B, C ... and keeps the key away from the pages (``.voicelab/audition-keys/<report>.key.json``
-in the workspace, not under ``reports/``), so the reports can be handed to a listener. The page stores the listener's picks in
-``localStorage`` and offers them as a JSON download (and as text to copy);
-``voicelab audition --unblind choices.json`` joins them with the key.
+in the workspace, not under ``reports/``), so the reports can be handed to a listener. The page
+stores the listener's picks in ``localStorage`` and offers them as a JSON download (and as text
+to copy); ``voicelab audition --unblind choices.json`` joins them with the key.
 
 HTML generation (:func:`render_html`) and unblinding are pure and need no torch.
 """
@@ -456,7 +456,8 @@ def render_html(page: Page) -> str:
         for t in s.takes:
             cells = [
                 f"<td>{_e(t.label)}</td>",
-                f'<td><audio controls preload="none" src="{_e(quote(t.wav, safe="/"))}"></audio></td>',
+                f'<td><audio controls preload="none" src="{_e(quote(t.wav, safe="/"))}">'
+                "</audio></td>",
                 f'<td class="num">{t.seconds:.2f} s</td>',
             ]
             if page.blind:
