@@ -342,6 +342,7 @@ def test_unreachable_hf_endpoint_one_line(tmp_path):
 
 
 def test_unreachable_modelscope_endpoint_one_line(tmp_path):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     # One listing attempt instead of the client's four (with back-off) keeps this fast.
     proc = _cli(
         [
@@ -785,6 +786,7 @@ def _loopback_modelscope(root: Path, repo: str):
 
 
 def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, remote, expected):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     srv = _loopback_modelscope(remote, dl.COSYVOICE3_REPO)
     try:
         ep = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -801,6 +803,7 @@ def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, re
 
 
 def test_funasr_download_repair_and_listing_through_loopback_hub(tmp_path):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     remote = tmp_path / "sv"
     remote.mkdir()
     (remote / "model.pt").write_bytes(b"m" * 100)

@@ -529,6 +529,7 @@ def test_launcher_splits_its_options_from_train_args() -> None:
 
 
 def test_launcher_dataloader_fix_allows_zero_workers() -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import types
 
     import torch
@@ -545,6 +546,7 @@ def test_launcher_dataloader_fix_allows_zero_workers() -> None:
 
 
 def test_launcher_restores_process_group_options() -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import datetime
 
     import torch.distributed as dist
@@ -560,6 +562,7 @@ def test_launcher_restores_process_group_options() -> None:
 
 
 def test_soundfile_reader_matches_torchaudio_shape(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import io
 
     import numpy as np
