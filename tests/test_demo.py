@@ -14,8 +14,11 @@ from voicelab.errors import WorkspaceError
 from voicelab.workspace import Workspace
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None): a new empty logs/ is a change too."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")
+    }
 
 
 @pytest.fixture

@@ -61,13 +61,18 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     handler.setLevel(level)
     root.addHandler(handler)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        # delay: the file appears with the first record, so a command refused before any
-        # output (demo pointed at another voice) leaves no empty log behind.
-        fh = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+        # delay: the file (and its folder) appears with the first record, so a command refused
+        # before any output (demo pointed at another voice) leaves nothing behind.
+        fh = _LazyFileHandler(log_file, encoding="utf-8", delay=True)
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
+
+
+class _LazyFileHandler(logging.FileHandler):
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
