@@ -534,3 +534,17 @@ def test_check_without_base_uses_the_models_yaml(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(4, 4)}, vd / "llm.pt")
     with pytest.raises(ModelError, match=r"llm.pt does not fit cosyvoice3.yaml"):
         check_dir(vd)
+
+
+def test_exported_voice_respects_the_umask(ws: Workspace) -> None:
+    # Issue 15 item 24: mkdtemp/mkstemp made the voice dir 0700 and its new files 0600, so a
+    # user's group could not read the voice whatever their umask.
+    old = os.umask(0o002)
+    try:
+        run_export(ws)
+    finally:
+        os.umask(old)
+    vd = ws.voice_dir
+    assert vd.stat().st_mode & 0o777 == 0o775
+    for name in ("llm.pt", "spk2info.pt", "voicelab.json"):
+        assert (vd / name).stat().st_mode & 0o777 == 0o664, name
