@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,52 @@ def test_streaming_intake_clip_profile(tmp_path: Path) -> None:
     with pytest.raises(au.AudioError) as e:
         au.load_for_intake(tmp_path / "missing.wav")
     assert e.value.reason == "missing"
+
+
+# ---- issue 15 items 1-2: damaged files never hang, crash or talk to the terminal ---------------
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from voicelab.testing.corpus import write_damaged
+
+    return write_damaged(tmp_path_factory.mktemp("damaged"))
+
+
+def test_damaged_aac_does_not_hang(damaged: dict[str, Path]) -> None:
+    # ffmpeg writes ~400 KB of errors for this file: a stderr pipe read only at the end fills
+    # and both processes wait forever. A child process, so a regression fails instead of hanging.
+    code = (
+        "import sys\nfrom voicelab import audio as au\n"
+        "try:\n    au.load_for_intake(sys.argv[1])\n"
+        "except au.AudioError as e:\n    print(e.reason)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(damaged["aac"])],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "corrupt"
+    with pytest.raises(au.AudioError) as e:
+        au.decode(damaged["aac"])
+    assert e.value.reason == "corrupt"
+
+
+def test_ffmpeg_decode_has_a_time_limit(damaged: dict[str, Path]) -> None:
+    info = au.probe(damaged["aac"])
+    assert au.decode_timeout(info) < 1000  # a limit exists and scales with the length
+    with pytest.raises(au.AudioError, match="did not finish within"):
+        list(au._ffmpeg_blocks(damaged["aac"], info, 1 << 16, timeout=0.001))
+
+
+@pytest.mark.parametrize("kind", ["text_flac", "mp3"])
+def test_unreadable_files_are_corrupt_without_noise(
+    damaged: dict[str, Path], kind: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    for fn in (au.load_for_intake, au.decode, au.probe):
+        with pytest.raises(au.AudioError) as e:
+            fn(damaged[kind])
+        assert e.value.reason == "corrupt", e.value.detail
+    # Nothing the native decoders print may reach the terminal (fd 2, not just sys.stderr).
+    err = capfd.readouterr().err
+    assert "mpg123" not in err and "MPEG" not in err, err

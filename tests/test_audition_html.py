@@ -180,7 +180,7 @@ def test_unblind_round_trip(tmp_path: Path) -> None:
     partial = unblind({"report": rid, "choices": {"s1": letters["s1"]}}, {"sentences": key})
     assert partial.unanswered == ["s2", "s3"]
     with pytest.raises(InputError, match="no key file"):
-        run_unblind(choices, None, [tmp_path / "elsewhere"])
+        run_unblind(choices, None, [tmp_path / "other" / "reports"])
     with pytest.raises(InputError, match="is for"):
         unblind({"report": "other", "choices": {}}, {"report": rid, "sentences": key})
 
@@ -350,3 +350,27 @@ def test_outputs_and_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="out of range"):
         check_options(SayOptions(speed=5))
     check_options(SayOptions(stream=True))
+
+
+# ---- issue 15 item 28 -----------------------------------------------------------------------
+
+
+def test_take_links_are_url_quoted(tmp_path: Path) -> None:
+    page = _page(tmp_path, ["neutral-1.0"])
+    t = page.sentences[0].takes[0]
+    odd = "audio/line #1 50%?.wav"
+    (tmp_path / t.wav).rename(tmp_path / odd)
+    t.wav = odd
+    index = write_page(tmp_path, page)
+    src = _parse(index.read_text(encoding="utf-8")).audio[0]
+    assert src == "audio/line%20%231%2050%25%3F.wav"
+    from urllib.parse import unquote
+
+    assert (index.parent / unquote(src)).is_file()
+
+
+def test_blind_key_is_not_beside_the_pages(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    key = key_path(ws.reports_dir, "audition-20261125-101500")
+    assert ws.reports_dir not in key.parents  # not in reports/ nor in a report folder
+    assert ws.root in key.parents

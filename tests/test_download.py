@@ -342,6 +342,7 @@ def test_unreachable_hf_endpoint_one_line(tmp_path):
 
 
 def test_unreachable_modelscope_endpoint_one_line(tmp_path):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     # One listing attempt instead of the client's four (with back-off) keeps this fast.
     proc = _cli(
         [
@@ -484,6 +485,23 @@ def test_ttsfrd_zip_slip_refused(tmp_path):
     with pytest.raises(ModelError, match="unsafe path"):
         dl.unpack_ttsfrd_resource(d)
     assert not (tmp_path / "evil").exists()
+
+
+def test_ttsfrd_zip_size_capped(tmp_path, monkeypatch):
+    # Issue 15 item 28: an archive that unpacks to far more than it weighs is refused and
+    # nothing half-unpacked is left.
+    d = tmp_path / "t"
+    d.mkdir()
+    with zipfile.ZipFile(d / "resource.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in ("resource/a", "resource/b"):
+            zf.writestr(name, b"\0" * (3 << 20))
+    assert (d / "resource.zip").stat().st_size < 100_000
+    with pytest.raises(ModelError, match="unpacks to more than"):
+        dl._safe_unzip(d / "resource.zip", tmp_path / "out", max_bytes=4 << 20)
+    monkeypatch.setattr(dl._safe_unzip, "__defaults__", (4 << 20,))
+    with pytest.raises(ModelError, match="unpacks to more than"):
+        dl.unpack_ttsfrd_resource(d)
+    assert not (d / "resource").exists() and not (d / ".resource.tmp").exists()
 
 
 # ---- sources and the user config -----------------------------------------------------------------
@@ -768,6 +786,7 @@ def _loopback_modelscope(root: Path, repo: str):
 
 
 def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, remote, expected):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     srv = _loopback_modelscope(remote, dl.COSYVOICE3_REPO)
     try:
         ep = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -784,6 +803,7 @@ def test_modelscope_client_download_and_repair_through_loopback_hub(tmp_path, re
 
 
 def test_funasr_download_repair_and_listing_through_loopback_hub(tmp_path):
+    pytest.importorskip("modelscope", reason="needs the download extra (modelscope)")
     remote = tmp_path / "sv"
     remote.mkdir()
     (remote / "model.pt").write_bytes(b"m" * 100)

@@ -492,3 +492,59 @@ def test_base_identity_uses_download_verified_digests(
     assert prov["files"]["cosyvoice3.yaml"]["sha256"]
     assert ".voicelab-manifest.json" not in prov["files"]
     assert not (ws.voice_dir / ".voicelab-manifest.json").exists()
+
+
+# ---- issue 15 item 14: without a base, the dir's own YAML says which keys and shapes fit -------
+
+
+def _nonsense_voice(d: Path) -> Path:
+    for rel, data in SMALL_FILES.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    for f in ("llm.pt", "flow.pt", "hift.pt"):
+        torch.save({"w": torch.zeros(4, 4)}, d / f)
+    torch.save({"spk1": {"embedding": torch.zeros(1, 192)}}, d / "spk2info.pt")
+    return d
+
+
+def test_check_without_base_or_vendor_is_not_ok(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOICELAB_COSYVOICE_DIR", str(tmp_path / "no-vendor"))
+    vd = _nonsense_voice(tmp_path / "voice")
+    rep = verify_voice_dir(vd)
+    assert not rep.ok
+    assert any("keys and shapes" in p and "not checked" in p for p in rep.problems), rep.problems
+
+
+@pytest.mark.vendor
+def test_check_without_base_uses_the_models_yaml(tmp_path: Path) -> None:
+    from voicelab.fsutil import link_or_copy
+    from voicelab.tinymodel import build_tiny_model
+
+    cache = Path(os.environ.get("VOICELAB_TEST_CACHE", Path(__file__).parents[1] / ".cache"))
+    tiny = build_tiny_model(cache / "tiny-cosyvoice3-check")
+    vd = tmp_path / "voice"
+    for src in tiny.rglob("*"):
+        if src.is_file():
+            link_or_copy(src, vd / src.relative_to(tiny))
+    torch.save({"spk1": {"embedding": torch.zeros(1, 192)}}, vd / "spk2info.pt")
+    assert check_dir(vd).ok  # the tiny model's own weights fit its yaml
+    (vd / "llm.pt").unlink()
+    torch.save({"w": torch.zeros(4, 4)}, vd / "llm.pt")
+    with pytest.raises(ModelError, match=r"llm.pt does not fit cosyvoice3.yaml"):
+        check_dir(vd)
+
+
+def test_exported_voice_respects_the_umask(ws: Workspace) -> None:
+    # Issue 15 item 24: mkdtemp/mkstemp made the voice dir 0700 and its new files 0600, so a
+    # user's group could not read the voice whatever their umask.
+    old = os.umask(0o002)
+    try:
+        run_export(ws)
+    finally:
+        os.umask(old)
+    vd = ws.voice_dir
+    assert vd.stat().st_mode & 0o777 == 0o775
+    for name in ("llm.pt", "spk2info.pt", "voicelab.json"):
+        assert (vd / name).stat().st_mode & 0o777 == 0o664, name

@@ -179,7 +179,14 @@ def test_hann_and_povey_windows() -> None:
 
 
 def test_path_independence(tmp_path: Path) -> None:
-    """Stereo input is averaged (upstream downmixes by channel mean)."""
-    x = np.random.RandomState(2).randn(8000).astype(np.float32) * 0.1
-    stereo = np.stack([x, x])
-    np.testing.assert_allclose(F.kaldi_fbank(stereo), F.kaldi_fbank(x), atol=1e-6)
+    """Stereo input is averaged (upstream downmixes by channel mean), in either layout. The two
+    channels differ, so a first-channel-only (or last-channel-only) downmix fails."""
+    rng = np.random.RandomState(2)
+    a = rng.randn(8000).astype(np.float32) * 0.1
+    b = rng.randn(8000).astype(np.float32) * 0.05
+    mean = (a + b) / 2
+    for fn in (F.kaldi_fbank, F.whisper_log_mel):
+        want = fn(mean)
+        for stereo in (np.stack([a, b]), np.stack([a, b], axis=1)):  # torchaudio / soundfile
+            np.testing.assert_allclose(fn(stereo), want, atol=1e-5)
+        assert not np.allclose(fn(a), want, atol=1e-3)  # the channels really differ

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -217,3 +218,47 @@ def test_resume_after_kill(ws: Workspace, onnx_dir: Path, speech_set: dict, tmp_
     for split in ("train", "dev"):
         for name in (feat.EMBEDDING_FILE, feat.SPK_EMBEDDING_FILE, feat.TOKEN_FILE):
             assert _load(ws.split_dir(split) / name) == _load(ws2.split_dir(split) / name)
+
+
+def test_m4a_in_a_users_wav_scp(ws: Workspace, onnx_dir: Path, tmp_path: Path) -> None:
+    # Issue 15 item 12: one audio reader for every stage. prepare decodes m4a, so features (and
+    # the bytes pack hands upstream's soundfile reader) must too.
+    import shutil
+
+    import soundfile as sf
+
+    from voicelab import audio as au
+
+    d = ws.split_dir("train")
+    lines = (d / "wav.scp").read_text().splitlines()
+    utt, wav = lines[0].split(" ", 1)
+    m4a = tmp_path / "first.m4a"
+    subprocess.run(
+        [shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-i", wav, str(m4a)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    (d / "wav.scp").write_text("\n".join([f"{utt} {m4a}", *lines[1:]]) + "\n")
+    res = feat.run_features(ws, feat.FeaturesOptions(onnx_dir=onnx_dir, device="cpu"))
+    assert utt not in {e.utt for e in res.excluded}, res.excluded
+    assert utt in _load(d / feat.TOKEN_FILE)
+    x, sr = sf.read(io.BytesIO(au.upstream_bytes(m4a)), dtype="float32")
+    ref, ref_sr = feat.load_audio(m4a)
+    assert sr == ref_sr and np.array_equal(x, ref)  # the same samples features saw
+
+
+def test_utf8_bom_in_users_lists(ws: Workspace, onnx_dir: Path, tmp_path: Path) -> None:
+    # Issue 15 item 11: Notepad's BOM must not become part of the first id (a phantom speaker
+    # '\ufeffspkA' in spk2embedding.pt and the parquet).
+    from voicelab.train import read_list
+
+    d = ws.split_dir("train")
+    for name in ("wav.scp", "text", "utt2spk", "instruct"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes())
+    feat.run_features(ws, feat.FeaturesOptions(onnx_dir=onnx_dir, device="cpu"))
+    spk = _load(d / feat.SPK_EMBEDDING_FILE)
+    tok = _load(d / feat.TOKEN_FILE)
+    assert not [k for k in (*spk, *tok) if "\ufeff" in k], (list(spk), list(tok)[:3])
+    assert set(spk) == {"spkA", "spkB"}
+    lst = tmp_path / "data.list"
+    lst.write_bytes(b"\xef\xbb\xbf/x/a.tar\n/x/b.tar\n")
+    assert read_list(lst) == [Path("/x/a.tar"), Path("/x/b.tar")]

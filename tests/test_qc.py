@@ -16,6 +16,8 @@ def corpus() -> Corpus:
 
 
 def _measure(x24: np.ndarray, source_sr: int = 24000, clip_ratio: float = 0.0) -> dict:
+    # Silero VAD comes with faster-whisper (the asr extra): skip, not fail, in a core-only env.
+    pytest.importorskip("faster_whisper", reason="needs the asr extra (Silero VAD)")
     x16 = au.resample(x24, 24000, 16000)
     probs = vad.speech_probs(x16)
     iv = vad.speech_intervals(probs)
@@ -52,10 +54,10 @@ def test_clean_speech_metrics(corpus: Corpus) -> None:
 def test_noise_lowers_snr(corpus: Corpus) -> None:
     x, _ = au.read_wav_mono(corpus.clip("good").path, 24000)
     rng = np.random.default_rng(0)
-    noisy = x + rng.normal(0, 0.03, x.size).astype(np.float32)
+    noisy = x + rng.normal(0, 0.06, x.size).astype(np.float32)
     m_clean, m_noisy = _measure(x), _measure(noisy)
     assert m_noisy["snr_db"] < m_clean["snr_db"] - 20
-    assert m_noisy["snr_db"] < 15
+    assert m_noisy["snr_db"] < qc.QcOptions().min_snr_db
     assert "low_snr" in _codes(m_noisy, stage="audio")
 
 
@@ -151,3 +153,64 @@ def test_risk_orders_doubtful_first() -> None:
     assert 0 <= r_sure < r_unsure < 1
     bad = {**sure, "duration": 0.5}
     assert qc.risk(bad, qc.evaluate(bad, opts), opts) >= 1
+
+
+# ---- issue 15 item 9: SNR calibrated on real clean speech and mixes at known SNR ---------------
+
+
+def _aishell() -> list[tuple]:
+    from voicelab.errors import EnvironmentProblem
+    from voicelab.testing.mandarin import aishell_clips
+
+    try:
+        return aishell_clips()
+    except EnvironmentProblem as e:
+        pytest.skip(f"AISHELL clips unavailable: {e.one_line()}")
+
+
+def _speech_power(x: np.ndarray) -> float:
+    """Mean power of the 10 ms frames within 40 dB of the loudest (the speech), 24 kHz."""
+    n = x.size // 240
+    e = (x[: n * 240].reshape(n, 240).astype(np.float64) ** 2).mean(axis=1)
+    return float(e[e > e.max() * 1e-4].mean())
+
+
+def _mix(x: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    """``x`` (24 kHz) plus noise ``snr_db`` below its speech power. The noise is white up to
+    8 kHz: QC measures at 16 kHz, so noise above that band is not what the metric means."""
+    white16 = np.random.default_rng(seed).standard_normal(x.size * 2 // 3).astype(np.float32)
+    noise = au.resample(white16, 16000, 24000)[: x.size].astype(np.float64)
+    noise = np.pad(noise, (0, x.size - noise.size))
+    noise *= np.sqrt(_speech_power(x) / 10 ** (snr_db / 10) / np.mean(noise**2))
+    return (x + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("true_snr", [10.0, 15.0, 20.0, 30.0])
+def test_snr_estimate_matches_known_mixes(corpus: Corpus, true_snr: float) -> None:
+    for clip in corpus.clips[2:5]:
+        x, _ = au.read_wav_mono(clip.path, 24000)
+        got = _measure(_mix(x, true_snr))["snr_db"]
+        assert abs(got - true_snr) < 1.0, (clip.path.name, true_snr, got)
+
+
+def test_clean_aishell_speech_is_kept_and_not_flagged() -> None:
+    # Real clean read speech (16 kHz, a quiet room): the old median noise floor measured
+    # 12.6 and 15.1 dB and excluded one of them as low_snr(12.58<15).
+    for path, _ in _aishell():
+        x, _ = au.read_wav_mono(path, 24000)
+        m = _measure(x, 16000)
+        assert m["snr_db"] >= qc.QcOptions().review_snr_db, (path.name, m["snr_db"])
+        assert _codes(m, stage="audio") == set()
+        assert qc.flags(m, qc.QcOptions()) == []
+
+
+def test_borderline_noise_is_kept_with_a_flag(corpus: Corpus) -> None:
+    x, _ = au.read_wav_mono(corpus.clips[3].path, 24000)
+    opts = qc.QcOptions()
+    border = _measure(_mix(x, 12.0))
+    assert _codes(border, stage="audio") == set()  # kept ...
+    assert [f["code"] for f in qc.flags(border, opts)] == ["noisy"]  # ... with a flag
+    assert qc.describe(qc.flags(border, opts)).startswith("noisy(")
+    assert qc.risk(border, [], opts) > qc.risk(_measure(_mix(x, 30.0)), [], opts)
+    bad = _measure(_mix(x, 5.0))
+    assert "low_snr" in _codes(bad, stage="audio")

@@ -120,3 +120,107 @@ def test_paths_in_report_are_relative(tmp_workspace: Workspace) -> None:
     html = build_report(tmp_workspace).read_text(encoding="utf-8")
     assert 'src="audition-20260101-000000/neutral/s01.wav"' in html
     assert Path(tmp_workspace.reports_dir / "audition-20260101-000000/neutral/s01.wav").exists()
+
+
+def test_report_links_are_url_quoted(tmp_workspace: Workspace) -> None:
+    # Issue 15 item 28: '#' or '%' in a file name must not cut the link.
+    _fixture(tmp_workspace)
+    aud = tmp_workspace.reports_dir / "audition-20260101-000000"
+    (aud / "neutral" / "s01.wav").rename(aud / "neutral" / "take #1 100%.wav")
+    html = build_report(tmp_workspace).read_text(encoding="utf-8")
+    assert 'src="audition-20260101-000000/neutral/take%20%231%20100%25.wav"' in html
+
+
+# ---- issue 15 item 25 ---------------------------------------------------------------------------
+
+
+def _prepare_outputs(ws: Workspace) -> None:
+    """segments.jsonl and qc.tsv as prepare writes them (reason dicts, unusable file rows)."""
+    ws.prepare_dir.mkdir(parents=True, exist_ok=True)
+    low = {"code": "low_snr", "metric": "snr_db", "value": 12.58, "threshold": 15.0, "hard": False}
+    rows = [
+        {**_seg("u0", "kept", 3.0, []), "reasons_text": ""},
+        {**_seg("x1", "excluded", 2.0, [low]), "reasons_text": "low_snr(12.58<15)"},
+    ]
+    (ws.prepare_dir / "segments.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    head = "id\tstatus\tsplit\treasons\trisk\tduration\tsource\ttext\n"
+    (ws.prepare_dir / "qc.tsv").write_text(
+        head
+        + "u0\tkept\ttrain\t\t0.1\t3\ta.wav\thello\n"
+        + "x1\texcluded\t\tlow_snr(12.58<15)\t0.5\t2\tb.wav\thello\n"
+        + "-\tunusable\t\tcorrupt\t\t\t/src/broken.flac\t\n"
+        + "-\tunusable\t\tzero_length\t\t\t/src/empty.wav\t\n"
+    )
+
+
+def test_report_reasons_are_readable_and_unusable_files_counted(
+    tmp_workspace: Workspace,
+) -> None:
+    _prepare_outputs(tmp_workspace)
+    html = build_report(tmp_workspace).read_text(encoding="utf-8")
+    body = html.split("</style>", 1)[1]
+    page = Links()
+    page.feed(body)
+    text = " ".join(page.text)
+    assert "{" not in text and "code" not in text  # no raw Python dicts
+    assert "low_snr(12.58<15)" in text
+    assert "unusable source files" in text and "corrupt (whole file)" in text
+    assert "/src/broken.flac" in text and "zero_length" in text
+
+
+def test_pipeline_table_in_run_order(tmp_workspace: Workspace) -> None:
+    stages = [
+        Stage(name, (), lambda w, o: {}, lambda w, o: {"n": 1})
+        for name in ("prepare", "features", "pack", "train_llm", "export", "audition")
+    ]
+    run_pipeline(tmp_workspace, stages, RunOptions())
+    html = build_report(tmp_workspace).read_text(encoding="utf-8")
+    pipeline = html.split("<h2>Pipeline</h2>")[1].split("<h2>")[0]
+    cells = [c.split("</td>")[0] for c in pipeline.split("<tr><td>")[1:]]
+    assert cells == ["prepare", "features", "pack", "train_llm", "export", "audition"]
+
+
+def test_plots_have_ticks_and_units() -> None:
+    from voicelab.report import nice_ticks, svg_histogram, svg_lines
+
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(3.1, 97) == [20, 40, 60, 80]
+    chart = svg_lines("llm loss", {"train": [(0, 9.0), (500, 4.0)]}, ylabel="loss (nats)")
+    for t in ("100", "200", "300", "400", "500", "5", "6", "7", "8", "9"):
+        assert f">{t}</text>" in chart, t
+    assert "step (optimizer updates)" in chart and "loss (nats)" in chart
+    hist = svg_histogram("durations", [1.0, 2.5, 4.0, 12.0])
+    assert "duration (s)" in hist and "utterances" in hist and ">10</text>" in hist
+
+
+def test_audition_refreshes_the_report(tmp_workspace: Workspace) -> None:
+    from voicelab.audition import _refresh_report
+
+    build_report(tmp_workspace)
+    aud = tmp_workspace.reports_dir / "audition-20270101-000000"
+    aud.mkdir()
+    (aud / "index.html").write_text("<html></html>")
+    _refresh_report(tmp_workspace, aud)
+    html = (tmp_workspace.reports_dir / "index.html").read_text(encoding="utf-8")
+    assert 'href="audition-20270101-000000/index.html"' in html
+
+
+def test_tensorboard_command(tmp_workspace: Workspace) -> None:
+    import os
+    import subprocess
+    import sys
+
+    tmp_workspace.exp_dir("llm").mkdir(parents=True)
+    (tmp_workspace.exp_dir("llm") / "train_log.jsonl").write_text(
+        json.dumps({"tag": "TRAIN", "step": 1, "loss": 2.0, "acc": 0.1}) + "\n"
+    )
+    html = build_report(tmp_workspace).read_text(encoding="utf-8")
+    assert f"tensorboard --logdir &quot;{tmp_workspace.tensorboard_root}&quot;" in html
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "voicelab", "-w", str(tmp_workspace.root), "tensorboard"]
+    out = subprocess.run([*cmd, "--print"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    want = f'tensorboard --logdir "{tmp_workspace.tensorboard_root}" --port 6006'
+    assert out.stdout.strip() == want
+    none = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert none.returncode == 1 and "no training event files" in none.stderr

@@ -560,6 +560,7 @@ def test_launcher_records_the_utterances_of_each_batch(tmp_path: Path, monkeypat
 
 
 def test_launcher_dataloader_fix_allows_zero_workers() -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import types
 
     import torch
@@ -576,6 +577,7 @@ def test_launcher_dataloader_fix_allows_zero_workers() -> None:
 
 
 def test_launcher_restores_process_group_options() -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import datetime
 
     import torch.distributed as dist
@@ -591,6 +593,7 @@ def test_launcher_restores_process_group_options() -> None:
 
 
 def test_soundfile_reader_matches_torchaudio_shape(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the features/train extra (torch)")
     import io
 
     import numpy as np

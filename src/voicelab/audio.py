@@ -1,10 +1,13 @@
 """Audio intake: probe, decode any common format, downmix, resample, trim, write 16-bit wav.
 
-Decoding goes through libsndfile (``soundfile``) first: it reads wav/flac/ogg and, from 1.1 on,
-mp3, in-process and fast. Formats libsndfile cannot read (m4a/AAC always, mp3 with old
-libsndfile builds, odd wav codecs) fall back to the ``ffmpeg`` program, decoding to raw float32
-through a pipe: no temp files, nothing written beside the source, and no FFmpeg Python binding to
-install (torchaudio >= 2.9 would need torchcodec plus FFmpeg shared libraries for the same job).
+Decoding goes through libsndfile (``soundfile``) first: it reads wav/flac/ogg in-process and
+fast. Formats libsndfile cannot read (m4a/AAC always, odd wav codecs) fall back to the ``ffmpeg``
+program, decoding to raw float32 through a pipe: nothing written beside the source, and no FFmpeg
+Python binding to install (torchaudio >= 2.9 would need torchcodec plus FFmpeg shared libraries
+for the same job). mp3 goes to ffmpeg too when it is installed: libsndfile's mpg123 prints its
+resync notes straight to the terminal's stderr and quietly stops at the first damaged frame.
+Every ffprobe/ffmpeg call has a time limit, and ffmpeg's stderr goes to a file, not a pipe (a
+damaged AAC writes megabytes of errors, which would fill a pipe nobody reads and hang us).
 
 Every per-file problem raises :class:`AudioError` with a ``reason`` code (``zero_length``,
 ``corrupt``, ``unsupported``, ``no_audio``) that ``prepare`` lists per file while the run goes on.
@@ -17,6 +20,8 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,13 @@ TARGET_SR = 24000  # CosyVoice 3's rate: workspace clips are stored at it.
 ASR_SR = 16000  # Whisper, FunASR and Silero VAD take 16 kHz.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".aiff")
 _FFMPEG_HINT = "install ffmpeg (sudo apt-get install ffmpeg) to read m4a/aac files"
+PROBE_TIMEOUT_S = 60.0  # ffprobe reads headers only: seconds even on a slow network drive
+# ffmpeg decodes hundreds of times faster than real time; one second per audio second plus a
+# start-up allowance only catches a decoder that is stuck.
+DECODE_TIMEOUT_BASE_S = 120.0
+_STDERR_TAIL = 4096
+# libsndfile reads these itself; anything else (mp3 included, see above) prefers ffmpeg.
+_SNDFILE_FIRST = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
 
 class AudioError(InputError):
@@ -88,26 +100,44 @@ def _check_nonempty(path: Path) -> None:
         raise AudioError(path, "zero_length", "the file is empty (0 bytes)")
 
 
+def _last_error(path: Path, stderr: str, default: str) -> str:
+    """ffmpeg's last error line, without the path (the row already names the file)."""
+    err = stderr.strip().splitlines() or [default]
+    return err[-1].replace(os.fspath(path) + ": ", "")[:120]
+
+
 def _ffprobe(path: Path) -> AudioInfo:
     exe = shutil.which("ffprobe")
     if not exe:
         raise AudioError(path, "unsupported", "libsndfile cannot read this format", _FFMPEG_HINT)
-    proc = subprocess.run(
-        [exe, "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=sample_rate,channels,duration_ts,time_base,codec_name:format=duration",
-         "-of", "json", os.fspath(path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [exe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+             "stream=sample_rate,channels,duration_ts,time_base,codec_name:format=duration",
+             "-of", "json", os.fspath(path)],
+            capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        raise AudioError(
+            path, "corrupt", f"ffprobe gave no answer within {PROBE_TIMEOUT_S:.0f} s"
+        ) from e
     try:
         data = json.loads(proc.stdout or "{}")
         st = data["streams"][0]
         sr, ch = int(st["sample_rate"]), int(st["channels"])
         dur = float(data.get("format", {}).get("duration") or 0.0)
     except (KeyError, IndexError, ValueError, TypeError) as e:
-        err = (proc.stderr or "no audio stream").strip().splitlines() or ["no audio stream"]
-        msg = err[-1].replace(os.fspath(path) + ": ", "")[:120]
+        msg = _last_error(path, proc.stderr or "", "no audio stream")
         raise AudioError(path, "corrupt", f"not a readable audio file ({msg})") from e
+    if sr <= 0 or ch <= 0:
+        # e.g. text bytes named .flac: ffprobe guesses the format from the name, rate 0.
+        raise AudioError(path, "corrupt", "not a readable audio file (no valid sample rate)")
     return AudioInfo(path, sr, ch, round(dur * sr), f"ffmpeg:{st.get('codec_name', '?')}")
+
+
+def _prefer_ffmpeg(path: Path) -> bool:
+    return path.suffix.lower() not in _SNDFILE_FIRST and shutil.which("ffmpeg") is not None
 
 
 def probe(path: str | os.PathLike[str]) -> AudioInfo:
@@ -116,13 +146,15 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
 
     p = Path(path)
     _check_nonempty(p)
+    if _prefer_ffmpeg(p):
+        return _ffprobe(p)
     try:
         i = sf.info(os.fspath(p))
-        return AudioInfo(p, int(i.samplerate), int(i.channels), int(i.frames), i.format)
-    except sf.LibsndfileError:
+    except (sf.LibsndfileError, RuntimeError):  # older soundfile raises RuntimeError
         return _ffprobe(p)
-    except RuntimeError:  # older soundfile raises RuntimeError
-        return _ffprobe(p)
+    if i.samplerate <= 0 or i.channels <= 0:
+        raise AudioError(p, "corrupt", "not a readable audio file (no valid sample rate)")
+    return AudioInfo(p, int(i.samplerate), int(i.channels), int(i.frames), i.format)
 
 
 def _ffmpeg_f32_cmd(path: Path, info: AudioInfo) -> list[str]:
@@ -138,14 +170,11 @@ def _ffmpeg_f32_cmd(path: Path, info: AudioInfo) -> list[str]:
 
 def _ffmpeg_decode(path: Path) -> Decoded:
     info = _ffprobe(path)
-    proc = subprocess.run(_ffmpeg_f32_cmd(path, info), capture_output=True)
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["ffmpeg failed"]
-        msg = err[-1].replace(os.fspath(path) + ": ", "")[:120]
-        raise AudioError(path, "corrupt", f"cannot decode ({msg})")
-    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32, copy=False)
-    n = samples.size // info.channels
-    return Decoded(samples[: n * info.channels].reshape(n, info.channels), info.sample_rate)
+    blocks = list(_ffmpeg_blocks(path, info, 1 << 20))
+    samples = (
+        np.concatenate(blocks) if blocks else np.zeros((0, info.channels), np.float32)
+    ).astype(np.float32, copy=False)
+    return Decoded(samples, info.sample_rate)
 
 
 def decode(path: str | os.PathLike[str]) -> Decoded:
@@ -155,11 +184,17 @@ def decode(path: str | os.PathLike[str]) -> Decoded:
     p = Path(path)
     _check_nonempty(p)
     try:
-        data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
-        dec = Decoded(data, int(sr))
-    except (sf.LibsndfileError, RuntimeError) as e:
-        log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
-        dec = _ffmpeg_decode(p)
+        if _prefer_ffmpeg(p):
+            dec = _ffmpeg_decode(p)
+        else:
+            try:
+                data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
+                dec = Decoded(data, int(sr))
+            except (sf.LibsndfileError, RuntimeError) as e:
+                log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
+                dec = _ffmpeg_decode(p)
+    except (ValueError, OSError) as e:
+        raise AudioError(p, "corrupt", f"not a readable audio file ({str(e)[:120]})") from e
     if dec.samples.shape[0] == 0 or dec.sample_rate <= 0:
         raise AudioError(p, "zero_length", "the file holds no audio samples")
     if not np.isfinite(dec.samples).all():
@@ -239,6 +274,27 @@ def write_wav(path: str | os.PathLike[str], x: np.ndarray, sr: int) -> Path:
     with atomic_path(path) as tmp:
         sf.write(os.fspath(tmp), data, sr, subtype="PCM_16", format="WAV")
     return Path(path)
+
+
+def upstream_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes to hand upstream's training reader (soundfile): the file itself when
+    libsndfile reads it, else its decoded audio as a 32-bit float WAV (exact samples, so the
+    features computed from the same decode still match). Raises :class:`AudioError`."""
+    import io
+
+    import soundfile as sf
+
+    p = Path(path)
+    if not _prefer_ffmpeg(p):
+        try:
+            sf.info(os.fspath(p))
+            return p.read_bytes()
+        except (sf.LibsndfileError, RuntimeError):
+            pass
+    dec = decode(p)
+    buf = io.BytesIO()
+    sf.write(buf, dec.samples, dec.sample_rate, subtype="FLOAT", format="WAV")
+    return buf.getvalue()
 
 
 def read_wav_mono(path: str | os.PathLike[str], sr: int | None = None) -> tuple[np.ndarray, int]:
@@ -341,27 +397,86 @@ class _Accumulator:
         )
 
 
-def _ffmpeg_blocks(path: Path, info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
-    proc = subprocess.Popen(
-        _ffmpeg_f32_cmd(path, info), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    frame_bytes = 4 * info.channels
-    try:
-        while True:
-            data = proc.stdout.read(block_frames * frame_bytes)
-            if not data:
-                break
-            usable = len(data) - len(data) % frame_bytes
-            yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, info.channels)
-        err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
-        if proc.wait() != 0:
-            msg = (err or ["ffmpeg failed"])[-1].replace(os.fspath(path) + ": ", "")[:120]
-            raise AudioError(path, "corrupt", f"cannot decode ({msg})")
-    finally:
-        if proc.poll() is None:
+def decode_timeout(info: AudioInfo) -> float:
+    """Seconds ffmpeg may take for the whole file before it is taken for stuck."""
+    return DECODE_TIMEOUT_BASE_S + info.duration
+
+
+def _ffmpeg_blocks(
+    path: Path, info: AudioInfo, block_frames: int, timeout: float | None = None
+) -> Iterator[np.ndarray]:
+    """Stream ffmpeg's float32 output in blocks. stderr goes to an unlinked temp file, so no
+    amount of decoder complaints can block ffmpeg; a watchdog kills it after ``timeout``."""
+    limit = decode_timeout(info) if timeout is None else timeout
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            _ffmpeg_f32_cmd(path, info),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdout is not None
+        expired = threading.Event()
+
+        def stop() -> None:
+            expired.set()
             proc.kill()
-            proc.wait()
+
+        watchdog = threading.Timer(limit, stop)
+        watchdog.daemon = True
+        watchdog.start()
+        frame_bytes = 4 * info.channels
+        try:
+            while True:
+                data = proc.stdout.read(block_frames * frame_bytes)
+                if not data:
+                    break
+                usable = len(data) - len(data) % frame_bytes
+                yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, info.channels)
+            code = proc.wait()
+            watchdog.cancel()
+            if expired.is_set():
+                raise AudioError(path, "corrupt", f"ffmpeg did not finish within {limit:.0f} s")
+            if code != 0:
+                err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
+                tail = err.read().decode("utf-8", "replace")
+                raise AudioError(
+                    path, "corrupt", f"cannot decode ({_last_error(path, tail, 'ffmpeg failed')})"
+                )
+        finally:
+            watchdog.cancel()
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _intake_sndfile(p: Path, block_seconds: float) -> _Accumulator:
+    import soundfile as sf
+
+    with sf.SoundFile(os.fspath(p)) as f:
+        sr, ch = int(f.samplerate), int(f.channels)
+        if sr <= 0 or ch <= 0:
+            raise AudioError(p, "corrupt", "not a readable audio file (no valid sample rate)")
+        acc = _Accumulator(sr, ch)
+        block = max(1, int(block_seconds * sr) // acc.frame_len * acc.frame_len)
+        # A read loop, not f.blocks(): blocks() trusts the header's frame count, which
+        # libsndfile only estimates for some formats (it pads the tail with zeros).
+        while True:
+            data = f.read(block, dtype="float32", always_2d=True)
+            if data.shape[0] == 0:
+                break
+            acc.add(data)
+    return acc
+
+
+def _intake_ffmpeg(p: Path, block_seconds: float) -> _Accumulator:
+    info = _ffprobe(p)
+    acc = _Accumulator(info.sample_rate, info.channels)
+    block = max(1, int(block_seconds * info.sample_rate) // acc.frame_len * acc.frame_len)
+    for data in _ffmpeg_blocks(p, info, block):
+        acc.add(data)
+    return acc
 
 
 def load_for_intake(path: str | os.PathLike[str], block_seconds: float = 60.0) -> IntakeAudio:
@@ -373,24 +488,18 @@ def load_for_intake(path: str | os.PathLike[str], block_seconds: float = 60.0) -
     _check_nonempty(p)
     acc: _Accumulator | None = None
     try:
-        with sf.SoundFile(os.fspath(p)) as f:
-            sr, ch = int(f.samplerate), int(f.channels)
-            acc = _Accumulator(sr, ch)
-            block = max(1, int(block_seconds * sr) // acc.frame_len * acc.frame_len)
-            # A read loop, not f.blocks(): blocks() trusts the header's frame count, which
-            # libsndfile only estimates for mp3 (it pads the tail with zeros).
-            while True:
-                data = f.read(block, dtype="float32", always_2d=True)
-                if data.shape[0] == 0:
-                    break
-                acc.add(data)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
-        info = _ffprobe(p)
-        acc = _Accumulator(info.sample_rate, info.channels)
-        block = max(1, int(block_seconds * info.sample_rate) // acc.frame_len * acc.frame_len)
-        for data in _ffmpeg_blocks(p, info, block):
-            acc.add(data)
+        if _prefer_ffmpeg(p):
+            acc = _intake_ffmpeg(p, block_seconds)
+        else:
+            try:
+                acc = _intake_sndfile(p, block_seconds)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                log.debug("soundfile cannot read %s (%s): trying ffmpeg", p, e)
+                acc = _intake_ffmpeg(p, block_seconds)
+    except (ValueError, OSError, RuntimeError) as e:
+        # Whatever a damaged header makes the decoders or resamplers raise, it stays one
+        # unusable file (a row in qc.tsv), not the end of the run.
+        raise AudioError(p, "corrupt", f"not a readable audio file ({str(e)[:120]})") from e
     acc.add(np.zeros((0, acc.channels), np.float32), last=True)
     if acc.frames == 0 or acc.sr <= 0:
         raise AudioError(p, "zero_length", "the file holds no audio samples")

@@ -8,10 +8,10 @@ variant.
 
 The report is ``reports/audition-<time>/index.html`` plus ``audio/*.wav``: no network, no
 external JS/CSS, playable from disk. ``--blind`` shuffles the takes of each sentence, labels them
-A, B, C ... and keeps the key *outside* the report folder (``reports/audition-<time>.key.json``),
-so the folder can be handed to a listener. The page stores the listener's picks in
-``localStorage`` and offers them as a JSON download (and as text to copy);
-``voicelab audition --unblind choices.json`` joins them with the key.
+A, B, C ... and keeps the key away from the pages (``.voicelab/audition-keys/<report>.key.json``
+in the workspace, not under ``reports/``), so the reports can be handed to a listener. The page
+stores the listener's picks in ``localStorage`` and offers them as a JSON download (and as text
+to copy); ``voicelab audition --unblind choices.json`` joins them with the key.
 
 HTML generation (:func:`render_html`) and unblinding are pure and need no torch.
 """
@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from voicelab.errors import ConfigError, InputError, ModelError
 from voicelab.fsutil import atomic_write_json, atomic_write_text, read_json
@@ -257,9 +258,15 @@ def apply_blind_key(page: Page, key: dict[str, dict[str, str]]) -> None:
     page.variants = {}
 
 
+def keys_dir(reports_dir: Path) -> Path:
+    """Where blind keys go: not in the report folder, nor in ``reports/`` beside it (whoever is
+    sent the reports, or opens reports/index.html, must not find the answers one click away);
+    in a workspace that is ``.voicelab/audition-keys``."""
+    return reports_dir.parent / ".voicelab" / "audition-keys"
+
+
 def key_path(reports_dir: Path, report_id: str) -> Path:
-    """Beside the report folder, not in it: the folder can go to a listener."""
-    return reports_dir / f"{report_id}.key.json"
+    return keys_dir(reports_dir) / f"{report_id}.key.json"
 
 
 @dataclass
@@ -303,13 +310,15 @@ def unblind(choices: dict[str, Any], key: dict[str, Any]) -> Unblinded:
 def find_key(choices_file: Path, report_id: str, reports_dirs: list[Path]) -> Path:
     name = f"{report_id}.key.json"
     here = choices_file.resolve().parent
-    places = list(dict.fromkeys([*reports_dirs, here, here / "reports", here.parent]))
+    # The keys folder first; then where VoiceLab wrote keys before (beside the report folders).
+    places = [keys_dir(d) for d in reports_dirs] + [*reports_dirs, here, here / "reports"]
+    places = list(dict.fromkeys([*places, here.parent]))
     for d in places:
         if (d / name).is_file():
             return d / name
     raise InputError(
         f"no key file {name} found (looked in {', '.join(str(d) for d in places)})",
-        "pass --key PATH (it was written beside the report folder)",
+        "pass --key PATH (voicelab audition --blind printed where it wrote it)",
     )
 
 
@@ -447,7 +456,8 @@ def render_html(page: Page) -> str:
         for t in s.takes:
             cells = [
                 f"<td>{_e(t.label)}</td>",
-                f'<td><audio controls preload="none" src="{_e(t.wav)}"></audio></td>',
+                f'<td><audio controls preload="none" src="{_e(quote(t.wav, safe="/"))}">'
+                "</audio></td>",
                 f'<td class="num">{t.seconds:.2f} s</td>',
             ]
             if page.blind:
@@ -631,6 +641,19 @@ def run_audition(ws: Workspace | None, opts: AuditionOptions) -> AuditionResult:
             else [{"id": s.id, "text": s.text} for s in page.sentences],
         },
     )
+    _refresh_report(ws, report_dir)
     return AuditionResult(
         report_dir, index, key_file, len(jobs), [v.name for v in variants], total_audio, total_wall
     )
+
+
+def _refresh_report(ws: Workspace | None, report_dir: Path) -> None:
+    """reports/index.html links the latest audition: rebuild it when this one is listed there
+    (a standalone ``voicelab audition`` would otherwise leave it pointing at the previous one)."""
+    if ws is None or not ws.config_file.is_file():
+        return
+    if report_dir.resolve().parent != ws.reports_dir.resolve():
+        return
+    from voicelab.report import build_report
+
+    build_report(ws)

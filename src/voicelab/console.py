@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -41,22 +41,57 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     """Configure the ``voicelab`` logger once per process (CLI only)."""
     _state.update(quiet=quiet, verbose=verbose)
     root = logging.getLogger("voicelab")
+    for h in root.handlers:  # a second call (demo: its own workspace's log) closes the first
+        h.close()
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     root.propagate = False
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(
-        console=console, show_time=False, show_path=verbose, markup=False, rich_tracebacks=verbose
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(
+            console=console,
+            show_time=False,
+            show_path=verbose,
+            markup=False,
+            rich_tracebacks=verbose,
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # Piped or redirected (CI, nohup, tee): rich would wrap every line at 80 columns,
+        # splitting paths and commands a user copies; one record, one line.
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        # delay: the file (and its folder) appears with the first record, so a command refused
+        # before any output (demo pointed at another voice) leaves nothing behind.
+        fh = _LazyFileHandler(log_file, encoding="utf-8", delay=True)
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
+
+
+class _LazyFileHandler(logging.FileHandler):
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever ``sys.stderr`` is at emit time (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def is_quiet() -> bool:

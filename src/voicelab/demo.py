@@ -16,14 +16,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicelab.fsutil import atomic_write_text
+from voicelab.errors import WorkspaceError
+from voicelab.fsutil import atomic_write_json, atomic_write_text
+from voicelab.paths import to_local_path
 from voicelab.pipeline import RunOptions
 from voicelab.stages import TINY_MODEL_NAME
-from voicelab.workspace import Workspace, find_root
+from voicelab.workspace import CONFIG_NAME, Workspace, find_root
 
 log = logging.getLogger(__name__)
 
 DEMO_SPEAKER = "demo"
+DEMO_MARKER = ".voicelab/demo.json"  # what makes a workspace the demo's own
 DEMO_SENTENCES = (
     "Hello, this is the VoiceLab demo voice.",
     "The quick brown fox jumps over the lazy dog.",
@@ -50,6 +53,47 @@ def default_workspace() -> Path:
     return find_root() / "workflows" / "demo"
 
 
+def demo_root(workspace_arg: str | None, from_env: bool) -> Path:
+    """The demo's workspace: ``-w DIR`` when given on the command line, else workflows/demo.
+    ``VOICELAB_WORKSPACE`` names the user's voice, so the demo does not take it."""
+    if workspace_arg and not from_env:
+        return to_local_path(workspace_arg).resolve()
+    return default_workspace().resolve()
+
+
+def _is_demo_workspace(root: Path) -> bool:
+    if (root / DEMO_MARKER).is_file():
+        return True
+    # Made by a VoiceLab from before the marker: the demo speaker reading the demo's corpus.
+    try:
+        ws = Workspace.open(root)
+    except WorkspaceError:
+        return False
+    corpus = (root.parent / f"{root.name}-corpus").resolve()
+    return ws.config.speaker == DEMO_SPEAKER and Path(ws.config.wav_dir).resolve() == corpus
+
+
+def check_demo_root(root: Path) -> None:
+    """Refuse a folder that is not the demo's: the demo re-initialises its workspace (speaker,
+    device, epochs, base model), which would silently rewrite another voice's settings."""
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(f"{root} is a file, not a folder", "pass -w NEW_DIR for the demo")
+    if not root.is_dir() or _is_demo_workspace(root):
+        return
+    if (root / CONFIG_NAME).is_file():
+        speaker = Workspace.open(root).config.speaker or "?"
+        raise WorkspaceError(
+            f"{root} is the workspace of voice '{speaker}': the demo never writes into another "
+            "voice's workspace",
+            "leave -w out (the demo uses workflows/demo) or pass -w NEW_DIR",
+        )
+    if any(root.iterdir()):
+        raise WorkspaceError(
+            f"{root} holds other files: the demo needs a folder of its own",
+            "leave -w out (the demo uses workflows/demo) or pass -w NEW_DIR",
+        )
+
+
 def plan_demo(
     workspace: Path | None = None,
     real: bool = False,
@@ -62,6 +106,7 @@ def plan_demo(
 
     tiny = (not real and not has_gpu()) if tiny is None else tiny
     root = (workspace or default_workspace()).resolve()
+    check_demo_root(root)
     # Beside the workspace, not in it: prepare never reads audio from inside its own workspace.
     corpus = build_corpus(root.parent / f"{root.name}-corpus")
     whisper_dir = _whisper_dir()
@@ -82,6 +127,8 @@ def plan_demo(
         str(corpus.root),
         {"prepare": prepare, "train": train, "audition": {"sentences": str(sentences)}},
     )
+    if not (root / DEMO_MARKER).is_file():
+        atomic_write_json(root / DEMO_MARKER, {"demo": True})
     if tiny:
         ws.set_option("model", "base_dir", str(ws.pretrained_dir / TINY_MODEL_NAME))
     elif ws.config.sections.get("model", {}).pop("base_dir", None):
@@ -89,6 +136,15 @@ def plan_demo(
     flow = tiny if train_flow is None else train_flow
     opts = RunOptions(train_flow=flow, tiny=tiny, device="cpu" if tiny else "auto")
     return DemoPlan(ws, opts, tiny, asr)
+
+
+def next_steps(root: Path) -> list[str]:
+    """How to point the other commands at the demo's workspace (it is not the default one)."""
+    return [
+        f"the demo voice lives in {root}; to use it with other commands:",
+        f'  voicelab -w "{root}" status        (or: export VOICELAB_WORKSPACE="{root}")',
+        f'  voicelab -w "{root}" say "Hello there." --out hello.wav',
+    ]
 
 
 def _whisper_dir() -> Path | None:

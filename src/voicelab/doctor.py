@@ -333,18 +333,22 @@ def check_model(ws: Workspace) -> Check:
             "voicelab download cosyvoice3",
             required=False,
         )
+    from voicelab.tinymodel import is_tiny_model
+
+    tiny = is_tiny_model(model_dir)
+    fix = (
+        "the tiny model is rebuilt by: voicelab demo --tiny (or voicelab run with [run] tiny)"
+        if tiny
+        else "voicelab download cosyvoice3 (re-fetches only the bad files)"
+    )
     try:
         report = verify_model_dir(model_dir)
     except VoiceLabError as e:
-        return Check("base model", "fail", e.message, e.hint or "voicelab download cosyvoice3")
+        return Check("base model", "fail", e.message, e.hint or fix)
     if getattr(report, "ok", False):
-        return _ok("base model", f"{model_dir} complete")
-    return Check(
-        "base model",
-        "fail",
-        f"{model_dir}: {getattr(report, 'summary', report)}",
-        "voicelab download cosyvoice3 (re-fetches only the bad files)",
-    )
+        what = "tiny random model, complete" if tiny else "complete"
+        return _ok("base model", f"{model_dir} {what}")
+    return Check("base model", "fail", f"{model_dir}: {getattr(report, 'summary', report)}", fix)
 
 
 # ---- all -----------------------------------------------------------------------------------

@@ -385,6 +385,9 @@ def expected_files(
             for rel, s in base.items()
         }
         return specs, f"{where} (voice dir; {', '.join(TRAINABLE_FILES)} trained)", "trained"
+    own = _own_manifest(root)
+    if own is not None:
+        return own
     man = read_manifest(root)
     llm = str(man.get("llm", "base"))
     if isinstance(man.get("files"), dict) and man["files"]:
@@ -395,6 +398,21 @@ def expected_files(
         where = f"hub manifest ({man.get('source', '?')} {str(man.get('revision') or '')[:12]})"
         return _apply_llm_state(specs, llm), where.replace(" )", ")"), llm
     return _apply_llm_state(base, llm), "built-in sizes", llm
+
+
+def _own_manifest(root: Path) -> tuple[dict[str, FileSpec], str, str] | None:
+    """A model VoiceLab built itself (the tiny random model) is checked against the file table
+    it was built with, never against Fun-CosyVoice3-0.5B's sizes."""
+    from voicelab.tinymodel import MARKER, REQUIRED_FILES
+
+    mark = read_json(root / MARKER, default=None) if (root / MARKER).is_file() else None
+    if not isinstance(mark, dict):
+        return None
+    files = mark.get("files")
+    if isinstance(files, dict) and files:
+        return _specs_from_json(files), f"tiny model manifest ({MARKER})", "base"
+    # Built before the marker had a file table: the files only have to exist.
+    return {r: FileSpec(r, None) for r in REQUIRED_FILES}, f"tiny model ({MARKER})", "base"
 
 
 def verify_model_dir(
@@ -1254,11 +1272,24 @@ class TtsfrdResult:
         return out
 
 
-def _safe_unzip(zpath: Path, into: Path) -> None:
-    """Extract ``zpath`` under ``into``, refusing absolute paths, ``..`` and links."""
+#: The most bytes one archive may unpack to: ttsfrd's resource is a few hundred MB; a damaged
+#: or hostile zip (a "zip bomb") would otherwise fill the disk.
+MAX_UNZIP_BYTES = 4 << 30
+
+
+def _safe_unzip(zpath: Path, into: Path, max_bytes: int = MAX_UNZIP_BYTES) -> None:
+    """Extract ``zpath`` under ``into``, refusing absolute paths, ``..``, links and more than
+    ``max_bytes`` of content (counted as written: the sizes a zip declares can lie)."""
     into.mkdir(parents=True, exist_ok=True)
     base = into.resolve()
+    too_big = ModelError(
+        f"{zpath} unpacks to more than {max_bytes / (1 << 30):.1f} GiB: not the archive expected",
+        "delete it and download again",
+    )
+    written = 0
     with zipfile.ZipFile(zpath) as zf:
+        if sum(i.file_size for i in zf.infolist()) > max_bytes:
+            raise too_big
         for info in zf.infolist():
             target = (into / info.filename).resolve()
             if base not in (target, *target.parents):
@@ -1274,7 +1305,11 @@ def _safe_unzip(zpath: Path, into: Path) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+                while block := src.read(1 << 20):
+                    written += len(block)
+                    if written > max_bytes:
+                        raise too_big
+                    out.write(block)
 
 
 def unpack_ttsfrd_resource(ttsfrd_dir: str | os.PathLike[str]) -> Path | None:
@@ -1299,6 +1334,9 @@ def unpack_ttsfrd_resource(ttsfrd_dir: str | os.PathLike[str]) -> Path | None:
     except zipfile.BadZipFile as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelError(f"{zpath} is not a valid zip ({e})", "delete it and download again") from e
+    except ModelError:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-unpacked bomb left on the disk
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp / "resource", final)

@@ -26,7 +26,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from voicelab.fsutil import (
     free_bytes,
     hash_obj,
     link_or_copy,
+    make_temp_dir,
     quick_fingerprint,
     read_json,
     sha256_file,
@@ -438,7 +438,7 @@ def run_export(ws: Workspace, opts: ExportOptions | None = None) -> ExportResult
 
     try:
         with stage_run(ws, "export", inputs, params) as rec:
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=pretrained))
+            staging = make_temp_dir(pretrained, prefix=f".{name}.staging-")
             swapped = False
             try:
                 res = ExportResult(
@@ -610,6 +610,7 @@ def verify_voice_dir(
     if expected:
         rep.checked.append("base files")
 
+    yaml_ref: dict[str, dict[str, Any]] | str | None = None
     for f in STATE_FILES:
         p = model_dir / f
         if not p.is_file() or p.stat().st_size == 0:
@@ -625,18 +626,31 @@ def verify_voice_dir(
             rep.problems.append(f"{f} is not a plain state dict (has {(meta or odd)[0]!r})")
             continue
         base_file = base_dir / f if base_dir is not None else None
-        if base_file is not None and base_file.is_file() and not os.path.samefile(p, base_file):
-            try:
-                check_against(state, load_state_dict(base_file), f, f"the base {f}")
-            except ModelError as e:
-                rep.problems.append(e.message)
-        elif (
-            base_file is None
-            and f in recorded
-            and f not in ("llm.pt", "flow.pt")
-            and p.stat().st_size != int(recorded[f]["bytes"])
-        ):
-            rep.problems.append(f"{f} differs in size from the base")
+        if base_file is not None and base_file.is_file():
+            if not os.path.samefile(p, base_file):
+                try:
+                    check_against(state, load_state_dict(base_file), f, f"the base {f}")
+                except ModelError as e:
+                    rep.problems.append(e.message)
+        else:
+            # No base to compare with: the dir's own cosyvoice3.yaml says what fits.
+            if (
+                base_file is None
+                and f in recorded
+                and f not in ("llm.pt", "flow.pt")
+                and p.stat().st_size != int(recorded[f]["bytes"])
+            ):
+                rep.problems.append(f"{f} differs in size from the base")
+            if yaml_ref is None:
+                yaml_ref = _yaml_reference(model_dir)
+            if isinstance(yaml_ref, str):
+                if yaml_ref not in rep.problems:
+                    rep.problems.append(yaml_ref)
+            else:
+                try:
+                    check_against(state, yaml_ref[f.removesuffix(".pt")], f, "cosyvoice3.yaml")
+                except ModelError as e:
+                    rep.problems.append(e.message)
         del state
     rep.checked.append("state dicts")
 
@@ -670,6 +684,30 @@ def verify_voice_dir(
             rep.problems.append(f"{SPK2INFO} has no speaker {speaker!r}")
         rep.checked.append(SPK2INFO)
     return rep
+
+
+def _yaml_reference(model_dir: Path) -> dict[str, dict[str, Any]] | str:
+    """Meta tensors of the keys and shapes ``model_dir/cosyvoice3.yaml`` builds, or the problem
+    that keeps them from being checked."""
+    import torch
+
+    from voicelab.errors import VendorError
+    from voicelab.upstream.model_shapes import yaml_shapes
+    from voicelab.vendor import cosyvoice_runtime
+
+    try:
+        shapes = yaml_shapes(model_dir, cosyvoice_runtime())
+    except VendorError:
+        return (
+            "keys and shapes of the state dicts not checked: no base model dir and no upstream "
+            "checkout to build cosyvoice3.yaml's modules (voicelab vendor sync cosyvoice, or put "
+            "the base model back where voicelab.json says)"
+        )
+    except ModelError as e:
+        return e.message
+    return {
+        m: {k: torch.empty(s, device="meta") for k, s in keys.items()} for m, keys in shapes.items()
+    }
 
 
 def check_dir(path: Path, base_dir: Path | None = None) -> VerifyReport:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from voicelab import audio as au
 from voicelab import fbank
 from voicelab.console import make_progress
 from voicelab.errors import EnvironmentProblem, InputError, ModelError
@@ -104,14 +104,12 @@ def read_split(d: str | os.PathLike[str]) -> list[Utt]:
 # =============================================================================================
 
 
-def load_audio(path: str | os.PathLike[str], data: bytes | None = None) -> tuple[np.ndarray, int]:
+def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the file's rate (channels averaged, as upstream's
-    training pipeline downmixes)."""
-    import soundfile as sf
-
-    src: Any = io.BytesIO(data) if data is not None else str(path)
-    x, sr = sf.read(src, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]), int(sr)
+    training pipeline downmixes). The same reader as ``prepare`` (voicelab.audio), so a user's
+    wav.scp may list any format prepare takes (m4a included); raises AudioError."""
+    x, sr = au.read_wav_mono(path)
+    return np.ascontiguousarray(x), sr
 
 
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -449,8 +447,8 @@ def _compute(models: Models, jobs: list[tuple[str, str]]) -> list[tuple[str, dic
     for sha, path in jobs:
         try:
             x, sr = load_audio(path)
-        except (OSError, RuntimeError, ValueError) as e:  # soundfile raises LibsndfileError
-            done.append((sha, {"excluded": f"unreadable audio: {str(e).splitlines()[0][:120]}"}))
+        except au.AudioError as e:
+            done.append((sha, {"excluded": f"unreadable audio ({e.reason}): {e.detail[:120]}"}))
             continue
         seconds = len(x) / sr if sr else 0.0
         if sr < MIN_SAMPLE_RATE:

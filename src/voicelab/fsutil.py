@@ -17,30 +17,77 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only be
+    read by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give ``path`` the mode a plain open()/mkdir() would have: mkstemp/mkdtemp make 0600/0700
+    whatever the umask, which hides a user's outputs from their group."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A fresh staging folder in ``parent`` with the umask's mode (to be renamed into place)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    apply_umask(tmp, directory=True)
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    # Writers (soundfile, torch, pyarrow) close the temp file without fsync: without this, a
+    # power cut after os.replace can leave a zero-length file under the final name.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems (and Windows) refuse a dir fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; on success it is renamed onto ``dest``.
+    """Yield a temp path for ``dest``; on success it is synced and renamed onto ``dest``.
 
-    The temp name keeps ``dest``'s suffix (``suffix`` overrides it) so writers that look at the
-    extension (soundfile, torch) still work. On error the temp file is removed.
+    The temp file has ``dest``'s own name (``suffix`` replaces its extension) inside a fresh
+    hidden folder beside it: writers that sniff the extension (soundfile) work, and writers
+    that record the name (torch.save names its zip folder after the file) write the same bytes
+    as they would to ``dest`` itself, so outputs are byte-reproducible. The file is created by a
+    plain open(), so it gets the umask's mode. On error the temp folder is removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=(suffix or dest.suffix) + ".tmp", dir=dest.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # Keep the real extension last for libraries that sniff it (x.wav.tmp confuses soundfile).
-    real = tmp_path.with_name(tmp_path.name[: -len(".tmp")])
-    tmp_path.rename(real)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    real = tmp_dir / (dest.stem + suffix if suffix else dest.name)
     try:
+        real.touch()
         yield real
+        if real.is_file() and not real.is_symlink():
+            _fsync(real)
         os.replace(real, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            real.unlink()
-        raise
+        _fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
@@ -59,6 +106,12 @@ def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(
         dest, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     )
+
+
+def read_user_text(path: str | os.PathLike[str]) -> str:
+    """A text file a user may have written: UTF-8, with the BOM Windows editors put first
+    dropped (it would become part of the first utterance id, or a phantom speaker)."""
+    return Path(path).read_text(encoding="utf-8-sig")
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
@@ -96,7 +149,7 @@ def link_or_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> s
     src, dest = Path(src), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
             how = "link"

@@ -75,7 +75,8 @@ def write_kaldi_dir(dest: str | os.PathLike[str], utts: Iterable[Utt]) -> list[P
 def read_map(path: Path) -> dict[str, str]:
     """``key value...`` lines as upstream reads them (value = the rest, blanks collapsed)."""
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a BOM from a Windows editor would glue onto the first id (a phantom speaker).
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voicelab import audio as au
 from voicelab.console import make_progress
 from voicelab.errors import EnvironmentProblem, InputError, StageError, WorkspaceError
 from voicelab.features import (
@@ -278,7 +279,7 @@ def _write_shard(out_dir: Path, index: int, rows: list[_Row], with_instruct: boo
     path = (out_dir / shard_name(index)).resolve()
     cols: dict[str, list[Any]] = {
         "utt": [r.utt.utt for r in rows],
-        "audio_data": [Path(r.utt.wav).read_bytes() for r in rows],
+        "audio_data": [au.upstream_bytes(r.utt.wav) for r in rows],
         "wav": [r.utt.wav for r in rows],
         "text": [r.utt.text for r in rows],
         "spk": [r.utt.spk for r in rows],

@@ -58,7 +58,7 @@ from voicelab.workspace import Workspace
 log = logging.getLogger(__name__)
 
 STAGE = "prepare"
-INTAKE_VERSION = 3
+INTAKE_VERSION = 4  # 4: the SNR noise floor is a low percentile (qc.NOISE_PERCENTILE)
 ASR_BACKENDS = ("faster-whisper", "funasr", "transcripts")
 MIN_MINUTES_WARN = 30.0
 MIN_MINUTES_STRONG = 10.0
@@ -134,6 +134,8 @@ class PrepareResult:
     limited: bool = False
     review_path: Path | None = None
     review_applied: int = 0
+    flagged: dict[str, int] = field(default_factory=dict)  # kept, but worth a listen
+    min_snr_db: float = 0.0
     warnings: list[str] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
 
@@ -168,6 +170,7 @@ class PrepareResult:
             "dev": self.dev,
             "files": self.files,
             "bad_files": len(self.bad_files),
+            "flagged": dict(self.flagged),
             "asr_calls": self.asr_calls,
             "throughput_x": round(self.throughput, 1),
             "limited": self.limited,
@@ -181,6 +184,20 @@ class PrepareResult:
         if self.by_reason:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.by_reason.items()))
             lines.append(f"excluded by reason: {reasons}")
+        if self.flagged:
+            flagged = ", ".join(f"{k} {v}" for k, v in sorted(self.flagged.items()))
+            lines.append(
+                f"kept but flagged for a listen: {flagged} (first in review.tsv: "
+                "voicelab prepare --review)"
+            )
+        low = self.by_reason.get("low_snr", 0)
+        if low:
+            lines.append(
+                f"to keep the {low} low_snr segments: listen to them (voicelab prepare --review, "
+                "keep=1, then --apply-review), or lower the threshold in voicelab.toml: "
+                f"[prepare.qc] min_snr_db = {max(0.0, self.min_snr_db - 5):g} "
+                f"(now {self.min_snr_db:g} dB)"
+            )
         for bad in self.bad_files:
             lines.append(f"  unusable {bad['path']}: {bad['reason']}: {bad['detail']}")
         if self.asr_calls:
@@ -278,6 +295,7 @@ class JsonlCache:
         self.items: dict[str, dict[str, Any]] = {}
         self.appended = 0
         if path.is_file():
+            self._drop_torn_tail()
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
@@ -285,6 +303,30 @@ class JsonlCache:
                         self.items[obj[key]] = obj
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line a kill left without its newline: the next append would be glued to
+        it and both records lost."""
+        with open(self.path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            # Walk back to the last newline (a torn line is one record: at most a few KB).
+            pos = size
+            while pos > 0:
+                step = min(pos, 65536)
+                f.seek(pos - step)
+                nl = f.read(step).rfind(b"\n")
+                if nl >= 0:
+                    pos = pos - step + nl + 1
+                    break
+                pos -= step
+            f.truncate(pos)
+            f.flush()
+            os.fsync(f.fileno())
 
     def get(self, k: str) -> dict[str, Any] | None:
         return self.items.get(k)
@@ -497,7 +539,16 @@ def write_review(path: Path, segs: list[dict[str, Any]]) -> Path:
         text = s["text"].replace("\t", " ").replace("\n", " ")
         keep = "1" if s["status"] == "kept" else "0"
         lines.append(
-            "\t".join([s["utt"], s["wav"], text, keep, f"{s['risk']:.3f}", s["reasons_text"]])
+            "\t".join(
+                [
+                    s["utt"],
+                    s["wav"],
+                    text,
+                    keep,
+                    f"{s['risk']:.3f}",
+                    s["reasons_text"] or s.get("flags_text", ""),
+                ]
+            )
         )
     content = "\n".join(lines) + "\n"
     marker = path.with_name(".review.written")
@@ -803,6 +854,8 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
                 reasons.update({r["code"] for r in s["reasons"]})
         reasons.update(b["reason"] for b in result.bad_files)
         result.by_reason = dict(reasons)
+        result.flagged = dict(Counter(f["code"] for s in kept for f in s["flags"]))
+        result.min_snr_db = opts.qc_opts.min_snr_db
         result.dev = sum(1 for s in kept if s["split"] == "dev")
         result.train = len(kept) - result.dev
         result.wall_seconds = time.perf_counter() - t_start
@@ -911,13 +964,15 @@ def _finish_segment(
     s["reasons"] = reasons
     s["status"] = status
     s["reasons_text"] = qc.describe(reasons)
+    s["flags"] = qc.flags(m, opts.qc_opts) if status == "kept" else []
+    s["flags_text"] = qc.describe(s["flags"])
     s["risk"] = qc.risk(m, reasons, opts.qc_opts)
 
 
 def _write_manifest(path: Path, segs: list[dict[str, Any]]) -> Path:
     keys = (
         "utt", "status", "split", "text", "raw_text", "language", "wav", "source", "source_rel",
-        "start", "end", "sha", "reasons", "risk", "hallucinations", "review",
+        "start", "end", "sha", "reasons", "flags", "risk", "hallucinations", "review",
     )  # fmt: skip
     lines = []
     for s in segs:
@@ -945,16 +1000,17 @@ def _fmt(v: Any) -> str:
 
 
 def _write_qc_tsv(path: Path, segs: list[dict[str, Any]], bad: list[dict[str, Any]]) -> Path:
-    head = ["id", "status", "split", "reasons", "risk", *_QC_COLUMNS, "source", "text"]
+    head = ["id", "status", "split", "reasons", "flags", "risk", *_QC_COLUMNS, "source", "text"]
     lines = ["\t".join(head)]
     for s in segs:
         m = s["qc"]
-        row = [s["utt"], s["status"], s["split"] or "", s["reasons_text"], f"{s['risk']:.3f}"]
+        row = [s["utt"], s["status"], s["split"] or "", s["reasons_text"], s["flags_text"]]
+        row.append(f"{s['risk']:.3f}")
         row += [_fmt(m.get(c)) for c in _QC_COLUMNS]
         row += [s["source_rel"], s["text"].replace("\t", " ")]
         lines.append("\t".join(row))
     for b in bad:
-        row = ["-", "unusable", "", b["reason"], "", *[""] * len(_QC_COLUMNS), b["path"], ""]
+        row = ["-", "unusable", "", b["reason"], "", "", *[""] * len(_QC_COLUMNS), b["path"], ""]
         lines.append("\t".join(row))
     return atomic_write_text(path, "\n".join(lines) + "\n")
 

@@ -56,21 +56,80 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
 
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values (1, 2 or 5 times a power of ten) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    t = first
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def _tick_label(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def _axes(
+    left: float,
+    top: float,
+    w: float,
+    h: float,
+    xs: tuple[float, float],
+    ys: tuple[float, float],
+    xlabel: str,
+    ylabel: str,
+) -> list[str]:
+    """Frame, ticks with values and grid lines on both axes, and the axis titles (with units)."""
+    (x0, x1), (y0, y1) = xs, ys
+    parts = [f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>']
+    for t in nice_ticks(x0, x1):
+        x = left + (t - x0) / (x1 - x0) * w
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h + 4}" stroke="#eee"/>'
+            f'<text x="{x:.1f}" y="{top + h + 15}" font-size="10" text-anchor="middle">'
+            f"{_tick_label(t)}</text>"
+        )
+    for t in nice_ticks(y0, y1):
+        y = top + h - (t - y0) / (y1 - y0) * h
+        parts.append(
+            f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end">'
+            f"{_tick_label(t)}</text>"
+        )
+    parts.append(
+        f'<text x="{left + w / 2:.1f}" y="{top + h + 28}" font-size="11" '
+        f'text-anchor="middle">{esc(xlabel)}</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{top + h / 2:.1f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + h / 2:.1f})">{esc(ylabel)}</text>'
+    )
+    return parts
+
+
 def svg_lines(
     title: str,
     series: dict[str, Sequence[tuple[float, float]]],
-    xlabel: str = "step",
+    xlabel: str = "step (optimizer updates)",
+    ylabel: str = "",
     width: int = 520,
-    height: int = 240,
+    height: int = 260,
 ) -> str:
-    """A line chart of one or more (x, y) series, as inline SVG."""
+    """A line chart of one or more (x, y) series, as inline SVG, with ticked, titled axes."""
     pts = [(x, y) for s in series.values() for x, y in s if math.isfinite(y)]
     if not pts:
         return ""
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9 + abs(y0) * 0.01 + 1e-6)
-    left, right, top, bottom = 50, 10, 24, 30
+    left, right, top, bottom = 62, 10, 24, 40
     w, h = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -83,12 +142,7 @@ def svg_lines(
         f'<svg class="chart" role="img" aria-label="{esc(title)}" width="{width}" '
         f'height="{height}" xmlns="http://www.w3.org/2000/svg">',
         f'<text x="{left}" y="15" font-size="13" font-weight="bold">{esc(title)}</text>',
-        f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>',
-        f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{y1:.3g}</text>',
-        f'<text x="{left - 4}" y="{top + h}" font-size="10" text-anchor="end">{y0:.3g}</text>',
-        f'<text x="{left}" y="{height - 8}" font-size="10">{x0:g}</text>',
-        f'<text x="{left + w}" y="{height - 8}" font-size="10" text-anchor="end">{x1:g} '
-        f"{esc(xlabel)}</text>",
+        *_axes(left, top, w, h, (x0, x1), (y0, y1), xlabel, ylabel or title),
     ]
     for i, (name, s) in enumerate(series.items()):
         good = [(x, y) for x, y in s if math.isfinite(y)]
@@ -111,7 +165,13 @@ def svg_lines(
 
 
 def svg_histogram(
-    title: str, values: Iterable[float], bins: int = 20, width: int = 520, height: int = 200
+    title: str,
+    values: Iterable[float],
+    bins: int = 20,
+    width: int = 520,
+    height: int = 220,
+    xlabel: str = "duration (s)",
+    ylabel: str = "utterances",
 ) -> str:
     vals = [v for v in values if math.isfinite(v)]
     if not vals:
@@ -121,7 +181,7 @@ def svg_histogram(
     counts = [0] * bins
     for v in vals:
         counts[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
-    left, top, bottom = 40, 24, 30
+    left, top, bottom = 62, 24, 40
     w, h = width - left - 10, height - top - bottom
     peak = max(counts)
     bw = w / bins
@@ -129,6 +189,7 @@ def svg_histogram(
         f'<svg class="chart" role="img" aria-label="{esc(title)}" width="{width}" '
         f'height="{height}" xmlns="http://www.w3.org/2000/svg">',
         f'<text x="{left}" y="15" font-size="13" font-weight="bold">{esc(title)}</text>',
+        *_axes(left, top, w, h, (lo, hi), (0.0, float(peak)), xlabel, ylabel),
     ]
     for i, c in enumerate(counts):
         bh = h * c / peak
@@ -136,12 +197,7 @@ def svg_histogram(
             f'<rect x="{left + i * bw:.1f}" y="{top + h - bh:.1f}" width="{bw - 1:.1f}" '
             f'height="{bh:.1f}" fill="#1f77b4"><title>{c}</title></rect>'
         )
-    parts += [
-        f'<text x="{left}" y="{height - 8}" font-size="10">{lo:.1f} s</text>',
-        f'<text x="{left + w}" y="{height - 8}" font-size="10" text-anchor="end">{hi:.1f} s</text>',
-        f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{peak}</text>',
-        "</svg>",
-    ]
+    parts.append("</svg>")
     return "".join(parts)
 
 
@@ -168,6 +224,14 @@ def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
+def _url(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` as a URL: a ``#``, ``%`` or ``?`` in a file name would
+    otherwise cut the link (the players would not find the file)."""
+    from urllib.parse import quote
+
+    return quote(_rel(path, base), safe="/")
+
+
 def _kept(row: dict[str, Any]) -> bool:
     """prepare's segments.jsonl says ``status: kept|excluded``."""
     if "status" in row:
@@ -184,11 +248,37 @@ def _duration(row: dict[str, Any]) -> float:
     return max(0.0, float(row.get("end", 0.0)) - float(row.get("start", 0.0)))
 
 
-def _reasons(row: dict[str, Any]) -> list[str]:
+def _reason_codes(row: dict[str, Any]) -> list[str]:
+    """The rule codes of a segment's reasons (``low_snr``, ``too_short`` ...), for counts."""
     r = row.get("reasons", row.get("reason", []))
     if isinstance(r, str):
-        return [x for x in r.replace(";", ",").split(",") if x]
-    return [str(x.get("rule", x) if isinstance(x, dict) else x) for x in r or []]
+        return [x.split("(")[0] for x in r.replace(";", ",").split(",") if x]
+    return [
+        str(x.get("code") or x.get("rule") or "?") if isinstance(x, dict) else str(x)
+        for x in r or []
+    ]
+
+
+def _reasons_text(row: dict[str, Any]) -> str:
+    """What prepare wrote for people (``low_snr(12.6<15)``), else the codes."""
+    return str(row.get("reasons_text") or ", ".join(_reason_codes(row)))
+
+
+def _unusable_files(ws: Workspace) -> list[tuple[str, str]]:
+    """(source, reason) of the files prepare could not use at all (corrupt, silent, empty ...):
+    they have no segment, only a row in qc.tsv."""
+    import csv
+
+    qc = ws.prepare_dir / "qc.tsv"
+    if not qc.is_file():
+        return []
+    with open(qc, encoding="utf-8", newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [
+            (r.get("source") or "", r.get("reasons") or "?")
+            for r in rows
+            if r.get("status") == "unusable"
+        ]
 
 
 def dataset_section(ws: Workspace) -> str:
@@ -199,23 +289,21 @@ def dataset_section(ws: Workspace) -> str:
     kept = [r for r in rows if _kept(r)]
     dropped = [r for r in rows if not _kept(r)]
     durs = [_duration(r) for r in kept]
-    reasons = Counter(x for r in dropped for x in _reasons(r))
-    out = [
-        table(
-            ["", "utterances", "minutes"],
-            [
-                ["kept", len(kept), f"{sum(durs) / 60:.1f}"],
-                [
-                    "excluded",
-                    len(dropped),
-                    f"{sum(_duration(r) for r in dropped) / 60:.1f}",
-                ],
-            ],
-            num_cols=2,
-        )
+    unusable = _unusable_files(ws)
+    reasons = Counter(x for r in dropped for x in _reason_codes(r))
+    file_reasons = Counter(f"{why} (whole file)" for _, why in unusable)
+    counts = [
+        ["kept segments", len(kept), f"{sum(durs) / 60:.1f}"],
+        ["excluded segments", len(dropped), f"{sum(_duration(r) for r in dropped) / 60:.1f}"],
     ]
-    if reasons:
-        out.append("<h3>Exclusions</h3>" + table(["reason", "count"], reasons.most_common(), 1))
+    if unusable:
+        counts.append(["unusable source files", len(unusable), ""])
+    out = [table(["", "count", "minutes"], counts, num_cols=2)]
+    if reasons or file_reasons:
+        out.append(
+            "<h3>Exclusions</h3>"
+            + table(["reason", "count"], [*reasons.most_common(), *file_reasons.most_common()], 1)
+        )
     out.append(svg_histogram("Kept utterance durations", durs))
     for split in ("train", "dev"):
         text = ws.split_dir(split) / "text"
@@ -224,7 +312,7 @@ def dataset_section(ws: Workspace) -> str:
             out.append(f"<p>{split}: {n} utterances</p>")
     qc = ws.prepare_dir / "qc.tsv"
     if qc.is_file():
-        out.append(f'<p>Per-clip QC: <a href="{esc(_rel(qc, ws.reports_dir))}">qc.tsv</a></p>')
+        out.append(f'<p>Per-clip QC: <a href="{esc(_url(qc, ws.reports_dir))}">qc.tsv</a></p>')
     if dropped:
         worst = dropped[:30]
         out.append(
@@ -235,12 +323,18 @@ def dataset_section(ws: Workspace) -> str:
                     [
                         r.get("utt", r.get("id", "")),
                         f"{_duration(r):.1f}",
-                        ", ".join(_reasons(r)),
+                        _reasons_text(r),
                         r.get("text", ""),
                     ]
                     for r in worst
                 ],
             )
+            + "</details>"
+        )
+    if unusable:
+        out.append(
+            "<details><summary>Unusable source files</summary>"
+            + table(["file", "reason"], unusable)
             + "</details>"
         )
     return "".join(out)
@@ -273,12 +367,24 @@ def training_section(ws: Workspace) -> str:
                 "train": _train_series(rows, "TRAIN", key),
                 "cv": _train_series(rows, "CV", key),
             }
-            charts.append(svg_lines(f"{model} {key}", series))
+            ylabel = "loss (nats per token)" if key == "loss" else "accuracy (fraction of tokens)"
+            charts.append(svg_lines(f"{model} {key}", series, ylabel=ylabel))
         out.append(f"<h3>{model}</h3>" + "".join(c for c in charts if c))
         out.append(checkpoint_table(ws, model))
+    if out:
+        out.append(
+            "<p>Every logged value, live while training: "
+            f"<code>{esc(tensorboard_command(ws))}</code> (or <code>voicelab tensorboard</code>)"
+            "</p>"
+        )
     return (
         "".join(out) or "<p class='muted'>No training yet: run <code>voicelab train llm</code>.</p>"
     )
+
+
+def tensorboard_command(ws: Workspace) -> str:
+    """The command that shows the event files of every training run of this workspace."""
+    return f'tensorboard --logdir "{ws.tensorboard_root}"'
 
 
 def checkpoint_table(ws: Workspace, model: str) -> str:
@@ -347,16 +453,16 @@ def audition_section(ws: Workspace) -> str:
     players = [
         [
             _rel(w, latest.parent),
-            Raw(f'<audio controls preload="none" src="{esc(_rel(w, ws.reports_dir))}"></audio>'),
+            Raw(f'<audio controls preload="none" src="{esc(_url(w, ws.reports_dir))}"></audio>'),
         ]
         for w in wavs
     ]
     older = "".join(
-        f'<li><a href="{esc(_rel(p, ws.reports_dir))}">{esc(p.parent.name)}</a></li>'
+        f'<li><a href="{esc(_url(p, ws.reports_dir))}">{esc(p.parent.name)}</a></li>'
         for p in pages[:-1]
     )
     return (
-        f'<p>Latest: <a href="{esc(_rel(latest, ws.reports_dir))}">'
+        f'<p>Latest: <a href="{esc(_url(latest, ws.reports_dir))}">'
         f"{esc(latest.parent.name)}</a></p>"
         + table(["file", "listen"], players)
         + (
@@ -367,9 +473,17 @@ def audition_section(ws: Workspace) -> str:
     )
 
 
+def _run_order(path: Path) -> tuple[int, str]:
+    """Stages in the order the pipeline runs them (an unknown one last, by name)."""
+    from voicelab.stages import STAGE_NAMES
+
+    name = path.stem.removeprefix("run-")
+    return (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name)
+
+
 def status_section(ws: Workspace) -> str:
     rows = []
-    for path in sorted(ws.state_dir.glob("run-*.json")):
+    for path in sorted(ws.state_dir.glob("run-*.json"), key=_run_order):
         rec = load_record(ws, path.stem)
         if rec:
             rows.append(

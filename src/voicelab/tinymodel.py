@@ -34,12 +34,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import EnvironmentProblem, ModelError
-from voicelab.fsutil import atomic_write_json, read_json
+from voicelab.fsutil import atomic_write_json, make_temp_dir, read_json, sha256_file
 from voicelab.upstream.model_files import model_dir_files
 
 if TYPE_CHECKING:
@@ -81,9 +80,36 @@ def is_tiny_model(model_dir: Path) -> bool:
     return (Path(model_dir) / MARKER).is_file()
 
 
+def _files(d: Path) -> dict[str, dict[str, Any]]:
+    """The tiny model's own manifest (doctor and ``voicelab models`` check it against this, not
+    against the 5 GB model's sizes)."""
+    return {
+        rel: {"size": (d / rel).stat().st_size, "sha256": sha256_file(d / rel), "required": True}
+        for rel in REQUIRED_FILES
+    }
+
+
+def _check_replaceable(dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise ModelError(
+            f"{dest} is not a folder VoiceLab made for the tiny model: it is left alone",
+            "point the tiny model at another folder (or remove it yourself)",
+        )
+    if dest.is_dir() and not is_tiny_model(dest) and any(dest.iterdir()):
+        raise ModelError(
+            f"{dest} holds files VoiceLab did not make (no {MARKER}): it is left alone",
+            "the tiny model needs its own folder: set base_dir back to the real model, or pick "
+            "an empty folder for the tiny one",
+        )
+
+
 def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
-    """Build (or reuse) the tiny CosyVoice 3 model directory at ``dest`` and return it."""
+    """Build (or reuse) the tiny CosyVoice 3 model directory at ``dest`` and return it.
+
+    An existing ``dest`` is replaced only when VoiceLab made it (it carries :data:`MARKER`) or
+    it is empty: ``dest`` may be a user's base_dir holding the real 5 GB model."""
     dest = Path(dest).resolve()
+    _check_replaceable(dest)
     if vendor is None:
         from voicelab.vendor import cosyvoice_runtime
 
@@ -95,7 +121,7 @@ def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
         return dest
     tiktoken_file = _qwen_tiktoken_file()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = make_temp_dir(dest.parent, prefix=f".{dest.name}.")
     try:
         env = vendor.env()
         env.pop("onnx_path", None)  # upstream modules would load ONNX at import
@@ -115,8 +141,9 @@ def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
                 f"building the tiny model failed (exit {proc.returncode}):\n{tail}",
                 "pip install -e '.[train,test]' and check the vendor: voicelab vendor status",
             )
-        atomic_write_json(tmp / MARKER, {"key": key, "qwen": QWEN_CONFIG})
+        atomic_write_json(tmp / MARKER, {"key": key, "qwen": QWEN_CONFIG, "files": _files(tmp)})
         if dest.exists():
+            _check_replaceable(dest)  # again: the build took minutes
             shutil.rmtree(dest)
         os.replace(tmp, dest)
     finally:

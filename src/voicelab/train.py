@@ -58,7 +58,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import ConfigError, StageError, VoiceLabError
-from voicelab.fsutil import atomic_write_json, atomic_write_text, free_bytes, quick_fingerprint
+from voicelab.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    free_bytes,
+    quick_fingerprint,
+    read_user_text,
+)
 from voicelab.memory import MemoryPlan
 from voicelab.upstream import train_config as tc
 
@@ -97,7 +103,7 @@ MEL_RATE = 50  # mel frames per second (what max_frames_in_batch counts)
 MAX_CPU_PARAMS = 50_000_000
 #: Memory model (bytes): weights + grads + Adam moments in fp32, activations per batch frame, and
 #: the CUDA context and allocator slack. Calibrated with benchmarks/bench_train.py on an H100
-#: (bf16, 2500 frames): peak 16.6 GiB for the 506 M llm, 12.2 GiB for the 332 M flow.
+#: (bf16, 2500 frames): peak 16,635 MiB (16.2 GiB) for the 506 M llm, 12.2 GiB for the 332 M flow.
 BYTES_PER_PARAM = 16
 ACT_BYTES_PER_FRAME = {"llm": 3_800_000, "flow": 3_000_000}
 CUDA_OVERHEAD = 1 << 30
@@ -246,7 +252,7 @@ def estimate_text_tokens(text: str) -> int:
 
 
 def read_list(path: Path) -> list[Path]:
-    return [Path(line.strip()) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return [Path(line.strip()) for line in read_user_text(path).splitlines() if line.strip()]
 
 
 def read_shards(

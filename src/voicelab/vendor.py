@@ -791,7 +791,7 @@ def _ensure_commit(
         return
     try:
         _git_progress(
-            ["fetch", "--progress", url, "+refs/heads/*:refs/remotes/origin/*"],
+            ["fetch", "--progress", "--", url, "+refs/heads/*:refs/remotes/origin/*"],
             repo,
             label,
             allow_file,
@@ -800,7 +800,7 @@ def _ensure_commit(
         raise _fetch_error(spec, url, e, repo, label) from None
     if not _has_commit(repo, commit):
         # Not on any branch: ask for the commit itself (GitHub and protocol v2 serve that).
-        _git(["fetch", url, commit], cwd=repo, check=False, allow_file=allow_file)
+        _git(["fetch", "--", url, commit], cwd=repo, check=False, allow_file=allow_file)
     if not _has_commit(repo, commit):
         raise VendorError(
             f"commit {commit[:12]} pinned for {label} is not on {url}",
@@ -867,7 +867,7 @@ def _sync_submodules(
         # A linked checkout keeps its own URLs unless a mirror or override rewrites them.
         wanted_url = url and not url.startswith(("./", "../"))
         if wanted_url and url != configured and (url != mod.get("url") or not linked):
-            _git(["config", key, url], cwd=repo)
+            _git(["config", "--", key, url], cwd=repo)
             configured = url
         want = sub_spec.commit if sub_spec and not linked else _gitlink(repo, head, path)
         sub_dir = repo / path
@@ -952,7 +952,7 @@ def _clone(spec: VendorSpec, target: Path, sources: Sources) -> SyncResult:
     try:
         try:
             _git_progress(
-                ["clone", "--no-checkout", "--progress", url, str(partial)],
+                ["clone", "--no-checkout", "--progress", "--", url, str(partial)],
                 None,
                 f"{spec.name}: cloning",
                 allow_file,
@@ -1028,9 +1028,9 @@ def _update(spec: VendorSpec, target: Path, sources: Sources, force: bool) -> Sy
     try:
         origin = _git(["remote", "get-url", "origin"], cwd=target, check=False)
         if origin.returncode != 0:
-            _git(["remote", "add", "origin", url], cwd=target)
+            _git(["remote", "add", "--", "origin", url], cwd=target)
         elif origin.stdout.strip() != url:
-            _git(["remote", "set-url", "origin", url], cwd=target)
+            _git(["remote", "set-url", "--", "origin", url], cwd=target)
         if changed:
             _git(["reset", "--hard", "-q"], cwd=target)
             _git(["clean", "-ffdq"], cwd=target)
@@ -1212,14 +1212,17 @@ def _resolve_rev(spec: VendorSpec, repo: Path, rev: str, url: str, allow_file: b
     sha = rev_parse(rev)
     if sha:
         return sha
-    if _git(["fetch", url, rev], cwd=repo, check=False, allow_file=allow_file).returncode == 0:
+    if (
+        _git(["fetch", "--", url, rev], cwd=repo, check=False, allow_file=allow_file).returncode
+        == 0
+    ):
         sha = rev_parse("FETCH_HEAD")
         if sha:
             return sha
     # A short id, or a commit some branch holds: fetch the branches and tags, look again.
     try:
         _git(
-            ["fetch", url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+            ["fetch", "--", url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
             cwd=repo,
             allow_file=allow_file,
         )

@@ -181,18 +181,25 @@ def status(ctx: Ctx, train_flow: bool, as_json: bool) -> None:
 def demo(ctx: Ctx, real: bool, tiny: bool, epochs: int | None, force: bool) -> None:
     """Run the whole pipeline on a built-in speaker corpus (espeak-ng, known transcripts).
 
-    Workspace: workflows/demo under the VoiceLab root (or --workspace). A second run skips
-    every stage that is up to date.
+    Workspace: workflows/demo under the VoiceLab root, or -w DIR given on the command line (a
+    new folder or an earlier demo's; never another voice's workspace, and not the one
+    VOICELAB_WORKSPACE selects). A second run skips every stage that is up to date.
     """
-    from pathlib import Path
+    from click.core import ParameterSource
 
-    from voicelab.demo import plan_demo
+    from voicelab.console import setup_logging
+    from voicelab.demo import check_demo_root, demo_root, next_steps, plan_demo
 
     if real and tiny:
         raise ConfigError("--real and --tiny contradict each other", "choose one")
-    where = Path(ctx.workspace_arg) if ctx.workspace_arg else None
+    parent = click.get_current_context().find_root()
+    from_env = parent.get_parameter_source("workspace") == ParameterSource.ENVIRONMENT
+    root = demo_root(ctx.workspace_arg, from_env)
+    check_demo_root(root)  # before anything is written, the log included
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    setup_logging(ctx.verbose, ctx.quiet, log_file=root / "logs" / f"{stamp}-demo.log")
     plan = plan_demo(
-        where, real=real, tiny=True if tiny else (False if real else None), epochs=epochs
+        root, real=real, tiny=True if tiny else (False if real else None), epochs=epochs
     )
     plan.options.force = force
     kind = "tiny random CosyVoice 3 on the CPU" if plan.tiny else "Fun-CosyVoice3-0.5B on the GPU"
@@ -200,6 +207,8 @@ def demo(ctx: Ctx, real: bool, tiny: bool, epochs: int | None, force: bool) -> N
     t0 = time.time()
     _run_pipeline(plan.workspace, plan.options, skip_doctor=True)
     echo(f"demo finished in {time.time() - t0:.0f} s")
+    for line in next_steps(plan.workspace.root):
+        echo(line)
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""``voicelab train llm|flow``."""
+"""``voicelab train llm|flow`` and ``voicelab tensorboard``."""
 
 from __future__ import annotations
 
@@ -109,4 +109,35 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
     echo(f"next: voicelab checkpoints {model}   then   voicelab export")
 
 
-commands = [train]
+@click.command("tensorboard")
+@click.option("--port", type=int, default=6006, show_default=True)
+@click.option("--print", "print_only", is_flag=True, help="Only print the command.")
+@pass_ctx
+def tensorboard(ctx: Ctx, port: int, print_only: bool) -> None:
+    """Show the training runs' event files (loss, accuracy, learning rate) in TensorBoard."""
+    import importlib.util
+    import os
+    import sys
+
+    from voicelab.errors import EnvironmentProblem, InputError
+    from voicelab.report import tensorboard_command
+
+    ws = ctx.workspace()
+    logdir = ws.tensorboard_root
+    cmd = f"{tensorboard_command(ws)} --port {port}"
+    if print_only:
+        echo(cmd)
+        return
+    if not logdir.is_dir() or not any(logdir.rglob("events.out.tfevents.*")):
+        raise InputError(f"no training event files under {logdir}", "run: voicelab train llm")
+    if importlib.util.find_spec("tensorboard") is None:
+        raise EnvironmentProblem(
+            "tensorboard is not installed here",
+            f"pip install tensorboard (the train extra has it), then run: {cmd}",
+        )
+    echo(f"{cmd}   (Ctrl-C to stop)")
+    argv = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+    os.execv(sys.executable, argv)
+
+
+commands = [train, tensorboard]

@@ -155,8 +155,13 @@ def _need(program: str) -> str:
     return found
 
 
+TOOL_TIMEOUT_S = 300  # one espeak/sox/ffmpeg call on a few seconds of audio: never minutes
+
+
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         raise EnvironmentProblem(
             f"{Path(cmd[0]).name} failed building the test corpus: {proc.stderr.strip()[:300]}",
@@ -189,7 +194,7 @@ def _info(path: Path) -> tuple[float, int, int]:
                 "-show_entries", "stream=sample_rate,channels:format=duration",
                 "-of", "json", str(path),
             ],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, timeout=TOOL_TIMEOUT_S,
         ).stdout  # fmt: skip
         data = json.loads(out)
         st = data["streams"][0]
@@ -400,3 +405,32 @@ def build_corpus(dest: Path | None = None) -> Corpus:
 def corpus_summary(corpus: Corpus) -> list[dict]:
     """JSON-able list of the clips (for the demo and debugging)."""
     return [{**asdict(c), "path": str(c.path)} for c in corpus.clips]
+
+
+def write_damaged(folder: Path) -> dict[str, Path]:
+    """Damaged files of the kinds users have, made fresh in ``folder`` (seeded, deterministic):
+
+    - ``aac``: a 10 min AAC .m4a whose frames are 5 % overwritten: ffmpeg writes hundreds of KB
+      of decoder errors (more than a pipe holds) and exits non-zero.
+    - ``text_flac``: text bytes named .flac (ffprobe guesses FLAC and reports rate 0).
+    - ``mp3``: random bytes named .mp3 (libsndfile's mpg123 prints warnings to stderr).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    out: dict[str, Path] = {}
+    aac = folder / "damaged.m4a"
+    _run([_need("ffmpeg"), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+          "-i", "sine=frequency=440:duration=600", "-ac", "1", "-ar", "24000",
+          "-movflags", "+faststart", "-fflags", "+bitexact", "-flags:a", "+bitexact",
+          str(aac)])  # fmt: skip
+    data = np.frombuffer(aac.read_bytes(), np.uint8).copy()
+    start = int(data.tobytes().find(b"mdat")) + 100  # keep the header: only frames are hit
+    hit = start + np.flatnonzero(rng.random(data.size - start) < 0.05)
+    data[hit] = rng.integers(0, 256, hit.size, dtype=np.uint8)
+    aac.write_bytes(data.tobytes())
+    out["aac"] = aac
+    out["text_flac"] = folder / "notes.flac"
+    out["text_flac"].write_text("hello world, this is not audio\n" * 200, encoding="utf-8")
+    out["mp3"] = folder / "broken.mp3"
+    out["mp3"].write_bytes(rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    return out

@@ -59,7 +59,7 @@ def whisper_base_dir(cache: Path | None = None) -> Path:
         if not out.is_file() or out.stat().st_size != src.stat().st_size:
             with atomic_path(out) as tmp:
                 shutil.copyfile(src, tmp)
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; the model is shared, read-only data
+                os.chmod(tmp, 0o644)  # shared, read-only data, whatever the umask
     model = dest / "model.bin"
     want = sum(h.stat().st_size for h in halves)
     if not model.is_file() or model.stat().st_size != want:

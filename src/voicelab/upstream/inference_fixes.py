@@ -125,9 +125,17 @@ _NOISE = (
 )
 
 
+def quiet_pkg_resources() -> None:
+    """pyworld (imported by upstream's frontend and data pipeline) imports pkg_resources, which
+    setuptools >= 67 answers with a UserWarning on every say/audition/train: not the user's to
+    fix (doctor checks that pkg_resources exists at all)."""
+    warnings.filterwarnings("ignore", message=r".*pkg_resources is deprecated.*")
+
+
 def _quiet_third_party() -> None:
     if os.environ.get("VOICELAB_VERBOSE_UPSTREAM"):
         return
+    quiet_pkg_resources()
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
     try:

@@ -349,6 +349,9 @@ def apply_fixes(
     timeout = _arg_value(train_args or [], "--timeout")
     if timeout:
         _state["timeout"] = int(timeout)
+    from voicelab.upstream.inference_fixes import quiet_pkg_resources
+
+    quiet_pkg_resources()  # pyworld's import would print it into every training log
     fix_offline_features()
     fix_ort_providers()
     fix_torchaudio_load()
