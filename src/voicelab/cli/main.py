@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "voicelab.cli.export",  # checkpoints, export
     "voicelab.cli.speak",  # say, audition
     "voicelab.cli.pipeline",  # run, status, demo, report
+    "voicelab.cli.serve",  # serve
 )
 
 
