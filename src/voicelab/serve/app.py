@@ -116,6 +116,13 @@ class Server:
     def load_all(self) -> None:
         for engine in self.engines.values():
             engine.load()
+        from voicelab.tts_text import plan_texts
+
+        # wetext builds its zh/en normalizers on first use (seconds): not in the first request.
+        try:
+            plan_texts(["你好，3点见。", "Hello at 3 pm."], self.config.instruct)
+        except VoiceLabError as e:
+            log.warning("text rules: %s", e.one_line())
 
     @property
     def status(self) -> str:

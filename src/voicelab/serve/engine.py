@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from voicelab.tts_text import Utterance
 log = logging.getLogger(__name__)
 
 LOADING, READY, FAILED = "loading", "ready", "error"
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -87,6 +88,53 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+class SerialQueue:
+    """One worker thread running jobs in arrival order; at most ``max_waiting`` wait."""
+
+    def __init__(self, max_waiting: int, name: str = "voicelab-synth") -> None:
+        self.max_waiting = max(0, int(max_waiting))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._pending = 0  # submitted and not finished (waiting + running)
+        self._running = 0
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return self._pending - self._running
+
+    @property
+    def running(self) -> bool:
+        return self._running > 0
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn``; :class:`QueueFull` when ``max_waiting`` calls already wait."""
+        with self._lock:
+            waiting = self._pending - self._running
+            if self._pending > 0 and waiting >= self.max_waiting:
+                raise QueueFull(f"{waiting} requests are waiting")
+            self._pending += 1
+        try:
+            return self._pool.submit(self._call, fn)
+        except BaseException:
+            with self._lock:
+                self._pending -= 1
+            raise
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self._running += 1
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._pending -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Engine:
     """The voices of one base model on one loaded ``CosyVoice3``."""
 
@@ -102,9 +150,8 @@ class Engine:
         self.device = "?"
         self.sample_rate = SAMPLE_RATE
         self.synth: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicelab-synth")
+        self._queue = SerialQueue(self.max_queue)
         self._lock = threading.Lock()
-        self._pending = 0  # submitted and not finished (waiting + running)
         self._current: Job | None = None
 
     # ---- loading ------------------------------------------------------------------------
@@ -148,28 +195,19 @@ class Engine:
     # ---- queue --------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._current is not None
+        return self._queue.running
 
     @property
     def queue_depth(self) -> int:
         """Requests waiting for the model (the running one not counted)."""
-        with self._lock:
-            return max(0, self._pending - (1 if self._current is not None else 0))
+        return self._queue.waiting
 
     def submit(self, job: Job) -> Future[Result]:
         """Queue ``job``; :class:`QueueFull` when ``max_queue`` requests already wait."""
-        with self._lock:
-            waiting = self._pending - (1 if self._current is not None else 0)
-            if self._pending > 0 and waiting >= self.max_queue:
-                raise QueueFull(f"{waiting} requests are waiting for {self.name}")
-            self._pending += 1
         try:
-            fut = self._pool.submit(self._run, job)
-        except BaseException:
-            with self._lock:
-                self._pending -= 1
-            raise
-        return fut
+            return self._queue.submit(lambda: self._run(job))
+        except QueueFull as e:
+            raise QueueFull(f"{e} for {self.name}") from None
 
     def cancel(self, job: Job) -> None:
         """Stop ``job``: at once when it runs (its LLM ends at the next token), else at start."""
@@ -181,7 +219,7 @@ class Engine:
                 abort_inference(self.synth.cosy)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._queue.shutdown()
 
     # ---- the worker ---------------------------------------------------------------------
     def _run(self, job: Job) -> Result:
@@ -200,7 +238,6 @@ class Engine:
         finally:
             with self._lock:
                 self._current = None
-                self._pending -= 1
             if self.synth is not None:
                 drop_leftovers(self.synth.cosy)
 

@@ -91,7 +91,7 @@ def run_server(pretrained_dir: Path, instruct: str, opts: ServeOptions) -> None:
     select_device(opts.device)
     import uvicorn
 
-    from voicelab.serve.app import Server, ServeConfig, create_app
+    from voicelab.serve.app import ServeConfig, Server, create_app
     from voicelab.serve.encode import check_encoders
     from voicelab.serve.voices import find_voices
 
