@@ -268,6 +268,8 @@ async def _cancel_until_done(engine: Engine, job: Job, fut: asyncio.Future[Any])
     while not fut.done():
         engine.cancel(job)
         await asyncio.sleep(_POLL)
+    if not fut.cancelled() and isinstance(fut.exception(), Exception):
+        log.debug("cancelled request ended with %r", fut.exception())
 
 
 _background: set[asyncio.Task[None]] = set()  # kept referenced until done
@@ -291,7 +293,7 @@ async def _wait(
     while True:
         done, _ = await asyncio.wait({fut}, timeout=_POLL)
         if done:
-            return fut.result()
+            return _result(fut)
         if await request.is_disconnected():
             _cancel_soon(engine, job, fut)
             raise ApiError(499, "client closed the request", "client_closed")
@@ -300,6 +302,15 @@ async def _wait(
             raise ApiError(
                 504, f"the request took longer than {server.config.timeout:g} s", "timeout"
             )
+
+
+def _result(fut: asyncio.Future[Result]) -> Result:
+    """The job's result; a user-fixable failure (a broken checkpoint, ...) as a 500 that says
+    what it was. Bugs stay bugs: the generic handler logs them."""
+    try:
+        return fut.result()
+    except VoiceLabError as e:
+        raise ApiError(500, e.one_line(), "synthesis_failed") from e
 
 
 def _submit(server: Server, engine: Engine, job: Job) -> asyncio.Future[Result]:
@@ -393,7 +404,7 @@ async def _stream(
             504, f"the request took longer than {server.config.timeout:g} s", "timeout"
         ) from None
     if first is None:  # the job ended without audio: its error, or none at all
-        result = fut.result()
+        result = _result(fut)
         raise ApiError(500, f"no audio came out for this text ({result.seconds:.1f} s)", "no_audio")
     first_at = time.monotonic()
 
@@ -408,6 +419,9 @@ async def _stream(
                     chunk = await next_chunk()
                 except TimeoutError:
                     log.warning("stream cut at the time limit (%g s)", server.config.timeout)
+                    return
+                except Cancelled:  # the client hung up: nobody to tell
+                    log.info("client closed a streamed request")
                     return
                 if chunk is None:
                     break
@@ -428,6 +442,38 @@ async def _stream(
 
 
 # ---- the app ----------------------------------------------------------------------------------
+class _Guard:
+    """API key check (all routes but /health) and request counting, as plain ASGI: Starlette's
+    BaseHTTPMiddleware would sit between a streamed answer and the client and hide the
+    client's disconnect from it."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path != "/health":
+            try:
+                _check_auth(self.server, Request(scope))
+            except ApiError as e:
+                await _error_response(self.server, e)(scope, receive, send)
+                return
+        if path != "/v1/audio/speech":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.server.metrics.requests.labels(status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
 def _error_response(server: Server, err: ApiError) -> JSONResponse:
     server.metrics.errors.labels(code=err.code).inc()
     return err.response()
@@ -453,6 +499,7 @@ def create_app(server: Server, load: bool = True) -> FastAPI:
         openapi_url=None,
     )
     app.state.server = server
+    app.add_middleware(_Guard, server=server)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -483,19 +530,6 @@ def create_app(server: Server, load: bool = True) -> FastAPI:
         return _error_response(
             server, ApiError(500, "internal error: see the server log", "internal_error")
         )
-
-    @app.middleware("http")
-    async def _auth_and_count(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        if path != "/health":
-            try:
-                _check_auth(server, request)
-            except ApiError as e:
-                return _error_response(server, e)
-        response = await call_next(request)
-        if path == "/v1/audio/speech":
-            server.metrics.requests.labels(status=str(response.status_code)).inc()
-        return response
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request, body: SpeechRequest) -> Response:
