@@ -199,7 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/voicelab-bench-serve"))
     ap.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
-    ap.add_argument("--requests", type=int, default=2, help="requests per client and level")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client and level")
     ap.add_argument("--fp16", action="store_true", help="half precision (both sides)")
     ap.add_argument("--skip-upstream", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
