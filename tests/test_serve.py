@@ -158,6 +158,14 @@ def test_health_voices_models(server: ServerProcess, workspace: Workspace) -> No
     assert all(v["base"] == "Fun-CosyVoice3-0.5B" for v in voices)
     assert voices[0]["llm"]["checkpoints"] == ["epoch_3_whole.pt"] and voices[0]["flow"] == "base"
     assert "/x" not in json.dumps(voices)  # no paths of the machine
+    # What Open WebUI reads to fill its voice and model pickers.
+    short = httpx.get(f"{server.url}/v1/audio/voices").json()["voices"]
+    assert {v["id"]: v["name"] for v in short} == {
+        workspace.voice_name: "xuan",
+        "other-voice": "lin",
+    }
+    models = httpx.get(f"{server.url}/v1/audio/models").json()["models"]
+    assert [m["id"] for m in models] == ["tts-1", "Fun-CosyVoice3-0.5B"]
     models = httpx.get(f"{server.url}/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["Fun-CosyVoice3-0.5B"]

@@ -1,7 +1,8 @@
 """The HTTP side of ``voicelab serve``: an OpenAI-compatible speech API (FastAPI).
 
 Routes: ``POST /v1/audio/speech`` (audio), ``GET /v1/models``, ``GET /v1/voices``, ``GET
-/health`` and ``GET /metrics``. The models load in a background thread after the server has
+/health`` and ``GET /metrics``; ``GET /v1/audio/voices`` and ``/v1/audio/models`` are the short
+lists chat front ends (Open WebUI) read. The models load in a background thread after the server has
 started, so the API answers at once: ``/health`` says ``loading`` (HTTP 503) until they are
 ready, and speech requests get 503 with ``Retry-After`` meanwhile (or the load error when a
 model cannot load). Every error is JSON in OpenAI's shape
@@ -109,6 +110,9 @@ class Server:
         for e in self.engines.values():
             self.metrics.watch(e.name, lambda e=e: e.queue_depth, lambda e=e: float(e.busy))
         self.started = int(time.time())
+
+    def model_names(self) -> list[str]:
+        return [e.name for e in self.engines.values()]
 
     def engine_of(self, voice: Voice) -> Engine:
         return self.engines[voice.base_key]
@@ -558,6 +562,15 @@ def create_app(server: Server, load: bool = True) -> FastAPI:
             d["state"] = server.engine_of(v).state
             out.append(d)
         return {"object": "list", "data": out}
+
+    # The lists Open WebUI (and other front ends) read from an OpenAI-compatible TTS server.
+    @app.get("/v1/audio/voices")
+    async def audio_voices() -> dict[str, Any]:
+        return {"voices": [{"id": v.name, "name": v.speaker} for v in server.table.voices]}
+
+    @app.get("/v1/audio/models")
+    async def audio_models() -> dict[str, Any]:
+        return {"models": [{"id": m} for m in (*OPENAI_MODELS[:1], *server.model_names())]}
 
     @app.get("/health")
     async def health() -> JSONResponse:
