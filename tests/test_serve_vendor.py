@@ -247,3 +247,42 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
             model="tts-1", voice="spk1", input="Hi.", response_format="wav"
         )
         assert sf.info(io.BytesIO(resp.content)).samplerate == RATE
+
+
+def test_cancel_stops_upstream_llm(workspace) -> None:
+    """Engine.cancel ends upstream's LLM thread at its next token (streamed or not) and leaves no
+    per-request state in the model for the next job."""
+    from voicelab.serve.engine import Cancelled, Engine, Job
+    from voicelab.serve.voices import find_voices
+    from voicelab.tts_text import plan_utterance
+
+    voice = find_voices(workspace.pretrained_dir)[0]
+    engine = Engine([voice])
+    engine.load()
+    assert engine.state == "ready", engine.error
+    model = engine.synth.cosy.model
+
+    def llm_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if "llm_job" in t.name]
+
+    for stream in (False, True):
+        job = Job(voice, [plan_utterance(LONG, BARE)], stream=stream)
+        fut = engine.submit(job)
+        deadline = time.monotonic() + 120
+        while not any(len(t) > 5 for t in list(model.tts_speech_token_dict.values())):
+            assert time.monotonic() < deadline, "upstream's LLM produced no tokens"
+            time.sleep(0.05)
+        engine.cancel(job)
+        runs = list(model.tts_speech_token_dict.values())  # the tokens as of the abort
+        with pytest.raises(Cancelled):
+            fut.result(120)
+        deadline = time.monotonic() + 20
+        while llm_threads():
+            assert time.monotonic() < deadline, "upstream's LLM thread still runs"
+            time.sleep(0.05)
+        # The thread ended by trying to add a token after the abort, not at its length limit.
+        assert any(getattr(r, "hit", False) for r in runs), stream
+    short = engine.submit(Job(voice, [plan_utterance("Hi.", BARE)], seed=1)).result(120)
+    assert short.seconds > 0.3
+    assert not model.tts_speech_token_dict and not model.llm_end_dict
+    engine.shutdown()
