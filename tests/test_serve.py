@@ -192,6 +192,8 @@ BAD = [
     ),
     ({"input": "hi", "voice": "xuan", "model": "gpt-9"}, "model_not_found", "model"),
     ({"voice": "xuan"}, "invalid_request", "input"),
+    ({"input": "hi", "voice": "xuan", "seed": -1}, "invalid_seed", "seed"),
+    ({"input": "hi", "voice": "xuan", "instruct": "慢" * 201}, "input_too_long", "instruct"),
     ({"input": "hi", "voice": "xuan", "preset": "shouty"}, "invalid_input", "input"),
     ({"input": "。。！", "voice": "xuan"}, "invalid_input", "input"),
 ]

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # Model names OpenAI clients send by default: any of them means "the voice's own model".
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MIN_SPEED, MAX_SPEED = 0.5, 2.0  # what upstream's mel interpolation keeps intelligible
+MAX_INSTRUCT = 200  # characters: an instruct is a short style prompt, spoken before every segment
 _POLL = 0.2  # seconds between checks for a gone client / the time limit
 
 
@@ -208,7 +209,16 @@ def _check_body(server: Server, body: SpeechRequest) -> None:
             "input_too_long",
             "input",
         )
-    fmt = body.response_format
+    if body.instruct is not None and len(body.instruct) > MAX_INSTRUCT:
+        raise ApiError(
+            400,
+            f"instruct is {len(body.instruct)} characters; the limit is {MAX_INSTRUCT}",
+            "input_too_long",
+            "instruct",
+        )
+    if body.seed is not None and not 0 <= body.seed < 2**32:
+        raise ApiError(400, "seed must be from 0 to 4294967295", "invalid_seed", "seed")
+    fmt = body.response_format = body.response_format.strip().lower()
     if fmt not in encode.FORMATS:
         raise ApiError(
             400,
