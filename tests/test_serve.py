@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -272,6 +273,13 @@ def test_refuses_open_address_without_key(workspace: Workspace) -> None:
     with pytest.raises(RuntimeError, match=r"refusing to serve on 0\.0\.0\.0 without an API key"):
         srv.start(timeout=60)
     assert srv.proc is not None and srv.proc.returncode == 1
+
+
+def test_port_in_use(workspace: Workspace, server: ServerProcess) -> None:
+    cmd = ServerProcess(workspace.root, port=server.port).command()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in done.stdout + done.stderr
 
 
 def test_key_required_when_given(workspace: Workspace) -> None:

@@ -11,6 +11,7 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,23 @@ def check_options(opts: ServeOptions) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """A one-line error now, rather than uvicorn's log line after the voices were read, when a
+    server already answers on the port (an earlier ``voicelab serve``, often)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    if target == "::":
+        target = "::1"
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            pass
+    except OSError:
+        return  # nothing listens there: free (binding may still fail, uvicorn then says why)
+    raise ConfigError(
+        f"cannot listen on {host}:{port}: another program already does",
+        "is another voicelab serve running? stop it, or pass --port N",
+    )
+
+
 def select_device(device: str) -> None:
     """``--device``: which GPU upstream sees (it picks ``cuda`` whenever one is visible), set
     before torch is first imported."""
@@ -88,6 +106,7 @@ def run_server(pretrained_dir: Path, instruct: str, opts: ServeOptions) -> None:
     """Serve until interrupted (Ctrl+C)."""
     check_options(opts)
     check_packages()
+    check_port(opts.host, opts.port)
     select_device(opts.device)
     import uvicorn
 
