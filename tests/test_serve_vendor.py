@@ -66,7 +66,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory):
 def server(workspace) -> Iterator:
     from voicelab.testing.server import ServerProcess
 
-    with ServerProcess(workspace.root, ["--max-queue", "3", "--timeout", "300"]) as srv:
+    with ServerProcess(workspace.root, ["--max-queue", "2", "--timeout", "300"]) as srv:
         srv.wait_ready(300)
         yield srv
 
@@ -128,11 +128,11 @@ def test_voices_share_one_model(server, workspace) -> None:
     assert a1.status_code == b.status_code == a2.status_code == 200
     assert a1.content == a2.content  # back to the first voice: its own weights and speaker
     assert a1.content != b.content
-    assert "one model" and len(httpx.get(f"{server.url}/v1/models").json()["data"]) == 1
+    assert len(httpx.get(f"{server.url}/v1/models").json()["data"]) == 1  # one model, 2 voices
 
 
 def test_stream_sends_audio_before_the_end(server) -> None:
-    body = {"input": LONG[:120], "voice": "spk1", "response_format": "wav", "stream": True}
+    body = {"input": LONG[:60], "voice": "spk1", "response_format": "wav", "stream": True}
     start = time.monotonic()
     arrivals: list[tuple[float, int]] = []
     data = b""
@@ -148,9 +148,18 @@ def test_stream_sends_audio_before_the_end(server) -> None:
     with sf.SoundFile(io.BytesIO(data)) as f:
         assert f.samplerate == RATE
         audio = f.read(dtype="float32")
-    assert len(audio) > 2 * RATE
-    metrics = httpx.get(f"{server.url}/metrics").text
-    assert "voicelab_first_chunk_seconds_count 1.0" in metrics or "first_chunk" in metrics
+    assert len(audio) > 1 * RATE
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {
+        s.name: s.value
+        for fam in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+        for s in fam.samples
+        if not s.labels or s.name.endswith("_total")
+    }
+    assert samples["voicelab_first_chunk_seconds_count"] >= 1
+    assert samples["voicelab_rtf_count"] >= 1 and samples["voicelab_rtf_sum"] > 0
+    assert samples["voicelab_audio_seconds_total"] >= len(audio) / RATE - 0.01
 
 
 def test_32_requests_from_8_clients(server) -> None:
@@ -191,7 +200,7 @@ def test_32_requests_from_8_clients(server) -> None:
     ok = [r for r in results if r[1] == 200]
     busy = [r for r in results if r[1] == 503]
     assert len(ok) + len(busy) == 32, [r[1] for r in results]
-    assert len(ok) >= 4
+    assert len(ok) >= 3  # the first three (one running, two waiting) at least
     for spec, _, content, _ in ok:
         assert content == ref[spec], spec
     for _, _, content, headers in busy:
@@ -241,12 +250,12 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
         while httpx.get(f"{srv.url}/health").json()["models"][0]["busy"]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        # The openai client sends the key as a Bearer token.
         openai = pytest.importorskip("openai", reason="openai (test extra) is not installed")
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0)
-        resp = client.audio.speech.create(
-            model="tts-1", voice="spk1", input="Hi.", response_format="wav"
-        )
-        assert sf.info(io.BytesIO(resp.content)).samplerate == RATE
+        assert [m.id for m in client.models.list()] == ["tiny-base"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
 def test_cancel_stops_upstream_llm(workspace) -> None:

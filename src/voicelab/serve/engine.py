@@ -58,7 +58,6 @@ class Job:
     seed: int | None = None
     on_chunk: Callable[[np.ndarray], None] | None = None  # called in the worker thread
     cancel: threading.Event = field(default_factory=threading.Event)
-    started: float | None = None  # perf_counter when synthesis began (after the queue)
 
 
 @dataclass
@@ -232,7 +231,6 @@ class Engine:
                 raise Cancelled
             if self.synth is None:
                 raise ModelError(f"{self.name} is not loaded", self.error)
-            job.started = time.perf_counter()
             self._use(job.voice)
             return self._speak(job)
         finally:
