@@ -302,7 +302,8 @@ def test_key_required_when_given(workspace: Workspace) -> None:
 def test_loading_answers_503_with_retry_after(workspace: Workspace) -> None:
     import uvicorn
 
-    from voicelab.serve.app import ServeConfig, Server, create_app
+    from voicelab.serve.app import create_app
+    from voicelab.serve.server import ServeConfig, Server
     from voicelab.serve.voices import find_voices
 
     server = Server(find_voices(workspace.pretrained_dir), ServeConfig(instruct="<|endofprompt|>"))

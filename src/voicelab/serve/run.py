@@ -110,8 +110,9 @@ def run_server(pretrained_dir: Path, instruct: str, opts: ServeOptions) -> None:
     select_device(opts.device)
     import uvicorn
 
-    from voicelab.serve.app import ServeConfig, Server, create_app
+    from voicelab.serve.app import create_app
     from voicelab.serve.encode import check_encoders
+    from voicelab.serve.server import ServeConfig, Server
     from voicelab.serve.voices import find_voices
 
     check_encoders()
