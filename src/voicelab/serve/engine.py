@@ -218,7 +218,12 @@ class Engine:
                 abort_inference(self.synth.cosy)
 
     def shutdown(self) -> None:
+        """Drop waiting jobs and stop the running one (the process exits without waiting for
+        the end of an utterance)."""
         self._queue.shutdown()
+        current = self._current
+        if current is not None:
+            self.cancel(current)
 
     # ---- the worker ---------------------------------------------------------------------
     def _run(self, job: Job) -> Result:
