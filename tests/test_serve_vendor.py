@@ -229,7 +229,7 @@ def test_disconnect_frees_the_slot(server) -> None:
 
 def test_key_and_time_limit_off_localhost(workspace) -> None:
     """Bound to 127.0.0.2 with a key: no key, no speech; a request over --timeout gets 504 and
-    its slot back."""
+    its slot back; Ctrl+C does not wait for a long request to finish."""
     from voicelab.testing.server import ServerProcess
 
     key = "k-123"
@@ -256,6 +256,23 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
         assert [m.id for m in client.models.list()] == ["tiny-base"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong", max_retries=0).models.list()
+        # Ctrl+C while a long request runs: the server stops by itself, without finishing it.
+        long_body = {"input": LONG, "voice": "spk1"}
+        hung = threading.Thread(
+            target=lambda: httpx.post(url, json=long_body, headers=auth, timeout=60),
+            daemon=True,
+        )
+        hung.start()
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{srv.url}/health").json()["models"][0]["busy"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        start = time.monotonic()
+        srv.stop()
+        assert srv.proc is not None and srv.proc.returncode != -9  # not killed by stop()
+        # LONG alone takes minutes here; a stop waits ~3 s, then for the audio chunk being
+        # computed from the tokens so far (CPU: seconds, GPU: well under one).
+        assert time.monotonic() - start < 45
 
 
 def test_cancel_stops_upstream_llm(workspace) -> None:

@@ -130,4 +130,12 @@ def run_server(pretrained_dir: Path, instruct: str, opts: ServeOptions) -> None:
     where = f"http://{opts.host}:{opts.port}"
     log.info("voices: %s", ", ".join(v.name for v in voices))
     log.info("serving on %s/v1 (models load in the background: %s/health)", where, where)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", access_log=False)
+    # Ctrl+C: requests still running get a few seconds, then are cancelled (see Engine.shutdown).
+    uvicorn.run(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )

@@ -98,7 +98,7 @@ class ServerProcess:
             return
         self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful stop
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=15)
