@@ -28,6 +28,9 @@ CACHE = Path(os.environ.get("VOICELAB_TEST_CACHE", Path(__file__).resolve().pare
 BARE = "<|endofprompt|>"  # the shortest instruct: short takes
 RATE = 24000
 LONG = " ".join(["The quick brown fox jumps over the lazy dog near the old stone bridge."] * 4)
+# Three segments of LONG: about 80 s of synthesis without streaming on 2 CPU cores (LONG alone:
+# ~30 s without streaming, ~4 minutes streamed, whose chunks grow).
+VERY_LONG = " ".join([LONG] * 3)
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +214,8 @@ def test_32_requests_from_8_clients(server) -> None:
 
 def test_disconnect_frees_the_slot(server) -> None:
     """A client that hangs up (streaming or not) frees the model within seconds, while its text
-    would have kept it busy for minutes (LONG takes about 4 minutes on 2 CPU cores). The wait
-    is the chunk being computed when the client left (upstream cannot stop inside one)."""
+    would have kept it busy for minutes (see LONG). The wait is the chunk being computed when
+    the client left (upstream cannot stop inside one)."""
     body = {"input": LONG, "voice": "spk1", "response_format": "pcm", "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, timeout=300) as resp:
         assert resp.status_code == 200
@@ -220,7 +223,7 @@ def test_disconnect_frees_the_slot(server) -> None:
     assert _idle(server.url, 40) < 40
     # Not streaming: the client gives up waiting.
     with pytest.raises(httpx.ReadTimeout):
-        _speech(server.url, timeout=2.0, input=LONG, response_format="wav")
+        _speech(server.url, timeout=2.0, input=VERY_LONG, response_format="wav")
     assert _idle(server.url, 40) < 40
     # The model still speaks correctly afterwards.
     r = _speech(server.url, input="Hi.", response_format="wav", seed=1)
@@ -243,7 +246,7 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
         auth = {"Authorization": f"Bearer {key}"}
         start = time.monotonic()
-        slow = httpx.post(url, json={"input": LONG, "voice": "spk1"}, headers=auth, timeout=60)
+        slow = httpx.post(url, json={"input": VERY_LONG, "voice": "spk1"}, headers=auth, timeout=60)
         assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
         assert time.monotonic() - start < 10
         deadline = time.monotonic() + 40
@@ -257,7 +260,7 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong", max_retries=0).models.list()
         # Ctrl+C while a long request runs: the server stops by itself, without finishing it.
-        long_body = {"input": LONG, "voice": "spk1"}
+        long_body = {"input": VERY_LONG, "voice": "spk1"}
         hung = threading.Thread(
             target=lambda: httpx.post(url, json=long_body, headers=auth, timeout=60),
             daemon=True,
@@ -270,7 +273,7 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
         start = time.monotonic()
         srv.stop()
         assert srv.proc is not None and srv.proc.returncode != -9  # not killed by stop()
-        # LONG alone takes minutes here; a stop waits ~3 s, then for the audio chunk being
+        # VERY_LONG alone takes ~80 s here; a stop waits ~3 s, then for the audio being
         # computed from the tokens so far (CPU: seconds, GPU: well under one).
         assert time.monotonic() - start < 45
 
