@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "voicelab.cli.pipeline",  # run, status, demo, report
     "voicelab.cli.evaluate",  # eval
     "voicelab.cli.ui",  # ui
+    "voicelab.cli.serve",  # serve
 )
 
 
