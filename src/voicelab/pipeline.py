@@ -123,6 +123,11 @@ def _judge(
     states: dict[str, StageState],
 ) -> tuple[str, str]:
     if rec is None:
+        # A stage whose outputs speak for themselves (a vendor checkout, a downloaded model)
+        # done by its own command (vendor sync, download) counts when they are all there.
+        outs = [] if st.records_itself else st.outputs(ws, opts)
+        if outs and all(Path(p).exists() for p in outs):
+            return "done", "found (made outside voicelab run)"
         return "pending", "never run"
     if rec.status == "failed":
         return "failed", f"last run failed: {rec.error or 'unknown error'}"

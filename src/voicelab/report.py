@@ -369,8 +369,8 @@ def audition_section(ws: Workspace) -> str:
 
 def status_section(ws: Workspace) -> str:
     rows = []
-    for path in sorted(ws.state_dir.glob("run-*.json")):
-        rec = load_record(ws, path.stem)
+    for path in sorted(ws.state_dir.glob("*.json")):
+        rec = None if path.stem.startswith("run-") else load_record(ws, path.stem)  # 0.1's
         if rec:
             rows.append(
                 [

@@ -64,7 +64,8 @@ class Ctx:
         from voicelab.locks import workspace_lock
 
         if ws.config_file.is_file():
-            workspace_lock(ws.root, f"voicelab {self.command or ''}".strip())
+            lock = workspace_lock(ws.root, f"voicelab {self.command or ''}".strip())
+            click.get_current_context().call_on_close(lock.release)
             self.start_log(ws)
 
     def start_log(self, ws: Workspace) -> None:
