@@ -52,7 +52,8 @@ def voice(tmp_path: Path, onnx_dir: Path) -> Path:
     shutil.copytree(onnx_dir, base)
     torch.save({"w": torch.zeros(1)}, base / "llm.pt")
     root = tmp_path / "ws"
-    assert voicelab("-w", str(root), "init", "--speaker", "spk1", "--wav-dir", str(src)).returncode == 0
+    r = voicelab("-w", str(root), "init", "--speaker", "spk1", "--wav-dir", str(src))
+    assert r.returncode == 0, r.stderr
     for key, value in [
         ("prepare.asr", "transcripts"),
         ("prepare.transcripts", str(tsv)),
@@ -133,7 +134,8 @@ def _holder(root: Path) -> subprocess.Popen[str]:
         "def stages():\n"
         "    out = orig()\n"
         "    import dataclasses\n"
-        "    return [dataclasses.replace(s, run=slow) if s.name == 'features' else s for s in out]\n"
+        "    return [dataclasses.replace(s, run=slow) if s.name == 'features' else s\n"
+        "            for s in out]\n"
         "st.default_stages = stages\n"
         f"main(['-w', {str(root)!r}, 'features'])\n"
     )
