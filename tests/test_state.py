@@ -171,3 +171,18 @@ def test_second_writer_is_refused_and_readers_do_not_wait(tmp_workspace: Workspa
     assert r.returncode == 0, r.stderr
     assert "stale lock" in r.stderr and str(proc.pid) in r.stderr
     assert Workspace.open(root).option("train", "epochs") == 3
+
+
+def test_sigterm_stops_a_command_cleanly_and_its_record_says_so(tmp_workspace: Workspace) -> None:
+    """Item 4/19: a `kill` is not a silent death: the stage record says stopped, the per-run
+    log holds the reason, the exit code is 128+15."""
+    root = tmp_workspace.root
+    proc = _holder(root)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    rec = load_record(Workspace.open(root), "features")
+    assert rec is not None and rec.status == "stopped" and rec.error == "stopped by SIGTERM"
+    logs = sorted((root / "logs").glob("*-features.log"))
+    assert logs and "stopped by SIGTERM" in logs[-1].read_text("utf-8")
+    states = _status(root)
+    assert states["features"]["state"] == "pending" and "SIGTERM" in states["features"]["reason"]

@@ -11,7 +11,6 @@ A stage function called outside the runner (a library call, a test) records the 
 
 from __future__ import annotations
 
-import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 from voicelab.errors import VoiceLabError
 from voicelab.fsutil import atomic_write_json, hash_obj, read_json
+from voicelab.signals import Stopped
 from voicelab.workspace import Workspace
 
 
@@ -50,14 +50,6 @@ class StageRecord:
 
 # Records the runner holds open, by stage: a stage_run inside writes into them.
 _active: ContextVar[dict[str, StageRecord] | None] = ContextVar("voicelab_records", default=None)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM/SIGHUP: stop like Ctrl-C, but the record says stopped (and by which signal)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 def active_record(stage: str) -> StageRecord | None:

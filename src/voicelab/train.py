@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import ConfigError, StageError, VoiceLabError
 from voicelab.fsutil import atomic_write_json, atomic_write_text, free_bytes, quick_fingerprint
+from voicelab.locks import Lock
+from voicelab.signals import stop_on_signals, stopped_by
 from voicelab.upstream import train_config as tc
 
 if TYPE_CHECKING:
@@ -1306,7 +1308,10 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             log.info("a real run would first move %s to %s", *plan.archive)
         return result
 
-    with state.stage_run(ws, f"train_{model}", inputs, params) as rec:
+    with (
+        run_lock(plan.run_dir) as lock,
+        state.stage_run(ws, f"train_{model}", inputs, params) as rec,
+    ):
         if plan.archive:
             src, dst = plan.archive
             os.replace(src, dst)
@@ -1320,7 +1325,16 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         rec.outputs = [str(plan.run_dir / CHECKPOINT_LOG)]
         batches = max(facts.batches) if facts.batches else 1
         t0 = time.time()
-        rc = _run(launch, plan.run_dir, model, max_epoch, batches, accum, done_epoch)
+        rc = _run(
+            launch,
+            plan.run_dir,
+            model,
+            max_epoch,
+            batches,
+            accum,
+            done_epoch,
+            on_start=lambda pgid: lock.update(pgid=pgid),
+        )
         result.launched = True
         result.seconds = time.time() - t0
         rows = read_train_log(plan.run_dir / CHECKPOINT_LOG)
@@ -1377,6 +1391,13 @@ def _failure_hint(log_path: Path) -> str:
     return f"see {log_path}; fix, then continue with --resume"
 
 
+def run_lock(run_dir: Path) -> Lock:
+    """One trainer per run dir. The lock file sits beside the dir (archiving a finished run
+    moves the dir itself) and records the owner's PID and torchrun's process group, so an
+    orphaned trainer (its parent killed with SIGKILL) is found and refused, not joined."""
+    return Lock(run_dir.with_name(f".{run_dir.name}.lock"), f"training run {run_dir}")
+
+
 def _run(
     launch: Launch,
     run_dir: Path,
@@ -1385,9 +1406,11 @@ def _run(
     batches: int,
     accum: int,
     done_epoch: int,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
     """Run torchrun, tee its output to train.log, parse it into train_log.jsonl, show progress.
-    Ctrl-C stops the whole process group (torchrun and its workers) and re-raises."""
+    Ctrl-C, SIGTERM and SIGHUP stop the whole process group (torchrun and its workers), keep the
+    rest of its output in train.log and re-raise. ``on_start`` is told the process group."""
     from voicelab.console import console, progress_enabled
 
     parser = LogParser(accum)
@@ -1400,7 +1423,7 @@ def _run(
             os.sched_setaffinity(0, cpus)
 
     with (
-        open(run_dir / "train.log", "a", encoding="utf-8") as raw,
+        open(run_dir / "train.log", "a", encoding="utf-8", buffering=1) as raw,  # line by line
         open(jsonl, "a", encoding="utf-8") as out,
     ):
 
@@ -1430,10 +1453,12 @@ def _run(
             start_new_session=True,  # its own process group: Ctrl-C is ours to forward
             preexec_fn=preexec if cpus else None,
         )
+        if on_start is not None:
+            on_start(proc.pid)  # start_new_session: its PID is its process group
         live = progress_enabled()
         status_cm = console.status(progress.text) if live else contextlib.nullcontext()
         try:
-            with status_cm as status:
+            with stop_on_signals(), status_cm as status:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     raw.write(line)
@@ -1449,8 +1474,12 @@ def _run(
                         else:
                             log.debug("%s", text)
                 rc = proc.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            why = str(stopped_by(e) or "interrupted (Ctrl-C)")
+            log.warning("%s: %s, stopping the trainer (process group %d)", model, why, proc.pid)
             _stop(proc)
+            _drain(proc, raw)
+            raw.write(f"voicelab: {why}; the trainer was stopped\n")
             emit(
                 {
                     "tag": "EVENT",
@@ -1458,6 +1487,7 @@ def _run(
                     "time": time.time(),
                     "rc": None,
                     "interrupted": True,
+                    "why": why,
                 }
             )
             raise
@@ -1474,6 +1504,23 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+
+
+def _drain(proc: subprocess.Popen[str], raw: Any, seconds: float = 5.0) -> None:
+    """The stopped trainer's last output into train.log (bounded: a stray writer outside the
+    process group must not hang the stop)."""
+    import selectors
+
+    if proc.stdout is None:
+        return
+    end = time.monotonic() + seconds
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while (left := end - time.monotonic()) > 0 and sel.select(timeout=left):
+            line = proc.stdout.readline()
+            if not line:
+                return
+            raw.write(line)
 
 
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from voicelab import __version__
 from voicelab.console import console, setup_logging
 from voicelab.errors import VoiceLabError
+from voicelab.signals import stop_on_signals, stopped_by
 from voicelab.workspace import Workspace
 
 COMMAND_MODULES = (
@@ -176,14 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line and exit code 1."""
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="voicelab", standalone_mode=False)
-    except click.exceptions.Abort:
-        console.print("interrupted: run the same command again to resume")
-        sys.exit(130)
-    except KeyboardInterrupt as e:
-        _log_error(e)
-        console.print("interrupted: run the same command again to resume")
-        sys.exit(130)
+        with stop_on_signals():  # SIGTERM/SIGHUP clean up like Ctrl-C
+            cli.main(args=argv, prog_name="voicelab", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        stopped = stopped_by(e)
+        _log_error(stopped or KeyboardInterrupt("interrupted"))
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            console.print(f"{stopped or 'interrupted'}: run the same command again to resume")
+        sys.exit(128 + stopped.signum if stopped else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
