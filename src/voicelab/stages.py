@@ -303,6 +303,18 @@ def save_run_options(ws: Workspace, opts: RunOptions) -> None:
     ws.save()
 
 
+def next_step(ws: Workspace) -> str:
+    """The command that moves this workspace on, from its stage states (for hints such as
+    ``say`` with nothing exported yet)."""
+    for s in pipeline.stage_states(ws, default_stages(), run_options(ws)):
+        if s.state in ("done", "disabled"):
+            continue
+        if s.name == "export":
+            return "run: voicelab export (training is done)"
+        return f"{s.name} is {s.state} ({s.reason}): run: voicelab run"
+    return "run: voicelab run"
+
+
 def run_stage(ws: Workspace, name: str, opts: RunOptions) -> StageRun:
     """Run the stage ``name`` alone through the runner (``voicelab prepare``, ``features``,
     ``pack``): recorded exactly as ``voicelab run`` records it."""

@@ -155,7 +155,7 @@ class Problem:
     fix: str
 
     def line(self) -> str:
-        return f"{self.what} ({self.fix})"
+        return f"{self.what} ({self.fix})" if self.fix else self.what
 
 
 class PreflightError(ConfigError):
@@ -939,6 +939,13 @@ def preflight(
 
     base = ws.base_model_dir
     need = [base_ckpt, base / "CosyVoice-BlankEN" / "config.json", base / "campplus.onnx"]
+    if not base.is_dir():  # one root cause, not one line per file
+        problems.append(
+            Problem(
+                f"base model file missing: no folder {base}", "run: voicelab download cosyvoice3"
+            )
+        )
+        need = []
     for p in need:
         if not p.exists():
             problems.append(
@@ -1022,9 +1029,12 @@ def preflight(
                     f"use --batch-frames {suggest} or --accum-grad 1, or add data",
                 )
             )
-    warn, errs = tc.check_values(values, engine)
-    warnings += warn
-    problems += [Problem(e, f"edit {ws.train_yaml.name} or delete it to regenerate") for e in errs]
+    if values:  # no config without a vendor: that root cause is reported once, above
+        warn, errs = tc.check_values(values, engine)
+        warnings += warn
+        problems += [
+            Problem(e, f"edit {ws.train_yaml.name} or delete it to regenerate") for e in errs
+        ]
 
     if device == "cpu" and facts.params > MAX_CPU_PARAMS:
         problems.append(
@@ -1157,7 +1167,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
 
         vendor = cosyvoice_runtime()
     except VoiceLabError as e:
-        vendor_problem = e.one_line()
+        vendor_problem = e.message  # preflight adds the one fix (it was printed twice)
 
     base_dir = ws.base_model_dir
     base_ckpt = _base_checkpoint(ws, model)
