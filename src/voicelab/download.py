@@ -88,24 +88,59 @@ def _spec(path: str, size: int | None, required: bool = True) -> FileSpec:
     return FileSpec(path, size, required=required)
 
 
-# Sizes of HF revision 29e01c4e8d000f4bcd70751be16fa94bf3d85a18 (see docs/models.md). The hub's
-# own listing (sizes and hashes) replaces these whenever it can be fetched.
+# The Hugging Face revision VoiceLab downloads unless --revision says otherwise (ModelScope's
+# commit ids differ; there the pinned hashes below are what holds the files to this revision).
+COSYVOICE3_HF_REVISION = "29e01c4e8d000f4bcd70751be16fa94bf3d85a18"
+
+# sha256 of the files that are code-like: the YAML that hyperpyyaml instantiates in process and
+# the JSON/tokenizer files transformers reads. A mirror serving anything else is refused; the
+# hub's listing never replaces these. Source: public records of this revision by independent
+# projects pinning it (cosyvoice3.yaml in two of them, agreeing); not re-derived from the hub
+# by VoiceLab (no network here): see docs/models.md.
+COSYVOICE3_PINNED_SHA256 = {
+    "cosyvoice3.yaml": "f5a6b2c6f05139d0f18861a1fe506f751e787026b77c05f7e8fef9f8a4405965",
+    "CosyVoice-BlankEN/config.json": (
+        "168aa1bd401abc3bc262ba15ba4e499627a8b4e006e9d050b47c22de20660185"
+    ),
+    "CosyVoice-BlankEN/generation_config.json": (
+        "e558847a8b4402616f1273797b015104dc266fe4b520056fca88823ba8f8ebe6"
+    ),
+    "CosyVoice-BlankEN/merges.txt": (
+        "ac8ff86a72bee70828fbc1119bc4398c6f3a9a6e490d7b0dbe917be025478bd0"
+    ),
+    "CosyVoice-BlankEN/tokenizer_config.json": (
+        "482bd979881423375ca5414e4e0d94cd7c5349dbb17fffd46b4d36d71e62a1bc"
+    ),
+    "CosyVoice-BlankEN/vocab.json": (
+        "ca10d7e9fb3ed18575dd1e277a2579c16d108e32f27439684afa0e10b1440910"
+    ),
+}
+# Which files are code-like (pinned whenever a catalogue gives their sha256).
+PINNED_FILES = frozenset(COSYVOICE3_PINNED_SHA256)
+
+
+def _pinned(path: str, size: int) -> FileSpec:
+    return FileSpec(path, size, sha256=COSYVOICE3_PINNED_SHA256[path])
+
+
+# Sizes of HF revision COSYVOICE3_HF_REVISION (see docs/models.md). The hub's own listing (sizes
+# and hashes) replaces these whenever it can be fetched, except the pinned hashes.
 COSYVOICE3_FILES: dict[str, FileSpec] = {
     s.path: s
     for s in (
-        _spec("cosyvoice3.yaml", 6_934),
+        _pinned("cosyvoice3.yaml", 6_934),
         _spec("llm.pt", 2_024_669_519),
         _spec("flow.pt", 1_329_116_148),
         _spec("hift.pt", 83_202_622),
         _spec("campplus.onnx", 28_303_423),
         _spec("speech_tokenizer_v3.onnx", 969_451_503),
         _spec("speech_tokenizer_v3.batch.onnx", 969_451_579),
-        _spec("CosyVoice-BlankEN/config.json", 659),
-        _spec("CosyVoice-BlankEN/generation_config.json", 242),
-        _spec("CosyVoice-BlankEN/merges.txt", 1_402_109),
+        _pinned("CosyVoice-BlankEN/config.json", 659),
+        _pinned("CosyVoice-BlankEN/generation_config.json", 242),
+        _pinned("CosyVoice-BlankEN/merges.txt", 1_402_109),
         _spec("CosyVoice-BlankEN/model.safetensors", 988_097_824),
-        _spec("CosyVoice-BlankEN/tokenizer_config.json", 1_287),
-        _spec("CosyVoice-BlankEN/vocab.json", 2_776_833),
+        _pinned("CosyVoice-BlankEN/tokenizer_config.json", 1_287),
+        _pinned("CosyVoice-BlankEN/vocab.json", 2_776_833),
         _spec("llm.rl.pt", 2_024_682_701, required=False),
         _spec("flow.decoder.estimator.fp32.onnx", 1_326_216_933, required=False),
     )
@@ -418,11 +453,21 @@ def verify_model_dir(
         return VerifyReport(root, checks, where, deep, llm, exists=False)
     man = read_manifest(root)
     verified: dict[str, str] = dict(man.get("verified") or {})
+    # A CosyVoice 3 dir VoiceLab downloaded (or copied --from-dir): its code-like files are
+    # checked against our pins every time (small files; hashed once per change), so a file
+    # swapped later is found too. A tiny or custom model has no such manifest.
+    pins = (
+        pins_of(expected or COSYVOICE3_FILES)
+        if "cosyvoice3.yaml" in (man.get("files") or {})
+        else {}
+    )
+    specs = _apply_pins(specs, pins, None)
     checks = []
     for spec in specs.values():
         if not spec.required and not (root / spec.path).exists():
             continue
-        checks.append(_check_file(root, spec, "all" if deep else "none", verified))
+        mode = "all" if deep else "changed" if spec.path in pins else "none"
+        checks.append(_check_file(root, spec, mode, verified))
     inodes: dict[tuple[int, int], int] = {}
     for c in checks:
         with contextlib.suppress(OSError):
@@ -902,6 +947,36 @@ def make_fetcher(
     raise ConfigError(f"unknown download source {source!r}", "use modelscope or huggingface")
 
 
+# ---- pinned hashes of code-like files ---------------------------------------------------------
+def pins_of(catalogue: Mapping[str, FileSpec]) -> dict[str, str]:
+    """The code-like files a catalogue pins, with their sha256."""
+    return {r: s.sha256 for r, s in catalogue.items() if r in PINNED_FILES and s.sha256}
+
+
+def pin_error(rel: str, got: str, want: str, where: str) -> ModelError:
+    return ModelError(
+        f"{rel} from {where} is not the file VoiceLab pins "
+        f"(sha256 {got[:16]}..., expected {want[:16]}...): refused, nothing was loaded",
+        "the mirror serves a modified file: use another --source or --endpoint",
+    )
+
+
+def _apply_pins(
+    specs: Mapping[str, FileSpec], pins: Mapping[str, str], where: str | None
+) -> dict[str, FileSpec]:
+    """``specs`` checked against the pins: a listing that names another sha256 is refused
+    (``where`` set) and every pinned file is verified against our hash, not the listing's."""
+    out = dict(specs)
+    for rel, want in pins.items():
+        spec = out.get(rel)
+        if spec is None:
+            continue
+        if where is not None and spec.sha256 and spec.sha256 != want:
+            raise pin_error(rel, spec.sha256, want, where)
+        out[rel] = replace(spec, sha256=want, git_sha1=None)
+    return out
+
+
 # ---- sync: verify, fetch only what is bad, record ------------------------------------------
 @dataclass
 class SyncResult:
@@ -949,7 +1024,9 @@ def sync_model_dir(
     )
     man = read_manifest(root)
     verified: dict[str, str] = dict(man.get("verified") or {})
+    pins = pins_of(builtin)
     stored = _specs_from_json(man["files"]) if isinstance(man.get("files"), dict) else {}
+    stored = _apply_pins(stored, pins, None)
     same_revision = fetcher.revision in (None, "master") or fetcher.revision == man.get("revision")
 
     # 1. Verified before, same revision, and every wanted file still as it was: done, offline.
@@ -969,7 +1046,10 @@ def sync_model_dir(
             raise
         # Offline: a dir whose sizes all match is usable; say what could not be checked.
         local = {r: s for r, s in (stored or builtin).items() if want_set is None or r in want_set}
-        checks = [_check_file(root, s, "none", verified) for s in local.values()]
+        checks = [
+            _check_file(root, s, "changed" if s.path in pins else "none", verified)
+            for s in _apply_pins(local, pins, None).values()
+        ]
         if local and all(c.ok for c in checks):
             report = verify_model_dir(root, expected=builtin)
             log.warning("%s; sizes match, hashes not checked", err.message)
@@ -983,6 +1063,7 @@ def sync_model_dir(
         rel: replace(s, required=builtin[rel].required if rel in builtin else False)
         for rel, s in remote.items()
     }
+    specs = _apply_pins(specs, pins, fetcher.endpoint)  # a listing never overrides a pin
     missing_required = [
         r for r in (want_set or ()) if r not in specs and builtin.get(r, FileSpec(r, None)).required
     ]
@@ -1027,6 +1108,10 @@ def sync_model_dir(
         if Path(got).resolve() != target.resolve() and Path(got).exists():
             link_or_copy(got, target)
         check = _check_file(root, specs[rel], "all", verified)
+        if not check.ok and rel in pins and check.status == "hash":
+            got_hash = _digest(target, "sha256")
+            target.unlink()  # never leave a modified code-like file where upstream loads it
+            raise pin_error(rel, got_hash, pins[rel], fetcher.endpoint)
         if not check.ok:
             raise ModelError(
                 f"{rel} from {fetcher.endpoint} is still wrong after download "
@@ -1185,6 +1270,8 @@ def download_cosyvoice3(
     root = Path(dest)
     if fetcher is None:
         source, endpoint = resolve_source(source, endpoint)
+        if revision is None and source == "huggingface":
+            revision = COSYVOICE3_HF_REVISION  # not the hub's latest: the pinned release
         fetcher = make_fetcher(source, COSYVOICE3_REPO, root, revision, endpoint)
     builtin = dict(expected if expected is not None else COSYVOICE3_FILES)
     start = _inode(root / "llm.pt")
