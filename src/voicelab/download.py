@@ -615,8 +615,11 @@ def hub_error(
 
 @contextlib.contextmanager
 def _hub_errors(source: str, endpoint: str, repo: str, hint: str | None = None) -> Iterator[None]:
+    """Hub failures as one VoiceLab line; the clients' own retry WARNINGs are held back (they
+    would precede that line, and it says what they say)."""
     try:
-        yield
+        with _quiet_client_loggers():
+            yield
     except VoiceLabError:
         raise
     except ImportError as e:
@@ -631,6 +634,31 @@ def _hub_errors(source: str, endpoint: str, repo: str, hint: str | None = None) 
         if mapped is None:
             raise
         raise mapped from e
+
+
+@contextlib.contextmanager
+def _quiet_client_loggers() -> Iterator[None]:
+    """The hub clients' WARNING lines (retries) only with -v. They log through loggers they
+    create on first use, so no level can be set on them beforehand: logging below ERROR is
+    switched off for the call (VoiceLab itself logs nothing inside one)."""
+    from voicelab.console import is_verbose
+
+    if is_verbose():
+        yield
+        return
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+def _other_source_hint(fetcher: Fetcher, what: str) -> str:
+    """Where to look next: another hub for a hub, the folder itself for --from-dir."""
+    if fetcher.source == "local":
+        return f"the folder {fetcher.endpoint} {what}: copy the model dir again (--from-dir)"
+    return f"{what}: try the other --source"
 
 
 # ---- sources, endpoints, user config -----------------------------------------------------------
@@ -953,16 +981,21 @@ def pins_of(catalogue: Mapping[str, FileSpec]) -> dict[str, str]:
     return {r: s.sha256 for r, s in catalogue.items() if r in PINNED_FILES and s.sha256}
 
 
-def pin_error(rel: str, got: str, want: str, where: str) -> ModelError:
+def pin_error(rel: str, got: str, want: str, where: str, local: bool = False) -> ModelError:
     return ModelError(
         f"{rel} from {where} is not the file VoiceLab pins "
         f"(sha256 {got[:16]}..., expected {want[:16]}...): refused, nothing was loaded",
-        "the mirror serves a modified file: use another --source or --endpoint",
+        "that folder holds a modified copy: copy the model from a trusted source"
+        if local
+        else "the mirror serves a modified file: use another --source or --endpoint",
     )
 
 
 def _apply_pins(
-    specs: Mapping[str, FileSpec], pins: Mapping[str, str], where: str | None
+    specs: Mapping[str, FileSpec],
+    pins: Mapping[str, str],
+    where: str | None,
+    local: bool = False,
 ) -> dict[str, FileSpec]:
     """``specs`` checked against the pins: a listing that names another sha256 is refused
     (``where`` set) and every pinned file is verified against our hash, not the listing's."""
@@ -972,7 +1005,7 @@ def _apply_pins(
         if spec is None:
             continue
         if where is not None and spec.sha256 and spec.sha256 != want:
-            raise pin_error(rel, spec.sha256, want, where)
+            raise pin_error(rel, spec.sha256, want, where, local)
         out[rel] = replace(spec, sha256=want, git_sha1=None)
     return out
 
@@ -1063,14 +1096,15 @@ def sync_model_dir(
         rel: replace(s, required=builtin[rel].required if rel in builtin else False)
         for rel, s in remote.items()
     }
-    specs = _apply_pins(specs, pins, fetcher.endpoint)  # a listing never overrides a pin
+    # a listing never overrides a pin
+    specs = _apply_pins(specs, pins, fetcher.endpoint, fetcher.source == "local")
     missing_required = [
         r for r in (want_set or ()) if r not in specs and builtin.get(r, FileSpec(r, None)).required
     ]
     if missing_required:
         raise ModelError(
             f"{fetcher.repo} at {fetcher.endpoint} lacks {', '.join(sorted(missing_required))}",
-            "the hub's copy changed or the mirror is incomplete: try the other --source",
+            _other_source_hint(fetcher, "is incomplete or the hub's copy changed"),
         )
     targets = _wanted(specs, builtin, want_set) & set(specs)
     # Also repair optional files that are present (a truncated llm.rl.pt is still wrong).
@@ -1111,12 +1145,13 @@ def sync_model_dir(
         if not check.ok and rel in pins and check.status == "hash":
             got_hash = _digest(target, "sha256")
             target.unlink()  # never leave a modified code-like file where upstream loads it
-            raise pin_error(rel, got_hash, pins[rel], fetcher.endpoint)
+            raise pin_error(rel, got_hash, pins[rel], fetcher.endpoint, fetcher.source == "local")
         if not check.ok:
             raise ModelError(
                 f"{rel} from {fetcher.endpoint} is still wrong after download "
                 f"({check.status}: {check.actual_size} bytes, expected {specs[rel].size})",
-                "the mirror may serve a different revision: try the other --source, or --revision",
+                _other_source_hint(fetcher, "may hold a different revision")
+                + ("" if fetcher.source == "local" else ", or --revision"),
             )
         fetched.append(rel)
         _write_manifest(root, fetcher, specs, verified, llm=state)
@@ -1274,6 +1309,7 @@ def download_cosyvoice3(
             revision = COSYVOICE3_HF_REVISION  # not the hub's latest: the pinned release
         fetcher = make_fetcher(source, COSYVOICE3_REPO, root, revision, endpoint)
     builtin = dict(expected if expected is not None else COSYVOICE3_FILES)
+    created = not root.exists()
     start = _inode(root / "llm.pt")
     was = _restore_base_layout(root) if root.is_dir() else "base"
     want_rl = was == "rl" if rl is None else rl
@@ -1286,6 +1322,8 @@ def download_cosyvoice3(
         if was == "rl" and (root / "llm.rl.pt").is_file():  # leave the user's choice in place
             with contextlib.suppress(VoiceLabError, OSError):
                 set_rl(root, True, clear_stale=False)
+        if created:  # an offline first try leaves no empty dir that looks like a broken model
+            _remove_if_empty(root)
         raise
     llm = set_rl(root, want_rl, clear_stale=False) if (want_rl or was == "rl") else "base"
     if start is not None and _inode(root / "llm.pt") != start:
@@ -1302,6 +1340,13 @@ def download_cosyvoice3(
             vendor_dir=vendor_dir,
         )
     return DownloadResult(root, fetcher.source, fetcher.endpoint, result, llm, report, tts)
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove ``root`` when it holds no file (empty folders, the clients' own cache dirs)."""
+    with contextlib.suppress(OSError):
+        if root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+            shutil.rmtree(root)
 
 
 # ---- ttsfrd ---------------------------------------------------------------------------------
