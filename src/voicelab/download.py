@@ -453,14 +453,12 @@ def verify_model_dir(
         return VerifyReport(root, checks, where, deep, llm, exists=False)
     man = read_manifest(root)
     verified: dict[str, str] = dict(man.get("verified") or {})
-    # A CosyVoice 3 dir VoiceLab downloaded (or copied --from-dir): its code-like files are
-    # checked against our pins every time (small files; hashed once per change), so a file
-    # swapped later is found too. A tiny or custom model has no such manifest.
-    pins = (
-        pins_of(expected or COSYVOICE3_FILES)
-        if "cosyvoice3.yaml" in (man.get("files") or {})
-        else {}
-    )
+    # A dir VoiceLab downloaded (or copied --from-dir) records the pins it was checked against:
+    # its code-like files are checked against them every time (small files; hashed once per
+    # change), so a file swapped later is found too. A tiny or custom model records none.
+    pins = pins_of(expected) if expected is not None else man.get("pins")
+    if not isinstance(pins, dict):  # a manifest from before pins: the catalogue's, for the hub
+        pins = pins_of(COSYVOICE3_FILES) if man.get("repo") == COSYVOICE3_REPO else {}
     specs = _apply_pins(specs, pins, None)
     checks = []
     for spec in specs.values():
@@ -1115,7 +1113,7 @@ def sync_model_dir(
     state = llm or str(man.get("llm", "base"))
     # Record the listing and the hashes done so far at once, and after every file: an
     # interrupted run then neither re-hashes nor re-fetches what was already right.
-    _write_manifest(root, fetcher, specs, verified, llm=state)
+    _write_manifest(root, fetcher, specs, verified, llm=state, pins=pins)
     need = sum(specs[r].size or 0 for r in bad)
     if need and free_bytes(root) < need + (64 << 20):
         raise EnvironmentProblem(
@@ -1154,7 +1152,7 @@ def sync_model_dir(
                 + ("" if fetcher.source == "local" else ", or --revision"),
             )
         fetched.append(rel)
-        _write_manifest(root, fetcher, specs, verified, llm=state)
+        _write_manifest(root, fetcher, specs, verified, llm=state, pins=pins)
     report = verify_model_dir(root, expected=builtin)
     return SyncResult(root, report, fetched, contacted_hub=True, hashes_checked=True)
 
@@ -1165,6 +1163,7 @@ def _write_manifest(
     specs: Mapping[str, FileSpec],
     verified: Mapping[str, str],
     llm: str,
+    pins: Mapping[str, str] | None = None,
 ) -> None:
     # Keep only fingerprints of files that are still there (the map would otherwise grow).
     live = set()
@@ -1182,6 +1181,7 @@ def _write_manifest(
             "revision": fetcher.revision,
             "llm": llm,
             "files": _specs_to_json(specs),
+            "pins": dict(pins or {}),
             "verified": {fp: d for fp, d in verified.items() if fp in live},
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
