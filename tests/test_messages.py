@@ -45,3 +45,10 @@ def test_say_with_nothing_trained_suggests_the_pipeline(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "voicelab run" in r.stderr and "voicelab export" not in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_command_that_logs_nothing_leaves_no_empty_log(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws", "xuan")
+    assert voicelab("-w", str(ws.root), "status").returncode == 0
+    logs = list((ws.root / "logs").glob("*.log")) if (ws.root / "logs").is_dir() else []
+    assert all(p.stat().st_size > 0 for p in logs), [p.name for p in logs]
