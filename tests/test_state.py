@@ -186,3 +186,27 @@ def test_sigterm_stops_a_command_cleanly_and_its_record_says_so(tmp_workspace: W
     assert logs and "stopped by SIGTERM" in logs[-1].read_text("utf-8")
     states = _status(root)
     assert states["features"]["state"] == "pending" and "SIGTERM" in states["features"]["reason"]
+
+
+def test_state_written_by_0_1_is_still_understood(tmp_workspace: Workspace) -> None:
+    """0.1 kept two records: run-<stage>.json (the runner's options) and <stage>.json."""
+    from voicelab.state import StageRecord, save_record
+
+    out = tmp_workspace.root / "x.out"
+    out.write_text("x")
+    stages = [
+        Stage(name, (), lambda ws, o: {"k": o.get(ws, "x", "k", 1)}, lambda ws, o: {},
+              lambda ws, o: [out])
+        for name in ("x", "y")
+    ]  # fmt: skip
+    save_record(tmp_workspace, StageRecord("run-x", "done", started=1, finished=2,
+                                           param_values={"k": 1}))  # fmt: skip
+    save_record(tmp_workspace, StageRecord("x", "done", started=1, finished=2, figures={"n": 5}))
+    save_record(tmp_workspace, StageRecord("run-y", "done", started=3, finished=4,
+                                           param_values={"k": 1}))  # fmt: skip
+    states = {s.name: s for s in stage_states(tmp_workspace, stages, RunOptions())}
+    assert states["x"].state == "done" and states["x"].figures == {"n": 5}
+    assert states["y"].state == "done"  # only the runner's 0.1 record: still done
+    changed = RunOptions(overrides={"x": {"k": 2}})
+    states = {s.name: s for s in stage_states(tmp_workspace, stages, changed)}
+    assert states["x"].state == "stale" and "k" in states["x"].reason

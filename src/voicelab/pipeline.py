@@ -96,12 +96,20 @@ def _legacy_options(ws: Workspace, stage: str) -> dict[str, Any] | None:
     return data.get("param_values") if data.get("status") == "done" else None
 
 
+def _legacy_record(ws: Workspace, stage: str) -> StageRecord | None:
+    """A stage 0.1 recorded only in run-<stage>.json (vendor, download, audition)."""
+    rec = load_record(ws, f"run-{stage}")
+    if rec is not None:
+        rec.stage, rec.options = stage, dict(rec.param_values)
+    return rec
+
+
 def stage_states(ws: Workspace, stages: list[Stage], opts: RunOptions) -> list[StageState]:
     """The state of every stage, in order, with the reason when it is not done."""
     states: dict[str, StageState] = {}
     out: list[StageState] = []
     for st in stages:
-        rec = load_record(ws, st.name)
+        rec = load_record(ws, st.name) or _legacy_record(ws, st.name)
         if rec is not None and rec.options is None:
             rec.options = _legacy_options(ws, st.name)
         figures = dict(rec.figures) if rec else {}
@@ -230,7 +238,7 @@ def run_stage(ws: Workspace, st: Stage, opts: RunOptions) -> StageRun:
     The stage may find its own work up to date (its inputs and parameters unchanged) and skip
     it; then the record keeps its figures and its times, so later stages are not made stale.
     """
-    before = load_record(ws, st.name)
+    before = load_record(ws, st.name) or _legacy_record(ws, st.name)
     rec = dataclasses.replace(before) if before else StageRecord(st.name)
     rec.previous = before.status if before else ""
     rec.status, rec.error, rec.worked = "running", None, False
