@@ -44,6 +44,7 @@ class Stage:
     enabled: Callable[[RunOptions], bool] = lambda o: True
     summary: str = ""
     records_itself: bool = False  # its function keeps inputs/figures through state.stage_run
+    found_by_outputs: bool = False  # never run by the runner but its outputs exist: done
 
 
 @dataclass
@@ -131,9 +132,9 @@ def _judge(
     states: dict[str, StageState],
 ) -> tuple[str, str]:
     if rec is None:
-        # A stage whose outputs speak for themselves (a vendor checkout, a downloaded model)
-        # done by its own command (vendor sync, download) counts when they are all there.
-        outs = [] if st.records_itself else st.outputs(ws, opts)
+        # A stage whose outputs speak for themselves (the downloaded model), made by its own
+        # command (voicelab download), counts when they are all there.
+        outs = st.outputs(ws, opts) if st.found_by_outputs else []
         if outs and all(Path(p).exists() for p in outs):
             return "done", "found (made outside voicelab run)"
         return "pending", "never run"

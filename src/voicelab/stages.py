@@ -335,7 +335,13 @@ def default_stages() -> list[Stage]:
             summary="upstream CosyVoice checkout at its pin",
         ),
         Stage(
-            "download", (), _download_params, _download_run, _download_outputs, summary="base model"
+            "download",
+            (),
+            _download_params,
+            _download_run,
+            _download_outputs,
+            summary="base model",
+            found_by_outputs=True,
         ),
         Stage(
             "prepare",
