@@ -156,6 +156,8 @@ def test_second_writer_is_refused_and_readers_do_not_wait(tmp_workspace: Workspa
         assert "epochs" not in tmp_workspace.config_file.read_text("utf-8")
         r = voicelab("-w", str(root), "pack")
         assert r.returncode == 1 and f"PID {proc.pid}" in r.stderr
+        r = voicelab("-w", str(root), "checkpoints", "--lock", "3")  # would be lost before
+        assert r.returncode == 1 and f"PID {proc.pid}" in r.stderr
         t0 = time.monotonic()
         assert voicelab("-w", str(root), "status").returncode == 0  # reading: no wait
         assert voicelab("-w", str(root), "config", "show").returncode == 0
