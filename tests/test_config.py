@@ -213,9 +213,10 @@ def test_init_refuses_a_missing_recordings_folder(tmp_path: Path) -> None:
 
 
 def test_init_decides_about_spaces_in_the_workspace_path(tmp_path: Path) -> None:
-    with pytest.raises(WorkspaceError, match="whitespace"):
-        Workspace.init(tmp_path / "my voice", "xuan")
-    assert not (tmp_path / "my voice" / "voicelab.toml").exists()
+    for cmd in (["init", "--speaker", "xuan"], ["run", "--speaker", "xuan"]):
+        r = voicelab("-w", str(tmp_path / "my voice"), *cmd)
+        assert r.returncode == 1 and "whitespace" in r.stderr, r.stderr
+        assert not (tmp_path / "my voice" / "voicelab.toml").exists()
 
 
 def test_run_checks_the_recordings_folder_before_any_download(tmp_path: Path) -> None:

@@ -101,6 +101,17 @@ def check_source_dir(wav_dir: str | os.PathLike[str]) -> Path:
     return src
 
 
+def check_workspace_path(root: Path) -> Path:
+    """Decided once, when a workspace is created (init, run): upstream's kaldi readers split
+    paths at blanks, so prepare would refuse a workspace whose path has any."""
+    if has_whitespace(str(root)):
+        raise ConfigError(
+            f"the workspace path has whitespace: {root}",
+            "choose a workspace folder without spaces (--workspace DIR)",
+        )
+    return root
+
+
 def check_speaker_id(speaker: str) -> str:
     if not _SPEAKER_RE.match(speaker or ""):
         raise ConfigError(
@@ -190,13 +201,6 @@ class Workspace:
     ) -> Workspace:
         """Create (or update) a workspace. Existing settings are kept unless given again."""
         ws = cls.open(root, must_exist=False)
-        if has_whitespace(str(ws.root)):
-            # Decided here, once: upstream's kaldi readers split paths at blanks, so prepare
-            # would refuse this workspace later.
-            raise WorkspaceError(
-                f"the workspace path has whitespace: {ws.root}",
-                "choose a workspace folder without spaces (--workspace DIR)",
-            )
         cfg = ws.config
         cfg.speaker = check_speaker_id(speaker or cfg.speaker)
         if wav_dir:

@@ -126,7 +126,7 @@ def run(
     """
     from voicelab import config
     from voicelab.stages import run_options
-    from voicelab.workspace import check_source_dir
+    from voicelab.workspace import check_source_dir, check_workspace_path
 
     # Cheap checks first, before anything is saved or downloaded (5 GB).
     saved = {
@@ -140,6 +140,7 @@ def run(
     if speaker or wav_dir or not ws.config_file.is_file():
         if not (speaker or ws.config.speaker):
             raise ConfigError("no voice workspace yet", "give --speaker NAME and --wav-dir DIR")
+        check_workspace_path(ws.root)
         ws = Workspace.init(ctx.workspace_arg, speaker or ws.config.speaker, wav_dir)
     ctx.lock(ws)
     for section, values in saved.items():
