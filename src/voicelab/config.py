@@ -322,8 +322,9 @@ def _sections_of(data: dict[str, Any], path: Path | str) -> dict[str, dict[str, 
             out.setdefault("voice", {}).setdefault("locked_epoch", table)
             continue
         if name not in SECTIONS or not isinstance(table, dict):
+            what = f"section [{name}]" if isinstance(table, dict) else f"top-level key {name!r}"
             raise ConfigError(
-                f"{path}: unknown section [{name}]",
+                f"{path}: unknown {what}",
                 "valid sections: " + ", ".join(f"[{s}]" for s in SECTIONS),
             )
         flat = dict(table)

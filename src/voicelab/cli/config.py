@@ -86,7 +86,7 @@ def get(ctx: Ctx, key: str) -> None:
 def set_(ctx: Ctx, key: str, value: str) -> None:
     """Keep KEY = VALUE in voicelab.toml (checked first: a bad value is not written)."""
     from voicelab import config
-    from voicelab.workspace import check_speaker_id
+    from voicelab.workspace import check_source_dir, check_speaker_id
 
     k = config.lookup(key)
     typed = config.check_value(k, config.parse_text(k, value), key)
@@ -95,7 +95,7 @@ def set_(ctx: Ctx, key: str, value: str) -> None:
         if k.name == "speaker":
             ws.config.speaker = check_speaker_id(typed)
         elif k.name == "wav_dir":
-            ws.config.wav_dir = typed
+            ws.config.wav_dir = str(check_source_dir(typed))
         else:
             ws.config.locked_epoch = typed
         ws.save()
