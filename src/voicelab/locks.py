@@ -90,6 +90,13 @@ class Lock:
                 f"(PID {owner.get('pid', '?')})",
                 "wait for it to finish (or stop it), then run this command again",
             ) from None
+        except OSError as e:  # a filesystem without flock (some network or Windows mounts)
+            os.close(fd)
+            log.warning("%s: cannot lock %s (%s); going on without a lock", self.what, self.path, e)
+            return self
+        return self._took(fd, command)
+
+    def _took(self, fd: int, command: str | None) -> Lock:
         self._fd = fd
         previous = self.read()
         if previous.get("pid") and previous.get("pid") != os.getpid():
