@@ -14,6 +14,13 @@ for arg in "$@"; do
   esac
 done
 
+# apt waits for another apt/dpkg (unattended-upgrades on a fresh machine) instead of failing.
+apt_get() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 "$@"
+}
+
 # System packages (the notes' step 1): audio tools for intake and the test corpus, git for vendors.
 missing=()
 for prog in git git-lfs ffmpeg sox espeak-ng; do
@@ -22,13 +29,12 @@ done
 ldconfig -p 2>/dev/null | grep -q libsndfile || missing+=(libsndfile1)
 # Headless browser and a CJK font for the web page's tests (tests/test_ui_browser.py).
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver fonts-wqy-microhei)
+apt_updated=0
 if ((${#missing[@]})); then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing system packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-    git git-lfs ffmpeg sox libsox-fmt-all espeak-ng libsndfile1 \
+  apt_get update -qq
+  apt_updated=1
+  apt_get install -y -qq git git-lfs ffmpeg sox libsox-fmt-all espeak-ng libsndfile1 \
     chromium chromium-driver fonts-wqy-microhei >/dev/null
 fi
 
@@ -38,6 +44,13 @@ py="${PYTHON:-python3}"
 import sys
 sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)
 PY
+# Debian/Ubuntu split venv (ensurepip) out of the system Python: python3.X-venv brings it back.
+if [ ! -x .venv/bin/python ] && ! "$py" -c "import ensurepip, venv" 2>/dev/null; then
+  ver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  echo "installing python${ver}-venv (the system Python lacks ensurepip)"
+  ((apt_updated)) || apt_get update -qq
+  apt_get install -y -qq "python${ver}-venv" >/dev/null || apt_get install -y -qq python3-venv >/dev/null
+fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 

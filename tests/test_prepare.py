@@ -400,11 +400,13 @@ def test_killed_run_resumes_without_redoing_asr(
     Workspace.init(tmp_path / "ws", "spk1", str(src))
     ws = Workspace.open(tmp_path / "ws")
     cache = ws.prepare_dir / "asr_cache.jsonl"
-    args = ["--whisper-model", str(whisper_dir), "--device", "cpu", "--compute-type", "int8",
-            "--language", "en"]  # fmt: skip
+    # Flags apply to one run (issue 14): these settings are kept explicitly, as config set does.
+    for key, value in (("whisper_model", str(whisper_dir)), ("device", "cpu"),
+                       ("compute_type", "int8"), ("language", "en")):  # fmt: skip
+        ws.set_option("prepare", key, value)
     env = {**os.environ, "VOICELAB_NO_PROGRESS": "1"}
     # 1. SIGKILL once the first transcript is cached: nothing can be cleaned up.
-    proc = _run_until(_cli(ws.root, *args), env, cache, 1)
+    proc = _run_until(_cli(ws.root), env, cache, 1)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     after_kill = cache.read_text().count("\n")

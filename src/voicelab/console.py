@@ -98,6 +98,10 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
+def is_verbose() -> bool:
+    return _state["verbose"]
+
+
 def progress_enabled() -> bool:
     """Bars only where a person watches: not with -q, not in CI logs, not when piped."""
     if _state["quiet"] or os.environ.get("VOICELAB_NO_PROGRESS"):

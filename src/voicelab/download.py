@@ -88,24 +88,59 @@ def _spec(path: str, size: int | None, required: bool = True) -> FileSpec:
     return FileSpec(path, size, required=required)
 
 
-# Sizes of HF revision 29e01c4e8d000f4bcd70751be16fa94bf3d85a18 (see docs/models.md). The hub's
-# own listing (sizes and hashes) replaces these whenever it can be fetched.
+# The Hugging Face revision VoiceLab downloads unless --revision says otherwise (ModelScope's
+# commit ids differ; there the pinned hashes below are what holds the files to this revision).
+COSYVOICE3_HF_REVISION = "29e01c4e8d000f4bcd70751be16fa94bf3d85a18"
+
+# sha256 of the files that are code-like: the YAML that hyperpyyaml instantiates in process and
+# the JSON/tokenizer files transformers reads. A mirror serving anything else is refused; the
+# hub's listing never replaces these. Source: public records of this revision by independent
+# projects pinning it (cosyvoice3.yaml in two of them, agreeing); not re-derived from the hub
+# by VoiceLab (no network here): see docs/models.md.
+COSYVOICE3_PINNED_SHA256 = {
+    "cosyvoice3.yaml": "f5a6b2c6f05139d0f18861a1fe506f751e787026b77c05f7e8fef9f8a4405965",
+    "CosyVoice-BlankEN/config.json": (
+        "168aa1bd401abc3bc262ba15ba4e499627a8b4e006e9d050b47c22de20660185"
+    ),
+    "CosyVoice-BlankEN/generation_config.json": (
+        "e558847a8b4402616f1273797b015104dc266fe4b520056fca88823ba8f8ebe6"
+    ),
+    "CosyVoice-BlankEN/merges.txt": (
+        "ac8ff86a72bee70828fbc1119bc4398c6f3a9a6e490d7b0dbe917be025478bd0"
+    ),
+    "CosyVoice-BlankEN/tokenizer_config.json": (
+        "482bd979881423375ca5414e4e0d94cd7c5349dbb17fffd46b4d36d71e62a1bc"
+    ),
+    "CosyVoice-BlankEN/vocab.json": (
+        "ca10d7e9fb3ed18575dd1e277a2579c16d108e32f27439684afa0e10b1440910"
+    ),
+}
+# Which files are code-like (pinned whenever a catalogue gives their sha256).
+PINNED_FILES = frozenset(COSYVOICE3_PINNED_SHA256)
+
+
+def _pinned(path: str, size: int) -> FileSpec:
+    return FileSpec(path, size, sha256=COSYVOICE3_PINNED_SHA256[path])
+
+
+# Sizes of HF revision COSYVOICE3_HF_REVISION (see docs/models.md). The hub's own listing (sizes
+# and hashes) replaces these whenever it can be fetched, except the pinned hashes.
 COSYVOICE3_FILES: dict[str, FileSpec] = {
     s.path: s
     for s in (
-        _spec("cosyvoice3.yaml", 6_934),
+        _pinned("cosyvoice3.yaml", 6_934),
         _spec("llm.pt", 2_024_669_519),
         _spec("flow.pt", 1_329_116_148),
         _spec("hift.pt", 83_202_622),
         _spec("campplus.onnx", 28_303_423),
         _spec("speech_tokenizer_v3.onnx", 969_451_503),
         _spec("speech_tokenizer_v3.batch.onnx", 969_451_579),
-        _spec("CosyVoice-BlankEN/config.json", 659),
-        _spec("CosyVoice-BlankEN/generation_config.json", 242),
-        _spec("CosyVoice-BlankEN/merges.txt", 1_402_109),
+        _pinned("CosyVoice-BlankEN/config.json", 659),
+        _pinned("CosyVoice-BlankEN/generation_config.json", 242),
+        _pinned("CosyVoice-BlankEN/merges.txt", 1_402_109),
         _spec("CosyVoice-BlankEN/model.safetensors", 988_097_824),
-        _spec("CosyVoice-BlankEN/tokenizer_config.json", 1_287),
-        _spec("CosyVoice-BlankEN/vocab.json", 2_776_833),
+        _pinned("CosyVoice-BlankEN/tokenizer_config.json", 1_287),
+        _pinned("CosyVoice-BlankEN/vocab.json", 2_776_833),
         _spec("llm.rl.pt", 2_024_682_701, required=False),
         _spec("flow.decoder.estimator.fp32.onnx", 1_326_216_933, required=False),
     )
@@ -436,11 +471,19 @@ def verify_model_dir(
         return VerifyReport(root, checks, where, deep, llm, exists=False)
     man = read_manifest(root)
     verified: dict[str, str] = dict(man.get("verified") or {})
+    # A dir VoiceLab downloaded (or copied --from-dir) records the pins it was checked against:
+    # its code-like files are checked against them every time (small files; hashed once per
+    # change), so a file swapped later is found too. A tiny or custom model records none.
+    pins = pins_of(expected) if expected is not None else man.get("pins")
+    if not isinstance(pins, dict):  # a manifest from before pins: the catalogue's, for the hub
+        pins = pins_of(COSYVOICE3_FILES) if man.get("repo") == COSYVOICE3_REPO else {}
+    specs = _apply_pins(specs, pins, None)
     checks = []
     for spec in specs.values():
         if not spec.required and not (root / spec.path).exists():
             continue
-        checks.append(_check_file(root, spec, "all" if deep else "none", verified))
+        mode = "all" if deep else "changed" if spec.path in pins else "none"
+        checks.append(_check_file(root, spec, mode, verified))
     inodes: dict[tuple[int, int], int] = {}
     for c in checks:
         with contextlib.suppress(OSError):
@@ -588,8 +631,11 @@ def hub_error(
 
 @contextlib.contextmanager
 def _hub_errors(source: str, endpoint: str, repo: str, hint: str | None = None) -> Iterator[None]:
+    """Hub failures as one VoiceLab line; the clients' own retry WARNINGs are held back (they
+    would precede that line, and it says what they say)."""
     try:
-        yield
+        with _quiet_client_loggers():
+            yield
     except VoiceLabError:
         raise
     except ImportError as e:
@@ -604,6 +650,31 @@ def _hub_errors(source: str, endpoint: str, repo: str, hint: str | None = None) 
         if mapped is None:
             raise
         raise mapped from e
+
+
+@contextlib.contextmanager
+def _quiet_client_loggers() -> Iterator[None]:
+    """The hub clients' WARNING lines (retries) only with -v. They log through loggers they
+    create on first use, so no level can be set on them beforehand: logging below ERROR is
+    switched off for the call (VoiceLab itself logs nothing inside one)."""
+    from voicelab.console import is_verbose
+
+    if is_verbose():
+        yield
+        return
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+def _other_source_hint(fetcher: Fetcher, what: str) -> str:
+    """Where to look next: another hub for a hub, the folder itself for --from-dir."""
+    if fetcher.source == "local":
+        return f"the folder {fetcher.endpoint} {what}: copy the model dir again (--from-dir)"
+    return f"{what}: try the other --source"
 
 
 # ---- sources, endpoints, user config -----------------------------------------------------------
@@ -920,6 +991,41 @@ def make_fetcher(
     raise ConfigError(f"unknown download source {source!r}", "use modelscope or huggingface")
 
 
+# ---- pinned hashes of code-like files ---------------------------------------------------------
+def pins_of(catalogue: Mapping[str, FileSpec]) -> dict[str, str]:
+    """The code-like files a catalogue pins, with their sha256."""
+    return {r: s.sha256 for r, s in catalogue.items() if r in PINNED_FILES and s.sha256}
+
+
+def pin_error(rel: str, got: str, want: str, where: str, local: bool = False) -> ModelError:
+    return ModelError(
+        f"{rel} from {where} is not the file VoiceLab pins "
+        f"(sha256 {got[:16]}..., expected {want[:16]}...): refused, nothing was loaded",
+        "that folder holds a modified copy: copy the model from a trusted source"
+        if local
+        else "the mirror serves a modified file: use another --source or --endpoint",
+    )
+
+
+def _apply_pins(
+    specs: Mapping[str, FileSpec],
+    pins: Mapping[str, str],
+    where: str | None,
+    local: bool = False,
+) -> dict[str, FileSpec]:
+    """``specs`` checked against the pins: a listing that names another sha256 is refused
+    (``where`` set) and every pinned file is verified against our hash, not the listing's."""
+    out = dict(specs)
+    for rel, want in pins.items():
+        spec = out.get(rel)
+        if spec is None:
+            continue
+        if where is not None and spec.sha256 and spec.sha256 != want:
+            raise pin_error(rel, spec.sha256, want, where, local)
+        out[rel] = replace(spec, sha256=want, git_sha1=None)
+    return out
+
+
 # ---- sync: verify, fetch only what is bad, record ------------------------------------------
 @dataclass
 class SyncResult:
@@ -967,7 +1073,9 @@ def sync_model_dir(
     )
     man = read_manifest(root)
     verified: dict[str, str] = dict(man.get("verified") or {})
+    pins = pins_of(builtin)
     stored = _specs_from_json(man["files"]) if isinstance(man.get("files"), dict) else {}
+    stored = _apply_pins(stored, pins, None)
     same_revision = fetcher.revision in (None, "master") or fetcher.revision == man.get("revision")
 
     # 1. Verified before, same revision, and every wanted file still as it was: done, offline.
@@ -987,7 +1095,10 @@ def sync_model_dir(
             raise
         # Offline: a dir whose sizes all match is usable; say what could not be checked.
         local = {r: s for r, s in (stored or builtin).items() if want_set is None or r in want_set}
-        checks = [_check_file(root, s, "none", verified) for s in local.values()]
+        checks = [
+            _check_file(root, s, "changed" if s.path in pins else "none", verified)
+            for s in _apply_pins(local, pins, None).values()
+        ]
         if local and all(c.ok for c in checks):
             report = verify_model_dir(root, expected=builtin)
             log.warning("%s; sizes match, hashes not checked", err.message)
@@ -1001,13 +1112,15 @@ def sync_model_dir(
         rel: replace(s, required=builtin[rel].required if rel in builtin else False)
         for rel, s in remote.items()
     }
+    # a listing never overrides a pin
+    specs = _apply_pins(specs, pins, fetcher.endpoint, fetcher.source == "local")
     missing_required = [
         r for r in (want_set or ()) if r not in specs and builtin.get(r, FileSpec(r, None)).required
     ]
     if missing_required:
         raise ModelError(
             f"{fetcher.repo} at {fetcher.endpoint} lacks {', '.join(sorted(missing_required))}",
-            "the hub's copy changed or the mirror is incomplete: try the other --source",
+            _other_source_hint(fetcher, "is incomplete or the hub's copy changed"),
         )
     targets = _wanted(specs, builtin, want_set) & set(specs)
     # Also repair optional files that are present (a truncated llm.rl.pt is still wrong).
@@ -1018,7 +1131,7 @@ def sync_model_dir(
     state = llm or str(man.get("llm", "base"))
     # Record the listing and the hashes done so far at once, and after every file: an
     # interrupted run then neither re-hashes nor re-fetches what was already right.
-    _write_manifest(root, fetcher, specs, verified, llm=state)
+    _write_manifest(root, fetcher, specs, verified, llm=state, pins=pins)
     need = sum(specs[r].size or 0 for r in bad)
     if need and free_bytes(root) < need + (64 << 20):
         raise EnvironmentProblem(
@@ -1045,14 +1158,19 @@ def sync_model_dir(
         if Path(got).resolve() != target.resolve() and Path(got).exists():
             link_or_copy(got, target)
         check = _check_file(root, specs[rel], "all", verified)
+        if not check.ok and rel in pins and check.status == "hash":
+            got_hash = _digest(target, "sha256")
+            target.unlink()  # never leave a modified code-like file where upstream loads it
+            raise pin_error(rel, got_hash, pins[rel], fetcher.endpoint, fetcher.source == "local")
         if not check.ok:
             raise ModelError(
                 f"{rel} from {fetcher.endpoint} is still wrong after download "
                 f"({check.status}: {check.actual_size} bytes, expected {specs[rel].size})",
-                "the mirror may serve a different revision: try the other --source, or --revision",
+                _other_source_hint(fetcher, "may hold a different revision")
+                + ("" if fetcher.source == "local" else ", or --revision"),
             )
         fetched.append(rel)
-        _write_manifest(root, fetcher, specs, verified, llm=state)
+        _write_manifest(root, fetcher, specs, verified, llm=state, pins=pins)
     report = verify_model_dir(root, expected=builtin)
     return SyncResult(root, report, fetched, contacted_hub=True, hashes_checked=True)
 
@@ -1063,6 +1181,7 @@ def _write_manifest(
     specs: Mapping[str, FileSpec],
     verified: Mapping[str, str],
     llm: str,
+    pins: Mapping[str, str] | None = None,
 ) -> None:
     # Keep only fingerprints of files that are still there (the map would otherwise grow).
     live = set()
@@ -1080,6 +1199,7 @@ def _write_manifest(
             "revision": fetcher.revision,
             "llm": llm,
             "files": _specs_to_json(specs),
+            "pins": dict(pins or {}),
             "verified": {fp: d for fp, d in verified.items() if fp in live},
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -1203,8 +1323,11 @@ def download_cosyvoice3(
     root = Path(dest)
     if fetcher is None:
         source, endpoint = resolve_source(source, endpoint)
+        if revision is None and source == "huggingface":
+            revision = COSYVOICE3_HF_REVISION  # not the hub's latest: the pinned release
         fetcher = make_fetcher(source, COSYVOICE3_REPO, root, revision, endpoint)
     builtin = dict(expected if expected is not None else COSYVOICE3_FILES)
+    created = not root.exists()
     start = _inode(root / "llm.pt")
     was = _restore_base_layout(root) if root.is_dir() else "base"
     want_rl = was == "rl" if rl is None else rl
@@ -1217,6 +1340,8 @@ def download_cosyvoice3(
         if was == "rl" and (root / "llm.rl.pt").is_file():  # leave the user's choice in place
             with contextlib.suppress(VoiceLabError, OSError):
                 set_rl(root, True, clear_stale=False)
+        if created:  # an offline first try leaves no empty dir that looks like a broken model
+            _remove_if_empty(root)
         raise
     llm = set_rl(root, want_rl, clear_stale=False) if (want_rl or was == "rl") else "base"
     if start is not None and _inode(root / "llm.pt") != start:
@@ -1233,6 +1358,13 @@ def download_cosyvoice3(
             vendor_dir=vendor_dir,
         )
     return DownloadResult(root, fetcher.source, fetcher.endpoint, result, llm, report, tts)
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove ``root`` when it holds no file (empty folders, the clients' own cache dirs)."""
+    with contextlib.suppress(OSError):
+        if root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+            shutil.rmtree(root)
 
 
 # ---- ttsfrd ---------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ out of date). Everything else is skipped, so killing ``voicelab run`` and runnin
 where it stopped; the stages themselves also keep per-item caches, so a redone stage redoes only
 the items that changed.
 
-The pipeline keeps its own record per stage (``.voicelab/state/run-<stage>.json``) with the
-options it ran with; the stage functions keep theirs (figures for status and the report).
+One record per stage (``.voicelab/state/<stage>.json``, see :mod:`voicelab.state`): the runner
+(:func:`run_stage`) owns it, and ``voicelab prepare``/``features``/``pack`` run their stage
+through the same runner, so a stage run on its own counts for ``status`` and ``run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from voicelab.errors import ConfigError
-from voicelab.state import StageRecord, load_record, stage_run
+from voicelab.fsutil import read_json
+from voicelab.state import StageRecord, activate, end_with_error, load_record, save_record
 from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,24 @@ class Stage:
     outputs: Callable[[Workspace, RunOptions], list[Path]] = lambda ws, o: []
     enabled: Callable[[RunOptions], bool] = lambda o: True
     summary: str = ""
+    records_itself: bool = False  # its function keeps inputs/figures through state.stage_run
+    found_by_outputs: bool = False  # never run by the runner but its outputs exist: done
+
+
+@dataclass
+class Outcome:
+    """What a stage's ``run`` returns: figures for the record, and the library's own result
+    (for the command that ran it to print)."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+
+
+@dataclass
+class StageRun:
+    record: StageRecord
+    result: Any = None
+    reason: str = ""
 
 
 @dataclass
@@ -70,8 +91,18 @@ class StageState:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def run_key(stage: str) -> str:
-    return f"run-{stage}"
+def _legacy_options(ws: Workspace, stage: str) -> dict[str, Any] | None:
+    """0.1 kept the runner's options in run-<stage>.json: still honoured when present."""
+    data = read_json(ws.state_dir / f"run-{stage}.json") or {}
+    return data.get("param_values") if data.get("status") == "done" else None
+
+
+def _legacy_record(ws: Workspace, stage: str) -> StageRecord | None:
+    """A stage 0.1 recorded only in run-<stage>.json (vendor, download, audition)."""
+    rec = load_record(ws, f"run-{stage}")
+    if rec is not None:
+        rec.stage, rec.options = stage, dict(rec.param_values)
+    return rec
 
 
 def stage_states(ws: Workspace, stages: list[Stage], opts: RunOptions) -> list[StageState]:
@@ -79,11 +110,10 @@ def stage_states(ws: Workspace, stages: list[Stage], opts: RunOptions) -> list[S
     states: dict[str, StageState] = {}
     out: list[StageState] = []
     for st in stages:
-        rec = load_record(ws, run_key(st.name))
-        own = load_record(ws, st.name)
-        figures = dict(own.figures) if own else {}
-        if rec:
-            figures = {**rec.figures, **figures}
+        rec = load_record(ws, st.name) or _legacy_record(ws, st.name)
+        if rec is not None and rec.options is None:
+            rec.options = _legacy_options(ws, st.name)
+        figures = dict(rec.figures) if rec else {}
         figures.pop("traceback", None)
         if not st.enabled(opts):
             s = StageState(st.name, "disabled", "not asked for", rec, figures)
@@ -102,17 +132,25 @@ def _judge(
     states: dict[str, StageState],
 ) -> tuple[str, str]:
     if rec is None:
+        # A stage whose outputs speak for themselves (the downloaded model), made by its own
+        # command (voicelab download), counts when they are all there.
+        outs = st.outputs(ws, opts) if st.found_by_outputs else []
+        if outs and all(Path(p).exists() for p in outs):
+            return "done", "found (made outside voicelab run)"
         return "pending", "never run"
     if rec.status == "failed":
         return "failed", f"last run failed: {rec.error or 'unknown error'}"
+    if rec.status == "stopped":
+        return "pending", f"{rec.error or 'stopped'}: run again to continue"
     if rec.status != "done":
         return "pending", rec.error or "not finished"
-    params = st.params(ws, opts)
-    changed = sorted(
-        k for k in set(params) | set(rec.param_values) if params.get(k) != rec.param_values.get(k)
-    )
-    if changed:
-        return "stale", "options changed: " + ", ".join(changed)
+    # None: run outside the runner (a library call); its own record vouches for it.
+    if rec.options is not None:
+        params = plain(st.params(ws, opts))
+        old = rec.options
+        changed = sorted(k for k in set(params) | set(old) if params.get(k) != old.get(k))
+        if changed:
+            return "stale", "options changed: " + ", ".join(changed)
     for dep in st.deps:
         d = states.get(dep)
         if d is None or d.state == "disabled":
@@ -165,12 +203,63 @@ def run_pipeline(
             continue
         if on_stage:
             on_stage(st.name, "run", current.reason)
-        params = st.params(ws, opts)
         t0 = time.time()
-        with stage_run(ws, run_key(st.name), params, params) as rec:
-            figures = st.run(ws, opts) or {}
-            rec.figures.update(figures)
-            rec.outputs.extend(str(p) for p in st.outputs(ws, opts))
+        result = run_stage(ws, st, opts).result
+        for line in _summary(result):
+            log.info("%s", line)
         if on_stage:
             on_stage(st.name, "done", f"{time.time() - t0:.1f} s")
     return stage_states(ws, stages, opts)
+
+
+def _summary(result: Any) -> list[str]:
+    if hasattr(result, "summary_lines"):
+        return list(result.summary_lines())
+    if hasattr(result, "summary"):
+        return [result.summary()]
+    return []
+
+
+def plain(value: Any) -> Any:
+    """Options as JSON values (paths as text), as they are stored and compared."""
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def run_stage(ws: Workspace, st: Stage, opts: RunOptions) -> StageRun:
+    """Run one stage and record it: the one writer of the stage's status, times and options.
+
+    The stage may find its own work up to date (its inputs and parameters unchanged) and skip
+    it; then the record keeps its figures and its times, so later stages are not made stale.
+    """
+    before = load_record(ws, st.name) or _legacy_record(ws, st.name)
+    rec = dataclasses.replace(before) if before else StageRecord(st.name)
+    rec.previous = before.status if before else ""
+    rec.status, rec.error, rec.worked = "running", None, False
+    rec.options = plain(st.params(ws, opts))
+    rec.started, rec.finished = time.time(), 0.0
+    save_record(ws, rec)
+    try:
+        with activate(rec):
+            out = st.run(ws, opts)
+    except BaseException as e:
+        end_with_error(ws, rec, e)
+        raise
+    out = out if isinstance(out, Outcome) else Outcome(out or {})
+    if not rec.worked and before is not None and before.status == "done" and st.records_itself:
+        rec.started, rec.finished = before.started, before.finished
+    else:
+        rec.finished = time.time()
+    rec.status = "done"
+    if rec.worked or not st.records_itself:  # a skip's figures would replace the real ones
+        rec.figures.update(out.figures)
+    rec.outputs = sorted({*rec.outputs, *(str(p) for p in st.outputs(ws, opts))})
+    save_record(ws, rec)
+    return StageRun(rec, out.result, "up to date" if not rec.worked else "done")

@@ -483,8 +483,8 @@ def _run_order(path: Path) -> tuple[int, str]:
 
 def status_section(ws: Workspace) -> str:
     rows = []
-    for path in sorted(ws.state_dir.glob("run-*.json"), key=_run_order):
-        rec = load_record(ws, path.stem)
+    for path in sorted(ws.state_dir.glob("*.json"), key=_run_order):
+        rec = None if path.stem.startswith("run-") else load_record(ws, path.stem)  # 0.1's
         if rec:
             rows.append(
                 [

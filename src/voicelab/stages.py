@@ -7,30 +7,19 @@ that shape a stage's outputs, so changing one makes that stage and everything af
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-from voicelab.pipeline import RunOptions, Stage, StageState, run_key
+from voicelab import pipeline
+from voicelab.errors import ConfigError
+from voicelab.pipeline import Outcome, RunOptions, Stage, StageRun, StageState, plain
 from voicelab.state import load_record
 from voicelab.workspace import BASE_MODEL_NAME, Workspace
 
 log = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "CosyVoice3-tiny-random"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ---- vendor --------------------------------------------------------------------------------
@@ -103,7 +92,7 @@ def _prepare_opts(ws: Workspace, o: RunOptions) -> Any:
 
 
 def _prepare_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
-    p = _plain(_prepare_opts(ws, o))
+    p = plain(_prepare_opts(ws, o))
     for volatile in ("review", "apply_review", "device", "vad_filter"):
         p.pop(volatile, None)
     p["wav_dir"] = p.get("wav_dir") or ws.config.wav_dir
@@ -114,9 +103,7 @@ def _prepare_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
     from voicelab.prepare import run_prepare
 
     res = run_prepare(ws, _prepare_opts(ws, o))
-    for line in res.summary_lines():
-        log.info(line)
-    return res.figures()
+    return Outcome(res.figures(), res)
 
 
 def _split_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
@@ -127,13 +114,19 @@ def _features_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
     return {"onnx_dir": str(o.get(ws, "features", "onnx_dir") or ws.base_model_dir)}
 
 
-def _features_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+def _features_run(ws: Workspace, o: RunOptions) -> Outcome:
     from voicelab.features import FeaturesOptions, run_features
 
     device = o.get(ws, "features", "device", o.device)
-    res = run_features(ws, FeaturesOptions(device=device or "auto"))
-    log.info(res.summary())
-    return {"provider": res.provider, "excluded": len(res.excluded)}
+    opts = FeaturesOptions(
+        device=device or "auto",
+        onnx_dir=o.get(ws, "features", "onnx_dir"),
+        threads=o.get(ws, "features", "threads"),
+        token_batch=o.get(ws, "features", "token_batch"),
+        force=bool(o.overrides.get("features", {}).get("force") or o.force),
+    )
+    res = run_features(ws, opts)
+    return Outcome({"provider": res.provider, "excluded": len(res.excluded)}, res)
 
 
 def _features_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
@@ -144,23 +137,27 @@ def _features_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
 def _pack_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
     return {
         "utts_per_shard": o.get(ws, "pack", "utts_per_shard"),
-        "num_workers": o.get(ws, "train", "num_workers"),
-        "gpus": o.get(ws, "train", "gpus"),
+        "num_workers": o.get(ws, "pack", "num_workers", o.get(ws, "train", "num_workers")),
+        "gpus": o.get(ws, "pack", "gpus", o.get(ws, "train", "gpus")),
     }
 
 
-def _pack_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
+def _pack_run(ws: Workspace, o: RunOptions) -> Outcome:
     from voicelab.pack import PackOptions, run_pack
 
     p = _pack_params(ws, o)
+    given = o.overrides.get("pack", {})
     res = run_pack(
         ws,
         PackOptions(
-            utts_per_shard=p["utts_per_shard"], num_workers=p["num_workers"], num_gpus=p["gpus"]
+            utts_per_shard=p["utts_per_shard"],
+            num_workers=p["num_workers"],
+            num_gpus=p["gpus"],
+            jobs=given.get("jobs"),
+            force=bool(given.get("force") or o.force),
         ),
     )
-    log.info(res.summary())
-    return {f"{s}_shards": len(sp.shards) for s, sp in res.splits.items()}
+    return Outcome({f"{s}_shards": len(sp.shards) for s, sp in res.splits.items()}, res)
 
 
 def _pack_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
@@ -197,11 +194,11 @@ def _train_run(model: str):
         from voicelab.train import TrainOptions, run_has_content, run_train
 
         values = _train_params(model)(ws, o)
-        rec = load_record(ws, run_key(f"train_{model}"))
+        rec = load_record(ws, f"train_{model}")
         has_run = run_has_content(ws.exp_dir(model, values.get("engine") or "torch_ddp"))
-        # Interrupted (the record says running/pending): continue it. Otherwise the data or the
-        # options changed: start a fresh run, keeping the old one under a numbered name.
-        interrupted = rec is not None and rec.status in ("running", "pending")
+        # Interrupted (the record was running/pending/stopped): continue it. Otherwise the data
+        # or the options changed: start a fresh run, keeping the old one under a numbered name.
+        interrupted = rec is not None and rec.previous in ("running", "pending", "stopped")
         opts = TrainOptions(
             **{
                 k: v
@@ -275,7 +272,7 @@ def _audition_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
 
 
 def _audition_outputs(ws: Workspace, o: RunOptions) -> list[Path]:
-    rec = load_record(ws, run_key("audition"))
+    rec = load_record(ws, "audition")
     index = rec.figures.get("index") if rec else None
     return [Path(index)] if index else []
 
@@ -306,6 +303,27 @@ def save_run_options(ws: Workspace, opts: RunOptions) -> None:
     ws.save()
 
 
+def next_step(ws: Workspace) -> str:
+    """The command that moves this workspace on, from its stage states (for hints such as
+    ``say`` with nothing exported yet)."""
+    for s in pipeline.stage_states(ws, default_stages(), run_options(ws)):
+        if s.state in ("done", "disabled"):
+            continue
+        if s.name == "export":
+            return "run: voicelab export (training is done)"
+        return f"{s.name} is {s.state} ({s.reason}): run: voicelab run"
+    return "run: voicelab run"
+
+
+def run_stage(ws: Workspace, name: str, opts: RunOptions) -> StageRun:
+    """Run the stage ``name`` alone through the runner (``voicelab prepare``, ``features``,
+    ``pack``): recorded exactly as ``voicelab run`` records it."""
+    by_name = {s.name: s for s in default_stages()}
+    if name not in by_name:
+        raise ConfigError(f"unknown stage {name!r}", "choose one of: " + ", ".join(by_name))
+    return pipeline.run_stage(ws, by_name[name], opts)
+
+
 def default_stages() -> list[Stage]:
     return [
         Stage(
@@ -317,7 +335,13 @@ def default_stages() -> list[Stage]:
             summary="upstream CosyVoice checkout at its pin",
         ),
         Stage(
-            "download", (), _download_params, _download_run, _download_outputs, summary="base model"
+            "download",
+            (),
+            _download_params,
+            _download_run,
+            _download_outputs,
+            summary="base model",
+            found_by_outputs=True,
         ),
         Stage(
             "prepare",
@@ -326,6 +350,7 @@ def default_stages() -> list[Stage]:
             _prepare_run,
             _split_outputs,
             summary="intake, segmentation, ASR, QC, split",
+            records_itself=True,
         ),
         Stage(
             "features",
@@ -334,9 +359,16 @@ def default_stages() -> list[Stage]:
             _features_run,
             _features_outputs,
             summary="speaker embeddings and speech tokens",
+            records_itself=True,
         ),
         Stage(
-            "pack", ("features",), _pack_params, _pack_run, _pack_outputs, summary="parquet shards"
+            "pack",
+            ("features",),
+            _pack_params,
+            _pack_run,
+            _pack_outputs,
+            summary="parquet shards",
+            records_itself=True,
         ),
         Stage(
             "train_llm",
@@ -345,6 +377,7 @@ def default_stages() -> list[Stage]:
             _train_run("llm"),
             _train_outputs("llm"),
             summary="LLM fine-tune",
+            records_itself=True,
         ),
         Stage(
             "train_flow",
@@ -354,6 +387,7 @@ def default_stages() -> list[Stage]:
             _train_outputs("flow"),
             enabled=lambda o: o.train_flow,
             summary="flow fine-tune",
+            records_itself=True,
         ),
         Stage(
             "export",
@@ -362,6 +396,7 @@ def default_stages() -> list[Stage]:
             _export_run,
             lambda ws, o: [ws.voice_dir / "llm.pt", ws.voice_dir / "spk2info.pt"],
             summary="voice model dir",
+            records_itself=True,
         ),
         Stage(
             "audition",

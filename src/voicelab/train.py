@@ -65,7 +65,9 @@ from voicelab.fsutil import (
     quick_fingerprint,
     read_user_text,
 )
+from voicelab.locks import Lock
 from voicelab.memory import MemoryPlan
+from voicelab.signals import stop_on_signals, stopped_by
 from voicelab.upstream import train_config as tc
 
 if TYPE_CHECKING:
@@ -165,7 +167,7 @@ class Problem:
     fix: str
 
     def line(self) -> str:
-        return f"{self.what} ({self.fix})"
+        return f"{self.what} ({self.fix})" if self.fix else self.what
 
 
 class PreflightError(ConfigError):
@@ -960,6 +962,13 @@ def preflight(
 
     base = ws.base_model_dir
     need = [base_ckpt, base / "CosyVoice-BlankEN" / "config.json", base / "campplus.onnx"]
+    if not base.is_dir():  # one root cause, not one line per file
+        problems.append(
+            Problem(
+                f"base model file missing: no folder {base}", "run: voicelab download cosyvoice3"
+            )
+        )
+        need = []
     for p in need:
         if not p.exists():
             problems.append(
@@ -1043,9 +1052,12 @@ def preflight(
                     f"use --batch-frames {suggest} or --accum-grad 1, or add data",
                 )
             )
-    warn, errs = tc.check_values(values, engine)
-    warnings += warn
-    problems += [Problem(e, f"edit {ws.train_yaml.name} or delete it to regenerate") for e in errs]
+    if values:  # no config without a vendor: that root cause is reported once, above
+        warn, errs = tc.check_values(values, engine)
+        warnings += warn
+        problems += [
+            Problem(e, f"edit {ws.train_yaml.name} or delete it to regenerate") for e in errs
+        ]
 
     if device == "cpu" and facts.params > MAX_CPU_PARAMS:
         problems.append(
@@ -1221,7 +1233,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
 
         vendor = cosyvoice_runtime()
     except VoiceLabError as e:
-        vendor_problem = e.one_line()
+        vendor_problem = e.message  # preflight adds the one fix (it was printed twice)
 
     base_dir = ws.base_model_dir
     base_ckpt = _base_checkpoint(ws, model)
@@ -1395,7 +1407,10 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             log.info("a real run would first move %s to %s", *plan.archive)
         return result
 
-    with state.stage_run(ws, f"train_{model}", inputs, params) as rec:
+    with (
+        run_lock(plan.run_dir) as lock,
+        state.stage_run(ws, f"train_{model}", inputs, params) as rec,
+    ):
         if plan.archive:
             src, dst = plan.archive
             os.replace(src, dst)
@@ -1409,7 +1424,16 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         rec.outputs = [str(plan.run_dir / CHECKPOINT_LOG)]
         batches = max(facts.batches) if facts.batches else 1
         t0 = time.time()
-        rc = _run(launch, plan.run_dir, model, max_epoch, batches, accum, done_epoch)
+        rc = _run(
+            launch,
+            plan.run_dir,
+            model,
+            max_epoch,
+            batches,
+            accum,
+            done_epoch,
+            on_start=lambda pgid: lock.update(pgid=pgid),
+        )
         result.launched = True
         result.seconds = time.time() - t0
         rows = read_train_log(plan.run_dir / CHECKPOINT_LOG)
@@ -1472,6 +1496,13 @@ def _failure_hint(log_path: Path, mem_plan: MemoryPlan | None = None) -> str:
     return f"see {log_path}; fix, then continue with --resume"
 
 
+def run_lock(run_dir: Path) -> Lock:
+    """One trainer per run dir. The lock file sits beside the dir (archiving a finished run
+    moves the dir itself) and records the owner's PID and torchrun's process group, so an
+    orphaned trainer (its parent killed with SIGKILL) is found and refused, not joined."""
+    return Lock(run_dir.with_name(f".{run_dir.name}.lock"), f"training run {run_dir}")
+
+
 def _run(
     launch: Launch,
     run_dir: Path,
@@ -1480,9 +1511,11 @@ def _run(
     batches: int,
     accum: int,
     done_epoch: int,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
     """Run torchrun, tee its output to train.log, parse it into train_log.jsonl, show progress.
-    Ctrl-C stops the whole process group (torchrun and its workers) and re-raises."""
+    Ctrl-C, SIGTERM and SIGHUP stop the whole process group (torchrun and its workers), keep the
+    rest of its output in train.log and re-raise. ``on_start`` is told the process group."""
     from voicelab.console import console, progress_enabled
 
     parser = LogParser(accum)
@@ -1495,7 +1528,7 @@ def _run(
             os.sched_setaffinity(0, cpus)
 
     with (
-        open(run_dir / "train.log", "a", encoding="utf-8") as raw,
+        open(run_dir / "train.log", "a", encoding="utf-8", buffering=1) as raw,  # line by line
         open(jsonl, "a", encoding="utf-8") as out,
     ):
 
@@ -1525,11 +1558,13 @@ def _run(
             start_new_session=True,  # its own process group: Ctrl-C is ours to forward
             preexec_fn=preexec if cpus else None,
         )
+        if on_start is not None:
+            on_start(proc.pid)  # start_new_session: its PID is its process group
         live = progress_enabled()
         status_cm = console.status(progress.text) if live else contextlib.nullcontext()
         _RUNNING[str(run_dir)] = proc
         try:
-            with status_cm as status:
+            with stop_on_signals(), status_cm as status:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     raw.write(line)
@@ -1545,8 +1580,12 @@ def _run(
                         else:
                             log.debug("%s", text)
                 rc = proc.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            why = str(stopped_by(e) or "interrupted (Ctrl-C)")
+            log.warning("%s: %s, stopping the trainer (process group %d)", model, why, proc.pid)
             _stop(proc)
+            _drain(proc, raw)
+            raw.write(f"voicelab: {why}; the trainer was stopped\n")
             emit(
                 {
                     "tag": "EVENT",
@@ -1554,6 +1593,7 @@ def _run(
                     "time": time.time(),
                     "rc": None,
                     "interrupted": True,
+                    "why": why,
                 }
             )
             raise
@@ -1586,6 +1626,23 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+
+
+def _drain(proc: subprocess.Popen[str], raw: Any, seconds: float = 5.0) -> None:
+    """The stopped trainer's last output into train.log (bounded: a stray writer outside the
+    process group must not hang the stop)."""
+    import selectors
+
+    if proc.stdout is None:
+        return
+    end = time.monotonic() + seconds
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while (left := end - time.monotonic()) > 0 and sel.select(timeout=left):
+            line = proc.stdout.readline()
+            if not line:
+                return
+            raw.write(line)
 
 
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -24,9 +24,10 @@ from typing import Any
 
 import tomli_w
 
-from voicelab.errors import ConfigError, WorkspaceError
+from voicelab import config
+from voicelab.errors import ConfigError, InputError, WorkspaceError
 from voicelab.fsutil import atomic_write_text
-from voicelab.paths import to_local_path
+from voicelab.paths import has_whitespace, to_local_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +90,28 @@ def _drop_none(d: Any) -> Any:
     return d
 
 
+def check_source_dir(wav_dir: str | os.PathLike[str]) -> Path:
+    """The recordings folder a user named, refused at once when it is not there."""
+    src = to_local_path(wav_dir)
+    if not src.is_dir():
+        raise InputError(
+            f"the recordings folder {src} does not exist or is not a folder",
+            'pass the folder that holds the audio files: --wav-dir "DIR"',
+        )
+    return src
+
+
+def check_workspace_path(root: Path) -> Path:
+    """Decided once, when a workspace is created (init, run): upstream's kaldi readers split
+    paths at blanks, so prepare would refuse a workspace whose path has any."""
+    if has_whitespace(str(root)):
+        raise ConfigError(
+            f"the workspace path has whitespace: {root}",
+            "choose a workspace folder without spaces (--workspace DIR)",
+        )
+    return root
+
+
 def check_speaker_id(speaker: str) -> str:
     if not _SPEAKER_RE.match(speaker or ""):
         raise ConfigError(
@@ -109,19 +132,22 @@ class VoiceConfig:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
+        """A copy of ``[name]`` (``prepare.qc`` for ``[prepare.qc]``)."""
         return dict(self.sections.get(name, {}))
 
     def to_toml(self) -> dict[str, Any]:
         voice: dict[str, Any] = {"speaker": self.speaker, "wav_dir": self.wav_dir}
         if self.locked_epoch is not None:
             voice["locked_epoch"] = self.locked_epoch
-        return {"voice": voice, **{k: v for k, v in self.sections.items() if v}}
+        return {"voice": voice, **config.to_toml(self.sections)}
 
     @classmethod
-    def from_toml(cls, data: dict[str, Any]) -> VoiceConfig:
-        voice = dict(data.get("voice", {}))
-        sections = {k: dict(v) for k, v in data.items() if k != "voice" and isinstance(v, dict)}
-        locked = voice.get("locked_epoch", data.get("locked_epoch"))
+    def from_toml(cls, data: dict[str, Any], path: Path | str = CONFIG_NAME) -> VoiceConfig:
+        """Typed and checked (voicelab.config): an unknown section or key, or a bad value, is a
+        one-line ConfigError naming the file and the key."""
+        sections = config.validate(data, path)
+        voice = sections.pop("voice", {})
+        locked = voice.get("locked_epoch")
         return cls(
             speaker=str(voice.get("speaker", "")),
             wav_dir=str(voice.get("wav_dir", "")),
@@ -150,6 +176,10 @@ class Workspace:
         """Open the workspace at ``root`` (``--workspace``), ``VOICELAB_WORKSPACE`` or the
         default ``workflows/cosyvoice`` under the VoiceLab root."""
         path = to_local_path(root).resolve() if root else cls.default_root()
+        if path.exists() and not path.is_dir():
+            raise WorkspaceError(
+                f"{path} is a file, not a workspace folder", "pass a folder to --workspace"
+            )
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             if must_exist:
@@ -159,7 +189,7 @@ class Workspace:
                     " (or pass --workspace DIR)",
                 )
             return cls(path)
-        return cls(path, VoiceConfig.from_toml(load_toml(cfg_file)))
+        return cls(path, VoiceConfig.from_toml(load_toml(cfg_file), cfg_file))
 
     @classmethod
     def init(
@@ -188,17 +218,33 @@ class Workspace:
         return ws
 
     def save(self) -> Path:
+        """Write voicelab.toml, checked first: an invalid setting is never written."""
+        data = _drop_none(self.config.to_toml())
+        config.validate(data, self.config_file)
         self.root.mkdir(parents=True, exist_ok=True)
-        return atomic_write_text(self.config_file, tomli_w.dumps(_drop_none(self.config.to_toml())))
+        return atomic_write_text(self.config_file, tomli_w.dumps(data))
 
     def set_option(self, section: str, key: str, value: Any) -> None:
-        self.config.sections.setdefault(section, {})[key] = value
+        """Keep ``[section] key = value`` (checked; None removes the key) and save."""
+        sub = f"{section}.{key}"
+        if sub in config.SECTIONS and isinstance(value, dict):  # [prepare.qc] as one table
+            self.config.sections[sub] = config.validate({section: {key: value}}, "options")[sub]
+            self.save()
+            return
+        value = config.check_value(config.lookup(f"{section}.{key}"), value, f"[{section}]")
+        if value is None:
+            self.config.sections.get(section, {}).pop(key, None)
+        else:
+            self.config.sections.setdefault(section, {})[key] = value
         self.save()
 
     def option(self, section: str, key: str, cli_value: Any = None, default: Any = None) -> Any:
         """Resolve one option: the command-line value, else voicelab.toml, else the default."""
         if cli_value is not None:
             return cli_value
+        sub = f"{section}.{key}"
+        if sub in config.SECTIONS:  # [prepare.qc]: a table of its own
+            return self.config.section(sub) or default
         return self.config.sections.get(section, {}).get(key, default)
 
     # ---- identity -------------------------------------------------------------------------

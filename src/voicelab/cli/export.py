@@ -65,7 +65,7 @@ def checkpoints(
     from voicelab.errors import ConfigError, VoiceLabError
     from voicelab.export import set_lock
 
-    ws = ctx.workspace()
+    ws = ctx.workspace(write=lock is not None or unlock)  # --lock writes voicelab.toml
     if lock is not None and unlock:
         raise ConfigError("--lock and --unlock contradict each other", "pass one of them")
     if (lock is not None or unlock) and model != "llm":

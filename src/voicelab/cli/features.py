@@ -52,17 +52,20 @@ def features(
     flow training needs. Utterances over 30 s are left out with a reason. Only changed audio
     is recomputed; an interrupted run resumes.
     """
-    from voicelab.features import FeaturesOptions, run_features
+    from voicelab import config
+    from voicelab.pipeline import RunOptions
+    from voicelab.stages import run_stage
 
-    ws = ctx.workspace()
-    opts = FeaturesOptions(
-        device=device or str(ws.option("features", "device", default="auto")),
-        onnx_dir=onnx_dir or ws.option("features", "onnx_dir"),
-        threads=threads or ws.option("features", "threads"),
-        token_batch=token_batch or ws.option("features", "token_batch"),
-        force=force,
+    given = config.check_flags(
+        "features",
+        {"device": device, "onnx_dir": onnx_dir, "threads": threads, "token_batch": token_batch},
     )
-    echo(run_features(ws, opts).summary())
+    ws = ctx.workspace()
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if force:
+        overrides["force"] = True
+    run = run_stage(ws, "features", RunOptions(overrides={"features": overrides}))
+    echo(run.result.summary())
 
 
 @click.command("pack")
@@ -94,26 +97,20 @@ def pack(
     force: bool,
 ) -> None:
     """Parquet shards and data.list for train and dev, in upstream's format."""
-    from voicelab.errors import ConfigError
-    from voicelab.pack import PackOptions, run_pack
+    from voicelab import config
+    from voicelab.pipeline import RunOptions
+    from voicelab.stages import run_stage
 
-    for name, value in (
-        ("--utts-per-shard", utts_per_shard),
-        ("--num-workers", num_workers),
-        ("--gpus", gpus),
-        ("--jobs", jobs),
-    ):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1", f"e.g. {name} 2")
-    ws = ctx.workspace()
-    opts = PackOptions(
-        utts_per_shard=utts_per_shard,
-        num_workers=num_workers,
-        num_gpus=gpus,
-        jobs=jobs,
-        force=force,
+    given = config.check_flags(
+        "pack",
+        {"utts_per_shard": utts_per_shard, "num_workers": num_workers, "gpus": gpus, "jobs": jobs},
     )
-    echo(run_pack(ws, opts).summary())
+    ws = ctx.workspace()
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if force:
+        overrides["force"] = True
+    run = run_stage(ws, "pack", RunOptions(overrides={"pack": overrides}))
+    echo(run.result.summary())
 
 
 commands = [features, pack]

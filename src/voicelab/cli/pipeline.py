@@ -53,11 +53,26 @@ def _finish(ws: Workspace, opts: Any) -> None:
     echo(f"report: {report}")
 
 
+def _source_check(ws: Workspace, opts: Any) -> None:
+    """Prepare will need the recordings: say so now, not after the vendor and the download."""
+    from voicelab.pipeline import select, stage_states
+    from voicelab.stages import default_stages
+    from voicelab.workspace import check_source_dir
+
+    stages = default_stages()
+    if "prepare" not in {s.name for s in select(stages, opts)}:
+        return
+    state = {s.name: s for s in stage_states(ws, stages, opts)}["prepare"]
+    if opts.force or state.state != "done":
+        check_source_dir(ws.wav_dir)
+
+
 def _run_pipeline(ws: Workspace, opts: Any, skip_doctor: bool) -> None:
     from voicelab.pipeline import run_pipeline
     from voicelab.report import build_report
     from voicelab.stages import default_stages, save_run_options
 
+    _source_check(ws, opts)
     save_run_options(ws, opts)
     if not skip_doctor:
         _preflight(ws)
@@ -109,18 +124,25 @@ def run(
     example:
       voicelab run --wav-dir "/mnt/c/AIGC/数据集/xuan" --speaker xuan
     """
+    from voicelab import config
     from voicelab.stages import run_options
+    from voicelab.workspace import check_source_dir, check_workspace_path
 
+    # Cheap checks first, before anything is saved or downloaded (5 GB).
+    saved = {
+        "train": config.check_flags("train", {"epochs": epochs, "gpus": gpus}),
+        "prepare": config.check_flags("prepare", {"asr": asr, "whisper_model": whisper_model}),
+        "download": {"source": source},
+    }
+    if wav_dir:
+        check_source_dir(wav_dir)
     ws = ctx.workspace(must_exist=False)
     if speaker or wav_dir or not ws.config_file.is_file():
         if not (speaker or ws.config.speaker):
             raise ConfigError("no voice workspace yet", "give --speaker NAME and --wav-dir DIR")
+        check_workspace_path(ws.root)
         ws = Workspace.init(ctx.workspace_arg, speaker or ws.config.speaker, wav_dir)
-    saved = {
-        "train": {"epochs": epochs, "gpus": gpus},
-        "prepare": {"asr": asr, "whisper_model": whisper_model},
-        "download": {"source": source},
-    }
+    ctx.lock(ws)
     for section, values in saved.items():
         for key, value in values.items():
             if value is not None:
@@ -202,6 +224,7 @@ def demo(ctx: Ctx, real: bool, tiny: bool, epochs: int | None, force: bool) -> N
         root, real=real, tiny=True if tiny else (False if real else None), epochs=epochs
     )
     plan.options.force = force
+    ctx.lock(plan.workspace)  # also starts the demo's log in its workspace
     kind = "tiny random CosyVoice 3 on the CPU" if plan.tiny else "Fun-CosyVoice3-0.5B on the GPU"
     echo(f"demo: {kind}; ASR {plan.asr}; workspace {plan.workspace.root}")
     t0 = time.time()

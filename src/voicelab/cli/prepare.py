@@ -8,6 +8,7 @@ import click
 
 from voicelab.cli.main import Ctx, pass_ctx
 from voicelab.console import echo
+from voicelab.errors import ConfigError
 
 
 @click.command()
@@ -85,40 +86,45 @@ def prepare(
       voicelab prepare --review           # then edit data/<spk>_sft/prepare/review.tsv
       voicelab prepare --apply-review     # text fixes and keep=0 drops, no ASR redone
 
-    Chosen options are saved in voicelab.toml ([prepare]) and reused by later runs.
+    Options apply to this run; keep one with: voicelab config set prepare.KEY VALUE.
     """
+    from voicelab import config
     from voicelab.paths import to_local_path
-    from voicelab.prepare import options_from_workspace, run_prepare
+    from voicelab.pipeline import RunOptions
+    from voicelab.stages import run_stage
+    from voicelab.workspace import check_source_dir
 
-    ws = ctx.workspace()
-    if wav_dir:
-        ws.config.wav_dir = str(to_local_path(wav_dir))
-        ws.save()
-    given = {
-        "asr": asr,
-        "whisper_model": whisper_model,
-        "device": device,
-        "compute_type": compute_type,
-        "language": language,
-        "text_norm": text_norm,
-        "min_seconds": min_seconds,
-        "max_seconds": max_seconds,
-        "dev_ratio": dev_ratio,
-        "transcripts": str(to_local_path(transcripts)) if transcripts else None,
-    }
-    for key, value in given.items():
-        if value is not None:
-            ws.set_option("prepare", key, value)
-    opts = options_from_workspace(
-        ws,
-        **given,
-        limit=limit,
-        review=review,
-        apply_review=Path(apply_review) if apply_review else None,
-        vad_filter=vad_filter,
+    given = config.check_flags(
+        "prepare",
+        {
+            "asr": asr,
+            "whisper_model": whisper_model,
+            "device": device,
+            "compute_type": compute_type,
+            "language": language,
+            "text_norm": text_norm,
+            "min_seconds": min_seconds,
+            "max_seconds": max_seconds,
+            "dev_ratio": dev_ratio,
+            "transcripts": str(to_local_path(transcripts)) if transcripts else None,
+        },
     )
-    result = run_prepare(ws, opts)
-    for line in result.summary_lines():
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit} is out of range", "use a whole number >= 1, e.g. 10")
+    ws = ctx.workspace()
+    # Flags are for this run only (a trial --limit 10 --device cpu changes nothing kept);
+    # keep a setting with: voicelab config set prepare.KEY VALUE.
+    run_only = {
+        "wav_dir": str(check_source_dir(wav_dir)) if wav_dir else None,
+        "limit": limit,
+        "review": review or None,
+        "apply_review": Path(apply_review) if apply_review else None,
+        "vad_filter": vad_filter,
+    }
+    overrides = {k: v for k, v in {**given, **run_only}.items() if v is not None}
+    state = run_stage(ws, "prepare", RunOptions(overrides={"prepare": overrides}))
+    result = state.result
+    for line in result.summary_lines() if result is not None else [state.reason]:
         echo(line)
     echo(f"train: {ws.split_dir('train')}")
     echo(f"qc:    {ws.prepare_dir / 'qc.tsv'}")

@@ -26,6 +26,12 @@ def init(ctx: Ctx, speaker: str, wav_dir: str | None, instruct: str | None) -> N
     example:
       voicelab init --speaker xuan --wav-dir "/mnt/c/AIGC/数据集/xuan"
     """
+    from voicelab.workspace import check_source_dir, check_workspace_path
+
+    if wav_dir:
+        check_source_dir(wav_dir)
+    ws = ctx.workspace(must_exist=False)  # an existing workspace: wait for no writer (its lock)
+    check_workspace_path(ws.root)
     options = {"prepare": {"instruct": instruct}} if instruct else None
     ws = Workspace.init(ctx.workspace_arg, speaker, wav_dir, options)
     echo(f"workspace: {ws.root}")

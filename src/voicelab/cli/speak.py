@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -63,6 +64,21 @@ def _voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+@contextlib.contextmanager
+def _voice_hint(ws: Any, model_dir: str | None) -> Iterator[None]:
+    """No exported voice in the workspace: say what comes next from its stage states."""
+    from voicelab.errors import ModelError
+
+    try:
+        yield
+    except ModelError as e:
+        if ws is None or model_dir is not None or ws.voice_dir.is_dir():
+            raise
+        from voicelab.stages import next_step
+
+        raise ModelError(f"no exported voice yet at {ws.voice_dir}", next_step(ws)) from e
 
 
 def _workspace(ctx: Ctx, model_dir: str | None) -> Any:
@@ -185,7 +201,9 @@ def say(
         join=join,
         pause=pause,
     )
-    result = run_say(_workspace(ctx, model_dir), texts, opts)
+    ws = _workspace(ctx, model_dir)
+    with _voice_hint(ws, model_dir):
+        result = run_say(ws, texts, opts)
     for line in describe(result):
         echo(line)
 
@@ -278,7 +296,8 @@ def audition(
         text_frontend=not no_frontend,
         out=out,
     )
-    res = run_audition(ws, opts)
+    with _voice_hint(ws, model_dir):
+        res = run_audition(ws, opts)
     echo(f"{res.index}")
     echo(
         f"{res.takes} takes ({len(res.variants)} variant(s): {', '.join(res.variants)}), "
