@@ -85,7 +85,7 @@ def shard(batches: Sequence[list[int]], rank: int, world: int) -> list[list[int]
 def padded(n: int, quantum: int) -> int:
     """``n`` rounded up to a multiple of ``quantum``: fewer distinct shapes per epoch."""
     q = max(1, quantum)
-    return max(q, int(math.ceil(n / q)) * q)
+    return max(q, math.ceil(n / q) * q)
 
 
 def optimizer_steps(batches: int, accum: int) -> int:

@@ -16,6 +16,7 @@ Hooks for memory modes: :func:`voicelab.upstream.engine.model.build_model`,
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -70,6 +71,35 @@ class LossModule(torch.nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Data on the device
 # ------------------------------------------------------------------------------------------------
+class Stager:
+    """Host-to-device copies without a sync: each batch's int64 arrays go as one copy from a
+    pinned slot (a ring; a slot is reused only after its copy's event has passed)."""
+
+    def __init__(self, device: torch.device, slots: int = 4) -> None:
+        self.device = device
+        self.bufs: list[torch.Tensor | None] = [None] * slots
+        self.events: list[Any] = [None] * slots
+        self.k = 0
+
+    def put(self, flat: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.from_numpy(flat)
+        k = self.k
+        self.k = (k + 1) % len(self.bufs)
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        buf = self.bufs[k]
+        if buf is None or buf.numel() < flat.size:
+            buf = torch.empty(max(2 * flat.size, 1 << 16), dtype=torch.int64, pin_memory=True)
+            self.bufs[k] = buf
+        buf[: flat.size].numpy()[:] = flat
+        out = buf[: flat.size].to(self.device, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self.events[k] = ev
+        return out
+
+
 class Batches:
     """Turns index lists into device batches (upstream's draws happen here, in batch order)."""
 
@@ -83,7 +113,7 @@ class Batches:
         quantum: int,
     ) -> None:
         self.ds, self.kind, self.device, self.quantum = ds, kind, device, quantum
-        self.pin = device.type == "cuda"
+        self.stager = Stager(device)
         emb = ds.spk_embedding if use_spk else ds.utt_embedding
         self.embedding = emb.to(device)
         if kind == "llm":
@@ -102,24 +132,30 @@ class Batches:
     def speech_tokens(self, idx: list[int]) -> int:
         return sum(len(self.ds.speech[i]) for i in idx)
 
-    def _dev(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if self.pin:
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
+    def _upload(self, host: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        flat = np.concatenate([np.asarray(a, np.int64).ravel() for a in host.values()])
+        dev = self.stager.put(flat)
+        out, at = {}, 0
+        for k, a in host.items():
+            n = int(np.prod(a.shape))
+            t = dev[at : at + n].view(a.shape)
+            out[k] = t.bool() if a.dtype == bool else t
+            at += n
+        return out
 
     def make(self, idx: list[int]) -> dict[str, Any]:
-        ix = torch.as_tensor(idx, device=self.device)
         if self.kind == "llm":
             host = llm_loss.make_batch(llm_loss.choose([self.pairs[i] for i in idx]), self.quantum)
-            return {k: self._dev(v) for k, v in host.items()}
+            return self._upload(host)
         host = flow_loss.make_batch(
             idx, self.tokens, self.ds.feat_len, self.ds.feat_off, self.quantum
         )
-        out = {k: self._dev(v) for k, v in host.items() if k != "streaming"}
-        out["streaming"] = bool(host["streaming"])
+        streaming = bool(host.pop("streaming"))
+        host["idx"] = np.asarray(idx, np.int64)
+        out = self._upload(host)
+        out["streaming"] = streaming
         out["feat"] = flow_loss.gather_feat(self.feat, out.pop("gather"))
-        out["embedding"] = self.embedding[ix]
+        out["embedding"] = self.embedding[out.pop("idx")]
         return out
 
 
@@ -319,6 +355,11 @@ def run(args: EngineArgs) -> None:
             accum=accum,
         )
         mine = batching.shard(batches, rank, world)
+        trace = os.environ.get("VOICELAB_ENGINE_TRACE")
+        if trace:  # which utterances this rank trains on (tests of the sharding)
+            with open(f"{trace}.rank{rank}", "a", encoding="utf-8") as f:
+                utts = [train_b.ds.utts[i] for b in mine for i in b]
+                f.write(json.dumps({"rank": rank, "epoch": epoch, "utts": utts}) + "\n")
         net.train()
         tok_count, t_log = 0, time.time()
         norm = torch.zeros((), device=device)
