@@ -18,6 +18,19 @@ training (25 per second of audio) per epoch (the first against the later ones), 
 memory and the GPU utilization (nvidia-smi, sampled every 0.5 s while that run trains), and the
 speed-up of the engine over upstream. Results go to ``--out`` as JSON and to stdout.
 
+Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2):
+
+- first build (checkpoints written by a background *thread*): llm 5,751 vs 3,446 speech
+  tokens/s (1.67x), flow 5,868 vs 3,498 (1.68x); GPU utilization 15-23 %. ``torch.save`` holds
+  the GIL while it writes each tensor, so a 6 GB checkpoint (weights + Adam moments) stalled the
+  host-bound loop for seconds (a 2 s gap mid-epoch, visible in the tokens_s of the log lines);
+- checkpoints written by a *forked* process: llm 9,810 vs 3,696 (2.65x), no gap; the
+  training thread still pays ~5 s per epoch to copy 6 GB to the CPU (``save_seconds``);
+- the loop stays host-bound (27 % utilization at ~1,300 speech tokens per batch): the next
+  steps are ``--compile`` (exists, not yet measured on a GPU), CUDA graphs per bucket, and
+  bigger batches as an explicit option; the first epoch (3x the second on 15 min of audio)
+  carries CUDA/cuBLAS warm-up and every new shape.
+
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
     python benchmarks/bench_train.py --minutes 20 --epochs 3 --out bench_train.json

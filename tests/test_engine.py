@@ -215,3 +215,17 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
     assert argv[argv.index("--model_dir") + 1] == str(plan.run_dir)
     assert "--train_engine" not in argv and "--use_amp" not in argv
     assert launch.env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize("use_fork", [True, False])
+def test_async_saver_fork_and_thread_write_the_same(tmp_path: Path, use_fork: bool) -> None:
+    torch = pytest.importorskip("torch")
+    if use_fork and not checkpoint.fork_available():
+        pytest.skip("no os.fork here")
+    saved: list[Path] = []
+    saver = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=saved.append, use_fork=use_fork)
+    saver.save("epoch_0_whole", {"w": torch.arange(4.0), "epoch": 0, "step": 3}, {"step": 3})
+    saver.wait()
+    assert saved == [tmp_path / "epoch_0_whole.pt"]
+    sd = torch.load(tmp_path / "epoch_0_whole.pt", weights_only=True)
+    assert torch.equal(sd["w"], torch.arange(4.0)) and sd["step"] == 3

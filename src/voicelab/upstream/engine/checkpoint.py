@@ -7,15 +7,19 @@
   scheduler, step, epoch, RNG states); a sub-folder, so readers that glob ``<run>/*.pt`` skip it.
 
 The state is copied to CPU on the training thread (a consistent snapshot), then written by one
-background thread; the next save (or the end of training) waits for the previous one. ``keep``
+background writer (a forked process where the OS has fork, else a thread); the next save (or the
+end of training) waits for the previous one. ``keep``
 limits how many epoch checkpoints stay: older ones are deleted with their yaml and resume file.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,17 +99,67 @@ def cpu_tree(obj: Any) -> Any:
     return obj
 
 
-class AsyncSaver:
-    """One background writer; ``save`` returns once the CPU snapshot is taken."""
+def write_checkpoint(
+    pt: Path,
+    weights: dict[str, Any],
+    info: dict[str, Any],
+    resume: tuple[Path, dict[str, Any]] | None,
+    keep: int | None,
+) -> None:
+    _atomic_torch_save(weights, pt)
+    write_info_yaml(pt.with_suffix(".yaml"), info)
+    if resume is not None:
+        _atomic_torch_save(resume[1], resume[0])
+    prune(pt.parent, keep)
 
-    def __init__(self, run_dir: Path, keep: int | None, on_saved: Callable[[Path], None]) -> None:
+
+def fork_available() -> bool:
+    return hasattr(os, "fork") and os.environ.get("VOICELAB_SAVE_THREAD", "") != "1"
+
+
+class AsyncSaver:
+    """One background writer; ``save`` returns once the CPU snapshot is handed over.
+
+    Where the OS forks (Linux, WSL2), the writer is a forked child process: ``torch.save``
+    holds the GIL while it writes each tensor, which in a thread stalls the (host-bound)
+    training loop for seconds per checkpoint. The child only writes files (no CUDA) and leaves
+    with ``os._exit``. Elsewhere, or with ``VOICELAB_SAVE_THREAD=1``, a thread writes."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        keep: int | None,
+        on_saved: Callable[[Path], None],
+        use_fork: bool | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.keep = keep
         self.on_saved = on_saved
+        self.use_fork = fork_available() if use_fork is None else use_fork
         self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._pending: Path | None = None
         self._error: BaseException | None = None
 
+    def _finish(self, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        pt, self._pid, self._pending = self._pending, None, None
+        if code != 0:
+            raise OSError(f"writing checkpoint {pt} failed (writer exit code {code})")
+        if pt is not None:
+            self.on_saved(pt)
+
+    def poll(self) -> None:
+        """Report a finished fork writer (``on_saved``) without waiting."""
+        if self._pid is not None:
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+            if pid:
+                self._finish(status)
+
     def wait(self) -> None:
+        if self._pid is not None:
+            _, status = os.waitpid(self._pid, 0)
+            self._finish(status)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -122,14 +176,25 @@ class AsyncSaver:
     ) -> None:
         self.wait()
         pt = self.run_dir / f"{name}.pt"
+        if self.use_fork:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the writer: files only, then leave without Python's exit handlers
+                code = 0
+                try:
+                    write_checkpoint(pt, weights, info, resume, self.keep)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    os._exit(code)
+            self._pid, self._pending = pid, pt
+            return
 
         def work() -> None:
             try:
-                _atomic_torch_save(weights, pt)
-                write_info_yaml(pt.with_suffix(".yaml"), info)
-                if resume is not None:
-                    _atomic_torch_save(resume[1], resume[0])
-                prune(self.run_dir, self.keep)
+                write_checkpoint(pt, weights, info, resume, self.keep)
                 self.on_saved(pt)
             except BaseException as e:  # re-raised on the training thread by wait()
                 self._error = e

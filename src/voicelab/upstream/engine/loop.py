@@ -371,6 +371,7 @@ def run(args: EngineArgs) -> None:
                 norm = optimizer_step(params, optimizer, scheduler, grad_clip)
                 step += 1
             if (bi + 1) % log_interval == 0:
+                saver.poll()
                 now = time.time()
                 vals = " ".join(
                     f"{k} {v.item() / (accum if k == 'loss' else 1):.6f}" for k, v in out.items()
