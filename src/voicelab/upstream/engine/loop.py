@@ -8,9 +8,10 @@ Log lines are upstream's formats (``TRAIN Batch e/b loss ... rank r``, ``Epoch e
 :class:`voicelab.train.LogParser` is the one owner of ``train_log.jsonl``; TRAIN lines also carry
 ``tokens_s`` (speech tokens per second).
 
-Hooks for memory modes: :func:`voicelab.upstream.engine.model.build_model`,
-:func:`voicelab.upstream.engine.model.make_optimizer`, :func:`train_step` and
-:func:`optimizer_step`.
+Hooks for memory modes: :class:`Hooks` (model construction, a pass over the built model, the
+optimizer, the checkpoint's state dict) in :class:`EngineArgs`; the step itself is
+:func:`train_step` (forward + backward of one batch) and :func:`optimizer_step` (clip, step,
+schedule), small functions a mode can wrap.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,21 @@ import torch.distributed as dist
 from voicelab.upstream.engine import batching, checkpoint, data, flow_loss, llm_loss, model
 
 log = logging.getLogger("voicelab.engine")
+
+
+@dataclass
+class Hooks:
+    """Where memory modes (gradient checkpointing, LoRA, 8-bit or offloaded optimizers) plug in:
+    each defaults to the plain engine's function."""
+
+    #: (configs, kind, checkpoint) -> (module, start_step, start_epoch)
+    build_model: Callable[..., tuple[Any, int, int]] = model.build_model
+    #: called once on the built module, before it moves to the device (e.g. add adapters)
+    after_build: Callable[[Any, str], None] | None = None
+    #: (params, train_conf, device type) -> optimizer
+    make_optimizer: Callable[..., Any] = model.make_optimizer
+    #: module -> the CPU state dict a checkpoint holds (upstream's keys)
+    state_dict: Callable[[Any], dict[str, Any]] = checkpoint.cpu_state
 
 
 @dataclass
@@ -51,7 +68,7 @@ class EngineArgs:
     seed: int = 1986
     quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
     max_steps: int | None = None  # stop after this many optimizer steps (tests, benchmarks)
-    extra: dict[str, Any] = field(default_factory=dict)
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 class LossModule(torch.nn.Module):
@@ -292,7 +309,10 @@ def run(args: EngineArgs) -> None:
     use_spk = bool(configs["padding"].keywords.get("use_spk_embedding", False))
 
     # Start weights; an exact resume also restores optimizer, scheduler and RNG states.
-    net, start_step, start_epoch = model.build_model(configs, args.model, args.checkpoint)
+    hooks = args.hooks
+    net, start_step, start_epoch = hooks.build_model(configs, args.model, args.checkpoint)
+    if hooks.after_build is not None:
+        hooks.after_build(net, args.model)
     resume_file = (
         checkpoint.resume_path(args.checkpoint.parent, start_epoch)
         if args.checkpoint is not None and start_epoch >= 0
@@ -312,7 +332,7 @@ def run(args: EngineArgs) -> None:
         )
     step_module = torch.compile(loss_module) if args.compile else loss_module
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = model.make_optimizer(params, train_conf, device.type)
+    optimizer = hooks.make_optimizer(params, train_conf, device.type)
     scheduler = model.make_scheduler(optimizer, train_conf)
     scheduler.set_step(start_step)
     if resume_file is not None and resume_file.is_file():
@@ -336,7 +356,7 @@ def run(args: EngineArgs) -> None:
     saver = checkpoint.AsyncSaver(args.model_dir, args.keep, saved)
     if rank == 0 and not (args.model_dir / "init.pt").exists():
         args.model_dir.mkdir(parents=True, exist_ok=True)
-        snap = {**checkpoint.cpu_state(net), "epoch": start_epoch, "step": start_step}
+        snap = {**hooks.state_dict(net), "epoch": start_epoch, "step": start_step}
         saver.save("init", snap, _info(train_conf, args, step=start_step, epoch=start_epoch))
     _say(f"start step {start_step} start epoch {start_epoch}")
 
@@ -435,7 +455,7 @@ def run(args: EngineArgs) -> None:
 
         t2 = time.time()
         if rank == 0:
-            weights = {**checkpoint.cpu_state(net), "epoch": epoch, "step": step}
+            weights = {**hooks.state_dict(net), "epoch": epoch, "step": step}
             info = _info(
                 train_conf,
                 args,
