@@ -229,3 +229,63 @@ def test_async_saver_fork_and_thread_write_the_same(tmp_path: Path, use_fork: bo
     assert saved == [tmp_path / "epoch_0_whole.pt"]
     sd = torch.load(tmp_path / "epoch_0_whole.pt", weights_only=True)
     assert torch.equal(sd["w"], torch.arange(4.0)) and sd["step"] == 3
+
+
+# ---- the objectives' pure parts -----------------------------------------------------------------
+def test_llm_layouts_by_hand() -> None:
+    import numpy as np
+
+    from voicelab.upstream.engine import llm_loss
+
+    t = llm_loss.Tokens(sos=100, task_id=102, eos=101, fill=103, mix=(2, 6))
+    text, ins, sp = np.array([1, 2, 3]), np.array([9]), np.arange(10, 22)
+    uni, bi = llm_loss.layouts(text, ins, sp, t)
+    assert uni.ids.tolist() == [100, 9, 1, 2, 3, 102, *range(10, 22)]
+    assert uni.target.tolist() == [-1] * 5 + list(range(10, 22)) + [101]
+    assert uni.speech.tolist() == [True, False, False, False, False, True] + [True] * 12
+    # bistream: sos, instruct, [t1 t2 | s0..s5], then the rest: t3, task_id, s6..s11.
+    assert bi is not None
+    assert bi.ids.tolist() == [100, 9, 1, 2, *range(10, 16), 3, 102, *range(16, 22)]
+    assert bi.target.tolist() == [-1, -1, -1, *range(10, 16), 103, -1, *range(16, 22), 101]
+    assert len(bi.ids) == len(uni.ids) == len(bi.target) == len(bi.speech)
+    # speech/text not above mix[1]/mix[0]: unistream only.
+    assert llm_loss.layouts(text, ins, np.arange(9), t)[1] is None
+
+
+def test_label_smoothing_closed_form_equals_the_kl_definition() -> None:
+    torch = pytest.importorskip("torch")
+    from voicelab.upstream.engine import llm_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    target = torch.tensor([[1, 2, -1, 4, 0], [6, -1, -1, 3, 5]])
+    for smoothing in (0.0, 0.1):
+        for norm in (True, False):
+            x, y = logits.view(-1, 7), target.view(-1)
+            true = torch.full_like(x, smoothing / 6)
+            ign = y == -1
+            true.scatter_(1, y.clamp(min=0).unsqueeze(1), 1 - smoothing)
+            kl = torch.nn.KLDivLoss(reduction="none")(torch.log_softmax(x, 1), true)
+            denom = (~ign).sum() if norm else 2
+            want = kl.masked_fill(ign.unsqueeze(1), 0).sum() / denom
+            got = llm_loss.label_smoothing_loss(logits, target, smoothing, norm)
+            assert torch.allclose(got, want, rtol=1e-5), (smoothing, norm)
+    acc = llm_loss.accuracy(logits, target)
+    keep = target != -1
+    assert acc == (logits.argmax(-1)[keep] == target[keep]).float().mean()
+
+
+def test_flow_draws_follow_upstreams_order() -> None:
+    from voicelab.upstream.engine import flow_loss
+
+    random.seed(3)
+    streaming, prefix = flow_loss.draw([100, 37, 10])
+    random.seed(3)
+    want_stream = random.random() < 0.5
+    want = []
+    for j in (100, 37, 10):
+        if random.random() < 0.5:
+            want.append(0)
+            continue
+        want.append(random.randint(0, int(0.3 * j)))
+    assert (streaming, prefix) == (want_stream, want)
