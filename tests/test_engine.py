@@ -289,3 +289,15 @@ def test_flow_draws_follow_upstreams_order() -> None:
             continue
         want.append(random.randint(0, int(0.3 * j)))
     assert (streaming, prefix) == (want_stream, want)
+
+
+def test_stale_caches_of_a_shard_are_dropped(tmp_path: Path) -> None:
+    pq = tmp_path / "parquet_000.tar"
+    old = data.cache_path(pq, "llm", "a" * 64)
+    new = data.cache_path(pq, "llm", "b" * 64)
+    flow = data.cache_path(pq, "flow", "a" * 64)
+    other = data.cache_path(tmp_path / "parquet_001.tar", "llm", "a" * 64)
+    for p in (old, new, flow, other):
+        p.write_bytes(b"x")
+    assert data.drop_stale(pq, "llm", keep=new) == [old]
+    assert new.exists() and flow.exists() and other.exists() and not old.exists()

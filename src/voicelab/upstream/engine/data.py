@@ -163,7 +163,16 @@ def load_or_build(
     shard = build_shard(parquet, configs, kind)
     with atomic_path(path) as tmp:
         torch.save(shard, tmp)
+    drop_stale(parquet, kind, keep=path)
     return shard
+
+
+def drop_stale(parquet: Path, kind: str, keep: Path) -> list[Path]:
+    """Remove this shard's older caches of ``kind`` (a re-pack or a changed YAML made them)."""
+    gone = [p for p in parquet.parent.glob(f"{parquet.stem}.{kind}-*.vlcache.pt") if p != keep]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 # ------------------------------------------------------------------------------------------------
