@@ -25,10 +25,18 @@ def test_bench_train_epoch_time_is_named_for_what_it_holds() -> None:
     spec.loader.exec_module(bench)
     rows = [
         {"tag": "EVENT", "event": "epoch", "epoch": 0, "time": 100.0},
+        {"tag": "TRAIN", "epoch": 0, "time": 122.0},  # upstream's last logged batch
         {"tag": "CV", "epoch": 0, "time": 124.6},  # logged after the CV pass
-        {"tag": "EVENT", "event": "checkpoint", "epoch": 0, "time": 126.0},
-    ]
-    figs = bench.epoch_figures(rows, {"speech_tokens": 1000, "seconds": 40.0})
-    assert figs["last"]["epoch_seconds_incl_cv"] == 24.6
+        {"tag": "EVENT", "event": "checkpoint", "epoch": 0, "time": 126.0,
+         "checkpoint": "epoch_0_whole.pt"},
+    ]  # fmt: skip
+    (fig,), _ = bench.epoch_figures(rows, "", tokens=1100)
+    # Training, CV and saving are timed apart; tokens/s is over the training time only.
+    assert (fig["train_seconds"], fig["cv_seconds"], fig["save_seconds"]) == (22.0, 2.6, 1.4)
+    assert fig["speech_tokens_per_s"] == 50.0
+    # VoiceLab's engine logs its own split.
+    log = "voicelab engine: epoch 0 train_s 10.0 cv_s 1.0 save_s 0.5\n"
+    (fig,), _ = bench.epoch_figures(rows, log, tokens=1100)
+    assert (fig["train_seconds"], fig["cv_seconds"], fig["save_seconds"]) == (10.0, 1.0, 0.5)
     doc = bench.__doc__
-    assert "CV pass is included" in doc and "excluded" not in doc
+    assert "seconds per epoch (train, CV, save" in doc

@@ -353,12 +353,12 @@ def fake_run(run_dir: Path, epochs: int) -> None:
 def test_fresh_run_uses_canonical_dir(ws: Workspace) -> None:
     base = ws.base_model_dir / "llm.pt"
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(), 10)
-    assert plan.run_dir == ws.exp_dir("llm") and plan.checkpoint == base
+    assert plan.run_dir == ws.exp_dir("llm", "torch_ddp") and plan.checkpoint == base
     assert plan.archive is None and plan.resumed_epoch is None
 
 
 def test_existing_run_is_never_overwritten(ws: Workspace) -> None:
-    fake_run(ws.exp_dir("llm"), 3)
+    fake_run(ws.exp_dir("llm", "torch_ddp"), 3)
     base = ws.base_model_dir / "llm.pt"
     with pytest.raises(ConfigError, match="already holds a run") as e:
         tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(), 10)
@@ -368,10 +368,10 @@ def test_existing_run_is_never_overwritten(ws: Workspace) -> None:
 
 
 def test_resume_continues_from_latest_epoch(ws: Workspace) -> None:
-    fake_run(ws.exp_dir("llm"), 3)
+    fake_run(ws.exp_dir("llm", "torch_ddp"), 3)
     base = ws.base_model_dir / "llm.pt"
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(resume=True), 10)
-    assert plan.checkpoint == ws.exp_dir("llm") / "epoch_2_whole.pt"
+    assert plan.checkpoint == ws.exp_dir("llm", "torch_ddp") / "epoch_2_whole.pt"
     assert plan.resumed_epoch == 2 and plan.archive is None
     done = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(resume=True), 3)
     assert "all 3 epochs are done" in done.note
@@ -381,7 +381,7 @@ def test_resume_continues_from_latest_epoch(ws: Workspace) -> None:
 
 
 def test_resume_without_finished_epoch_starts_over(ws: Workspace) -> None:
-    d = ws.exp_dir("llm")
+    d = ws.exp_dir("llm", "torch_ddp")
     d.mkdir(parents=True)
     (d / "init.pt").write_bytes(b"x")
     base = ws.base_model_dir / "llm.pt"
@@ -390,12 +390,12 @@ def test_resume_without_finished_epoch_starts_over(ws: Workspace) -> None:
 
 
 def test_new_moves_the_old_run_aside(ws: Workspace) -> None:
-    fake_run(ws.exp_dir("llm"), 2)
+    fake_run(ws.exp_dir("llm", "torch_ddp"), 2)
     base = ws.base_model_dir / "llm.pt"
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
-    assert plan.archive == (ws.exp_dir("llm"), ws.exp_dir("llm").with_name("torch_ddp.1"))
-    assert plan.run_dir == ws.exp_dir("llm") and plan.checkpoint == base
-    ws.exp_dir("llm").with_name("torch_ddp.1").mkdir()
+    assert plan.archive == (ws.exp_dir("llm", "torch_ddp"), ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1"))
+    assert plan.run_dir == ws.exp_dir("llm", "torch_ddp") and plan.checkpoint == base
+    ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1").mkdir()
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
     assert plan.archive[1].name == "torch_ddp.2"
 

@@ -120,7 +120,7 @@ def test_tiny_model_layout(tiny_model: Path) -> None:
 
 def test_train_llm_then_flow_on_cpu(packed: Workspace) -> None:
     ws = packed
-    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=2))
+    res = tr.run_train(ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=2))
     assert res.launched and res.epochs_done == 2
     assert res.best_cv_loss is not None and math.isfinite(res.best_cv_loss)
     _check_run(ws, "llm", 2)
@@ -129,7 +129,7 @@ def test_train_llm_then_flow_on_cpu(packed: Workspace) -> None:
     yaml_text = (ws.exp_dir("llm") / "train_config.yaml").read_text()
     assert "use_spk_embedding: True" in yaml_text and "max_epoch: 2" in yaml_text
 
-    res = tr.run_train(ws, "flow", tr.TrainOptions(device="cpu", epochs=2))
+    res = tr.run_train(ws, "flow", tr.TrainOptions(trainer="upstream", device="cpu", epochs=2))
     assert res.launched and res.epochs_done == 2
     _check_run(ws, "flow", 2)
 
@@ -147,8 +147,10 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
     first = (run / "epoch_0_whole.pt").stat().st_mtime_ns
     init = (run / "init.pt").stat().st_mtime_ns
     with pytest.raises(tr.ConfigError, match="already holds a run"):
-        tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3))
-    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=3, resume=True))
+        tr.run_train(ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3))
+    res = tr.run_train(
+        ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3, resume=True)
+    )
     assert res.epochs_done == 3 and (run / "epoch_2_whole.pt").is_file()
     assert (run / "epoch_0_whole.pt").stat().st_mtime_ns == first  # not retrained
     assert (run / "init.pt").stat().st_mtime_ns == init  # the run's starting weights kept
@@ -157,7 +159,7 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
     assert "--checkpoint" in res.argv
     assert res.argv[res.argv.index("--checkpoint") + 1] == str(run / "epoch_1_whole.pt")
     # All epochs done: nothing is launched.
-    again = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", resume=True))
+    again = tr.run_train(ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", resume=True))
     assert not again.launched and again.epochs_done == 3
 
 
@@ -165,7 +167,9 @@ def test_dry_run_touches_nothing(packed: Workspace) -> None:
     ws = packed
     run = ws.exp_dir("llm")
     before = sorted(p.name for p in run.iterdir())
-    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", new=True, dry_run=True))
+    res = tr.run_train(
+        ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", new=True, dry_run=True)
+    )
     assert not res.launched and (res.run_dir / "launch.sh").is_file()
     assert sorted(p.name for p in run.iterdir()) == before
     assert not run.with_name("torch_ddp.1").exists()
@@ -177,7 +181,15 @@ def test_two_processes_gloo(packed: Workspace) -> None:
     res = tr.run_train(
         ws,
         "llm",
-        tr.TrainOptions(device="cpu", gpus=2, new=True, epochs=1, num_workers=1, log_interval=1),
+        tr.TrainOptions(
+            trainer="upstream",
+            device="cpu",
+            gpus=2,
+            new=True,
+            epochs=1,
+            num_workers=1,
+            log_interval=1,
+        ),
     )
     assert res.launched and res.epochs_done == 1
     log = (ws.exp_dir("llm") / "train.log").read_text()

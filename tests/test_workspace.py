@@ -16,7 +16,8 @@ def test_init_creates_layout_and_toml(tmp_path: Path) -> None:
     assert again.speaker == "xuan"
     assert again.wav_dir == Path("/mnt/c/AIGC/数据集/xuan")
     assert again.dataset_dir == tmp_path / "w" / "data" / "xuan_sft"
-    assert again.exp_dir("llm") == tmp_path / "w" / "exp" / "xuan_sft" / "llm" / "torch_ddp"
+    assert again.exp_dir("llm") == tmp_path / "w" / "exp" / "xuan_sft" / "llm" / "voicelab"
+    assert again.exp_dir("llm", "torch_ddp").name == "torch_ddp"
     assert again.voice_dir.name == "Fun-CosyVoice3-0.5B-xuan-sft"
     assert (ws.root / ".gitignore").read_text().strip().endswith("*")
 

@@ -176,6 +176,7 @@ TRAIN_KEYS = (
     "gpus",
     "num_workers",
     "prefetch",
+    "trainer",
 )
 
 
@@ -191,11 +192,15 @@ def _train_params(model: str):
 
 def _train_run(model: str):
     def run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
-        from voicelab.train import TrainOptions, run_has_content, run_train
+        from voicelab.train import TrainOptions, run_has_content, run_name, run_train
+        from voicelab.workspace import DEFAULT_TRAINER
 
         values = _train_params(model)(ws, o)
         rec = load_record(ws, f"train_{model}")
-        has_run = run_has_content(ws.exp_dir(model, values.get("engine") or "torch_ddp"))
+        trainer = values.get("trainer") or ws.option("train", "trainer") or DEFAULT_TRAINER
+        has_run = run_has_content(
+            ws.exp_dir(model, run_name(trainer, values.get("engine") or "torch_ddp"))
+        )
         # Interrupted (the record was running/pending/stopped): continue it. Otherwise the data
         # or the options changed: start a fresh run, keeping the old one under a numbered name.
         interrupted = rec is not None and rec.previous in ("running", "pending", "stopped")

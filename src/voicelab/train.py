@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 MODELS = ("llm", "flow")
 ENGINES = ("torch_ddp", "deepspeed")
+#: ``voicelab``: VoiceLab's engine (voicelab.upstream.engine); ``upstream``: upstream's train.py.
+TRAINERS = ("voicelab", "upstream")
 #: Python modules upstream's training imports (the ``train`` extra).
 TRAIN_MODULES = (
     "torch",
@@ -127,6 +129,9 @@ class TrainOptions:
     master_addr: str | None = None
     master_port: int = 29500
     engine: str = "torch_ddp"
+    trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
+    keep: int | None = None  # epoch checkpoints kept (voicelab trainer; default all)
+    compile: bool = False  # torch.compile the step (voicelab trainer)
     amp: bool | None = None  # default: on for CUDA (bf16), off on the CPU
     epochs: int | None = None
     batch_frames: int | None = None
@@ -439,6 +444,29 @@ def archive_name(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}.{n}")
 
 
+def run_name(trainer: str, engine: str) -> str:
+    """The run dir name under ``exp/<tag>/<model>/``: ``voicelab`` or upstream's engine."""
+    return "voicelab" if trainer == "voicelab" else engine
+
+
+def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
+    from voicelab.workspace import DEFAULT_TRAINER
+
+    trainer = opts.trainer or section.get("trainer") or DEFAULT_TRAINER
+    if trainer not in TRAINERS:
+        raise ConfigError(f"unknown --trainer {trainer!r}", "use voicelab or upstream")
+    if trainer == "voicelab" and opts.engine != "torch_ddp":
+        raise ConfigError(
+            f"--engine {opts.engine} belongs to upstream's trainer",
+            "add --trainer upstream, or leave --engine out",
+        )
+    if trainer == "upstream" and (opts.keep or opts.compile):
+        raise ConfigError(
+            "--keep and --compile are options of VoiceLab's trainer", "use --trainer voicelab"
+        )
+    return trainer
+
+
 @dataclass
 class RunPlan:
     run_dir: Path
@@ -559,6 +587,7 @@ def build_launch(
     amp: bool,
     ds_config: Path | None = None,
     memory_mode: str | None = None,
+    trainer: str = "upstream",
 ) -> Launch:
     """The torchrun argv and environment of one run (pure: no files touched)."""
     argv = [python, "-m", "torch.distributed.run"]
@@ -578,7 +607,81 @@ def build_launch(
     else:
         argv += ["--standalone"]
     argv += ["--nproc_per_node", str(nproc)]
-    argv += ["-m", "voicelab.upstream.launcher", "--vendor-root", str(vendor_root)]
+    if trainer == "voicelab":
+        argv += engine_args(
+            vendor_root=vendor_root, model=model, device=device, config=config,
+            train_list=train_list, cv_list=cv_list, base_dir=base_dir, plan=plan, amp=amp,
+            keep=opts.keep, compile=opts.compile,
+        )
+    else:
+        argv += upstream_args(
+            vendor_root=vendor_root, model=model, device=device, opts=opts, config=config,
+            train_list=train_list, cv_list=cv_list, base_dir=base_dir, plan=plan,
+            num_workers=num_workers, prefetch=prefetch, amp=amp, ds_config=ds_config,
+            memory_mode=memory_mode,
+        )
+    env = dict(base_env)
+    env.pop("onnx_path", None)  # see the launcher: features stay offline
+    env["PYTHONIOENCODING"] = "UTF-8"
+    env["PYTHONUNBUFFERED"] = "1"
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif opts.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = opts.gpu_ids
+    cpus = parse_cpus(opts.cpus) if opts.cpus else None
+    return Launch(argv, env, cpus)
+
+
+def engine_args(
+    *,
+    vendor_root: Path,
+    model: str,
+    device: str,
+    config: Path,
+    train_list: Path,
+    cv_list: Path,
+    base_dir: Path,
+    plan: RunPlan,
+    amp: bool,
+    keep: int | None,
+    compile: bool,
+) -> list[str]:
+    """Arguments of VoiceLab's engine (``python -m voicelab.upstream.engine``)."""
+    argv = ["-m", "voicelab.upstream.engine", "--vendor-root", str(vendor_root)]
+    argv += ["--device", device, "--model", model, "--config", str(config)]
+    argv += ["--train_data", str(train_list), "--cv_data", str(cv_list)]
+    argv += ["--qwen_pretrain_path", str(base_dir / "CosyVoice-BlankEN")]
+    if plan.checkpoint is not None:
+        argv += ["--checkpoint", str(plan.checkpoint)]
+    argv += ["--model_dir", str(plan.run_dir), "--tensorboard_dir", str(plan.tb_dir)]
+    if amp:
+        argv.append("--use_amp")
+    if keep:
+        argv += ["--keep", str(keep)]
+    if compile:
+        argv.append("--compile")
+    return argv
+
+
+def upstream_args(
+    *,
+    vendor_root: Path,
+    model: str,
+    device: str,
+    opts: TrainOptions,
+    config: Path,
+    train_list: Path,
+    cv_list: Path,
+    base_dir: Path,
+    plan: RunPlan,
+    num_workers: int,
+    prefetch: int,
+    amp: bool,
+    ds_config: Path | None,
+    memory_mode: str | None = None,
+) -> list[str]:
+    """The launcher's and upstream train.py's arguments (``--trainer upstream``)."""
+    argv = ["-m", "voicelab.upstream.launcher", "--vendor-root", str(vendor_root)]
     argv += ["--device", device]
     if memory_mode and memory_mode != "full":
         argv += ["--memory", memory_mode]
@@ -627,17 +730,7 @@ def build_launch(
         if ds_config is None:
             raise ConfigError("deepspeed needs its JSON config")
         argv += ["--deepspeed_config", str(ds_config), "--deepspeed.save_states", "model_only"]
-
-    env = dict(base_env)
-    env.pop("onnx_path", None)  # see the launcher: features stay offline
-    env["PYTHONIOENCODING"] = "UTF-8"
-    env["PYTHONUNBUFFERED"] = "1"
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    elif opts.gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = opts.gpu_ids
-    cpus = parse_cpus(opts.cpus) if opts.cpus else None
-    return Launch(argv, env, cpus)
+    return argv
 
 
 def deepspeed_json(
@@ -825,10 +918,11 @@ class Progress:
             left = self.max_epoch * self.batches - g
             eta = _fmt_secs(left / rate) if rate > 0 else "?"
             acc = f" acc {row['acc']:.3f}" if "acc" in row else ""
+            tok = f" {row['tokens_s']:.0f} tokens/s" if "tokens_s" in row else ""
             self.text = (
                 f"{self.model} epoch {row['epoch'] + 1}/{self.max_epoch} step {row['step']}"
                 f" loss {row.get('loss', float('nan')):.4f}{acc} lr {row.get('lr', 0):.2e}"
-                f" {rate / self.accum:.2f} steps/s ETA {eta}"
+                f" {rate / self.accum:.2f} steps/s{tok} ETA {eta}"
             )
         elif row.get("tag") == "CV":
             acc = f" acc {row['acc']:.3f}" if "acc" in row else ""
@@ -936,6 +1030,8 @@ def preflight(
     memory_plan: MemoryPlan | None = None,
     count_tokens: Callable[[str], int] = estimate_text_tokens,
     local_procs: int | None = None,
+    trainer: str = "upstream",
+    keep: int | None = None,
 ) -> tuple[list[Problem], list[str], Facts]:
     """(problems, warnings, facts). Nothing is changed or launched here.
 
@@ -1025,7 +1121,8 @@ def preflight(
                 )
             )
     need_shards = max(1, num_workers) * world
-    if facts.train_shards and len(facts.train_shards) < need_shards:
+    # VoiceLab's engine shards batches, not files: any number of shards serves any world size.
+    if trainer == "upstream" and facts.train_shards and len(facts.train_shards) < need_shards:
         problems.append(
             Problem(
                 f"{len(facts.train_shards)} train shard(s) for {max(1, num_workers)} worker(s) x"
@@ -1034,14 +1131,23 @@ def preflight(
                 f" {max(0, len(facts.train_shards) // world)}",
             )
         )
-    if facts.dev_shards and num_workers > len(facts.dev_shards):
+    if trainer == "upstream" and facts.dev_shards and num_workers > len(facts.dev_shards):
         warnings.append(
             f"{len(facts.dev_shards)} dev shard(s) for {num_workers} workers: CV"
             " reads some utterances twice"
         )
     accum = int(tc.as_number(tc.get_value(values, tc.ACCUM_GRAD)) or 1)
     if facts.train_shards:
-        facts.batches = batches_per_rank(facts.train_shards, rules, max_frames, world, num_workers)
+        if trainer == "voicelab":
+            # The engine batches all utterances together and splits batches until every rank
+            # has whole optimizer steps (voicelab.upstream.engine.batching).
+            kept = [u.frames for s in facts.train_shards for u in s.utts if rules.keeps(u)]
+            total = max(dynamic_batches(kept, max_frames), min(len(kept), world * accum))
+            facts.batches = [total // world] * world
+        else:
+            facts.batches = batches_per_rank(
+                facts.train_shards, rules, max_frames, world, num_workers
+            )
         fewest = min(facts.batches)
         suggest = max(longest_train, max_frames // (accum + 1)) // 100 * 100
         if fewest < accum:
@@ -1104,10 +1210,13 @@ def preflight(
                             "free the GPU, or lower --batch-frames",
                         )
                     )
-    # Each checkpoint is a full copy of the model (fp32), plus init.pt.
+    # Each checkpoint is a full copy of the model (fp32), plus init.pt; VoiceLab's engine also
+    # keeps the Adam moments beside each kept epoch (exact resume), and --keep bounds the count.
     ck_bytes = base_ckpt.stat().st_size if base_ckpt.exists() else 0
     if ck_bytes:
-        need_disk = int(ck_bytes * (epochs_to_run + 1) * 1.05)
+        kept = min(epochs_to_run, keep) if keep else epochs_to_run
+        per_epoch = 3 if trainer == "voicelab" else 1
+        need_disk = int(ck_bytes * (kept * per_epoch + 1) * 1.05)
         free = free_bytes(ws.exp_root)
         if free < need_disk:
             problems.append(
@@ -1213,6 +1322,8 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     if opts.engine not in ENGINES:
         raise ConfigError(f"unknown --engine {opts.engine!r}", "use torch_ddp or deepspeed")
     section = ws.config.section("train")
+    trainer = resolve_trainer(opts, section)
+    name = run_name(trainer, opts.engine)
     device = resolve_device(opts.device if opts.device != "auto" else section.get("device", "auto"))
     nproc = int(opts.gpus or section.get("gpus") or 1)
     if nproc < 1:
@@ -1278,7 +1389,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     else:
         ws_text = ""
     # A resumed run keeps its own config (epochs, batch frames ...) unless options say otherwise.
-    run_cfg = ws.exp_dir(model, opts.engine) / "train_config.yaml"
+    run_cfg = ws.exp_dir(model, name) / "train_config.yaml"
     if opts.resume and run_cfg.is_file():
         ws_text = run_cfg.read_text("utf-8")
     explicit = _explicit_overrides(opts, section)
@@ -1297,6 +1408,11 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
             "use --memory checkpointing+8bit (or lora for the llm), or --max-vram higher",
         )
+    if trainer == "voicelab" and mem_plan.mode not in ("", "full") and device == "cuda":
+        raise ConfigError(
+            f"memory mode {mem_plan.mode} is not yet available with --trainer voicelab",
+            "use --trainer upstream for this card, or --memory full on a larger GPU",
+        )
     if mem_plan.fits and (mem_plan.batch_frames, mem_plan.accum_grad) != (max_frames, accum):
         run_text = tc.apply_overrides(
             run_text,
@@ -1306,7 +1422,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         values = tc.read_values(run_text)
         max_frames, accum = mem_plan.batch_frames, mem_plan.accum_grad
 
-    plan = plan_run(ws, model, opts.engine, base_ckpt, opts, max_epoch)
+    plan = plan_run(ws, model, name, base_ckpt, opts, max_epoch)
     done_epoch = plan.resumed_epoch if plan.resumed_epoch is not None else -1
     epochs_to_run = max(0, max_epoch - done_epoch - 1)
 
@@ -1326,6 +1442,8 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         engine=opts.engine,
         gpus=vis,
         memory_plan=mem_plan if device == "cuda" else None,
+        trainer=trainer,
+        keep=opts.keep,
     )
     warnings = cfg_warnings + warnings
     if plan.note:
@@ -1349,6 +1467,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
         "device": device,
         "world": world,
         "engine": opts.engine,
+        "trainer": trainer,
         "amp": amp,
         "max_epoch": max_epoch,
         "max_frames": max_frames,
@@ -1392,6 +1511,7 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
             amp=amp,
             ds_config=ds_path,
             memory_mode=mem_plan.mode,
+            trainer=trainer,
         )
         launch_sh = where / "launch.sh"
         atomic_write_text(launch_sh, launch.script())

@@ -5,8 +5,8 @@ Layout (as in the user's notes)::
     <workspace>/voicelab.toml            speaker id, source folder, chosen options
     <workspace>/data/<spk>_sft/           prepare/ (clips, caches, QC), train/, dev/ (kaldi dirs)
     <workspace>/configs/                  generated training YAML
-    <workspace>/exp/<spk>_sft/<model>/torch_ddp
-    <workspace>/tensorboard/<spk>_sft/<model>/torch_ddp
+    <workspace>/exp/<spk>_sft/<model>/voicelab     (torch_ddp | deepspeed: upstream's trainer)
+    <workspace>/tensorboard/<spk>_sft/<model>/voicelab
     <workspace>/pretrained_models/        base model and exported voices
     <workspace>/reports/  logs/  .voicelab/state/
 
@@ -28,6 +28,11 @@ from voicelab import config
 from voicelab.errors import ConfigError, InputError, WorkspaceError
 from voicelab.fsutil import atomic_write_text
 from voicelab.paths import has_whitespace, to_local_path
+
+#: Run dir names under ``exp/<tag>/<model>/``: VoiceLab's trainer, then upstream's engines.
+RUN_NAMES = ("voicelab", "torch_ddp", "deepspeed")
+#: ``voicelab train --trainer`` when neither the command line nor voicelab.toml names one.
+DEFAULT_TRAINER = "voicelab"
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -311,15 +316,29 @@ class Workspace:
     def exp_root(self) -> Path:
         return self.root / "exp"
 
-    def exp_dir(self, model: str, engine: str = "torch_ddp") -> Path:
-        return self.exp_root / self.tag / model / engine
+    def exp_dir(self, model: str, engine: str | None = None) -> Path:
+        """A run dir: ``engine`` is the trainer's run name (``voicelab``, or upstream's
+        ``torch_ddp``/``deepspeed``); without it, the current run (:meth:`run_name`)."""
+        return self.exp_root / self.tag / model / (engine or self.run_name(model))
+
+    def run_name(self, model: str) -> str:
+        """The run name of ``model``'s most recent training (the run dir changed last), else the
+        configured trainer's: readers (checkpoints, export, report) follow the latest run."""
+        base = self.exp_root / self.tag / model
+        found = [(d.stat().st_mtime_ns, n) for n in RUN_NAMES if (d := base / n).is_dir()]
+        if found:
+            return max(found)[1]
+        train = self.config.sections.get("train", {})
+        if train.get("trainer", DEFAULT_TRAINER) == "upstream":
+            return str(train.get("engine") or "torch_ddp")
+        return "voicelab"
 
     @property
     def tensorboard_root(self) -> Path:
         return self.root / "tensorboard"
 
-    def tensorboard_dir(self, model: str, engine: str = "torch_ddp") -> Path:
-        return self.tensorboard_root / self.tag / model / engine
+    def tensorboard_dir(self, model: str, engine: str | None = None) -> Path:
+        return self.tensorboard_root / self.tag / model / (engine or self.run_name(model))
 
     @property
     def pretrained_dir(self) -> Path:

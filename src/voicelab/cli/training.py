@@ -29,6 +29,15 @@ from voicelab.console import echo
     default="torch_ddp",
     show_default=True,
 )
+@click.option(
+    "--trainer",
+    type=click.Choice(["voicelab", "upstream"]),
+    default=None,
+    help="voicelab: VoiceLab's engine (default; voicelab.toml [train] trainer);"
+    " upstream: upstream's train.py (with --engine).",
+)
+@click.option("--keep", type=int, metavar="N", help="Keep only the newest N epoch checkpoints.")
+@click.option("--compile", is_flag=True, help="torch.compile the training step (voicelab).")
 @click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")
 @click.option("--epochs", type=int, help="max_epoch (default sized to the data, usually 10).")
 @click.option(
@@ -79,7 +88,8 @@ from voicelab.console import echo
 )
 @pass_ctx
 def train(ctx: Ctx, model: str, **kw: object) -> None:
-    """Fine-tune the llm (or flow) on this voice's packed data with upstream's train.py.
+    """Fine-tune the llm (or flow) on this voice's packed data (VoiceLab's engine, or upstream's
+    train.py with --trainer upstream).
 
     \b
     Examples:

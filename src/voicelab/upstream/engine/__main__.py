@@ -1,0 +1,70 @@
+"""``python -m voicelab.upstream.engine``: the process torchrun starts for ``--trainer voicelab``.
+
+Arguments mirror upstream's train.py where they mean the same (``--model --config --train_data
+--cv_data --qwen_pretrain_path --checkpoint --model_dir --tensorboard_dir --use_amp``); the rest
+are ours (``--vendor-root --device --keep --compile --seed --quantum --max-steps``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m voicelab.upstream.engine")
+    p.add_argument("--vendor-root", default=os.environ.get("VOICELAB_COSYVOICE_DIR"))
+    p.add_argument("--model", required=True, choices=["llm", "flow"])
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--train_data", required=True, type=Path)
+    p.add_argument("--cv_data", required=True, type=Path)
+    p.add_argument("--qwen_pretrain_path")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--model_dir", required=True, type=Path)
+    p.add_argument("--tensorboard_dir", type=Path)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--use_amp", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--keep", type=int)
+    p.add_argument("--seed", type=int, default=1986)
+    p.add_argument("--quantum", type=int, default=32)
+    p.add_argument("--max-steps", type=int)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    if not a.vendor_root:
+        raise SystemExit("voicelab engine: --vendor-root is required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from voicelab.upstream.engine.model import prepare_runtime
+
+    prepare_runtime(Path(a.vendor_root).resolve())
+    from voicelab.upstream.engine.loop import EngineArgs, run
+
+    if a.checkpoint is not None and not a.checkpoint.is_file():
+        raise SystemExit(f"voicelab engine: checkpoint {a.checkpoint} not found")
+    run(
+        EngineArgs(
+            model=a.model,
+            config=a.config,
+            train_data=a.train_data,
+            cv_data=a.cv_data,
+            model_dir=a.model_dir,
+            tensorboard_dir=a.tensorboard_dir,
+            qwen_pretrain_path=a.qwen_pretrain_path,
+            checkpoint=a.checkpoint,
+            device=a.device,
+            amp=a.use_amp,
+            compile=a.compile,
+            keep=a.keep,
+            seed=a.seed,
+            quantum=a.quantum,
+            max_steps=a.max_steps,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""The training loop: bf16 autocast, fused Adam(W), upstream's schedule, clipping and
+accumulation from the YAML, DDP through torchrun (NCCL on GPUs, gloo on the CPU), no host sync
+per step (losses are read back every ``log_interval`` batches), CV each epoch, asynchronous
+checkpoints, exact resume.
+
+Log lines are upstream's formats (``TRAIN Batch e/b loss ... rank r``, ``Epoch e Step s CV info
+...``, ``[Rank 0] Checkpoint: save to checkpoint ...``, ``start step s start epoch e``) so that
+:class:`voicelab.train.LogParser` is the one owner of ``train_log.jsonl``; TRAIN lines also carry
+``tokens_s`` (speech tokens per second).
+
+Hooks for memory modes: :class:`Hooks` (model construction, a pass over the built model, the
+optimizer, the checkpoint's state dict) in :class:`EngineArgs`; the step itself is
+:func:`train_step` (forward + backward of one batch) and :func:`optimizer_step` (clip, step,
+schedule), small functions a mode can wrap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from voicelab.upstream.engine import batching, checkpoint, data, flow_loss, llm_loss, model
+
+log = logging.getLogger("voicelab.engine")
+
+
+@dataclass
+class Hooks:
+    """Where memory modes (gradient checkpointing, LoRA, 8-bit or offloaded optimizers) plug in:
+    each defaults to the plain engine's function."""
+
+    #: (configs, kind, checkpoint) -> (module, start_step, start_epoch)
+    build_model: Callable[..., tuple[Any, int, int]] = model.build_model
+    #: called once on the built module, before it moves to the device (e.g. add adapters)
+    after_build: Callable[[Any, str], None] | None = None
+    #: (params, train_conf, device type) -> optimizer
+    make_optimizer: Callable[..., Any] = model.make_optimizer
+    #: module -> the CPU state dict a checkpoint holds (upstream's keys)
+    state_dict: Callable[[Any], dict[str, Any]] = checkpoint.cpu_state
+
+
+@dataclass
+class EngineArgs:
+    model: str
+    config: Path
+    train_data: Path
+    cv_data: Path
+    model_dir: Path
+    tensorboard_dir: Path | None = None
+    qwen_pretrain_path: str | None = None
+    checkpoint: Path | None = None
+    device: str = "cuda"
+    amp: bool = False
+    compile: bool = False
+    keep: int | None = None
+    seed: int = 1986
+    quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
+    max_steps: int | None = None  # stop after this many optimizer steps (tests, benchmarks)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+class LossModule(torch.nn.Module):
+    """The objective as a module, so DDP's reducer sees every forward."""
+
+    def __init__(self, net: torch.nn.Module, kind: str) -> None:
+        super().__init__()
+        self.net = net
+        self.kind = kind
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.kind == "llm":
+            return llm_loss.forward(self.net, batch)
+        return flow_loss.forward(self.net, batch, bool(batch["streaming"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Data on the device
+# ------------------------------------------------------------------------------------------------
+class Stager:
+    """Host-to-device copies without a sync: each batch's int64 arrays go as one copy from a
+    pinned slot (a ring; a slot is reused only after its copy's event has passed)."""
+
+    def __init__(self, device: torch.device, slots: int = 4) -> None:
+        self.device = device
+        self.bufs: list[torch.Tensor | None] = [None] * slots
+        self.events: list[Any] = [None] * slots
+        self.k = 0
+
+    def put(self, flat: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.from_numpy(flat)
+        k = self.k
+        self.k = (k + 1) % len(self.bufs)
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        buf = self.bufs[k]
+        if buf is None or buf.numel() < flat.size:
+            buf = torch.empty(max(2 * flat.size, 1 << 16), dtype=torch.int64, pin_memory=True)
+            self.bufs[k] = buf
+        buf[: flat.size].numpy()[:] = flat
+        out = buf[: flat.size].to(self.device, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self.events[k] = ev
+        return out
+
+
+class Batches:
+    """Turns index lists into device batches (upstream's draws happen here, in batch order)."""
+
+    def __init__(
+        self,
+        ds: data.Dataset,
+        kind: str,
+        net: Any,
+        device: torch.device,
+        use_spk: bool,
+        quantum: int,
+    ) -> None:
+        self.ds, self.kind, self.device, self.quantum = ds, kind, device, quantum
+        self.stager = Stager(device)
+        emb = ds.spk_embedding if use_spk else ds.utt_embedding
+        self.embedding = emb.to(device)
+        if kind == "llm":
+            tok = llm_loss.Tokens.of(net)
+            self.pairs = [
+                llm_loss.layouts(
+                    ds.text[i].numpy(), ds.instruct[i].numpy(), ds.speech[i].numpy(), tok
+                )
+                for i in range(len(ds))
+            ]
+        else:
+            # The whole feature table on the device: ~57 MB per hour of speech.
+            self.feat = ds.feat.to(device)
+            self.tokens = [s.numpy() for s in ds.speech]
+
+    def speech_tokens(self, idx: list[int]) -> int:
+        return sum(len(self.ds.speech[i]) for i in idx)
+
+    def _upload(self, host: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        flat = np.concatenate([np.asarray(a, np.int64).ravel() for a in host.values()])
+        dev = self.stager.put(flat)
+        out, at = {}, 0
+        for k, a in host.items():
+            n = int(np.prod(a.shape))
+            t = dev[at : at + n].view(a.shape)
+            out[k] = t.bool() if a.dtype == bool else t
+            at += n
+        return out
+
+    def make(self, idx: list[int]) -> dict[str, Any]:
+        if self.kind == "llm":
+            host = llm_loss.make_batch(llm_loss.choose([self.pairs[i] for i in idx]), self.quantum)
+            return self._upload(host)
+        host = flow_loss.make_batch(
+            idx, self.tokens, self.ds.feat_len, self.ds.feat_off, self.quantum
+        )
+        streaming = bool(host.pop("streaming"))
+        host["idx"] = np.asarray(idx, np.int64)
+        out = self._upload(host)
+        out["streaming"] = streaming
+        out["feat"] = flow_loss.gather_feat(self.feat, out.pop("gather"))
+        out["embedding"] = self.embedding[out.pop("idx")]
+        return out
+
+
+def load_dataset(
+    list_file: Path,
+    configs: dict[str, Any],
+    config_text: str,
+    qwen_dir: Path,
+    kind: str,
+    rank: int,
+    world: int,
+) -> data.Dataset:
+    """Rank 0 builds missing caches; the others wait, then every rank reads them."""
+    files = [Path(x.strip()) for x in list_file.read_text("utf-8").splitlines() if x.strip()]
+    if rank == 0:
+        shards = [data.load_or_build(f, configs, config_text, qwen_dir, kind) for f in files]
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        shards = [
+            data.load_or_build(f, configs, config_text, qwen_dir, kind, build=False) for f in files
+        ]
+    return data.concat(shards)
+
+
+# ------------------------------------------------------------------------------------------------
+# The step (hooks)
+# ------------------------------------------------------------------------------------------------
+def autocast(device: torch.device, amp: bool) -> Any:
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    module: torch.nn.Module,
+    batch: dict[str, Any],
+    accum: int,
+    amp: bool,
+    device: torch.device,
+    sync: bool,
+) -> dict[str, Any]:
+    """Forward and backward of one batch (gradients summed over ``accum`` batches, as upstream
+    divides each batch's loss by ``accum_grad``); DDP all-reduces only when ``sync``."""
+    ctx = (
+        module.no_sync() if (not sync and hasattr(module, "no_sync")) else contextlib.nullcontext()
+    )
+    with ctx:
+        with autocast(device, amp):
+            out = module(batch)
+        (out["loss"] / accum).backward()
+    return {k: v.detach() for k, v in out.items()}
+
+
+def optimizer_step(
+    params: list[torch.nn.Parameter], optimizer: Any, scheduler: Any, grad_clip: float
+) -> torch.Tensor:
+    """Clip, step unless the norm is not finite (upstream's rule, decided on the device where
+    the fused optimizer takes ``found_inf``), zero the gradients, advance the schedule."""
+    grads = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(grads, grad_clip, foreach=True)
+    if getattr(optimizer, "defaults", {}).get("fused"):
+        optimizer.found_inf = (~torch.isfinite(norm)).float()
+        optimizer.step()
+        optimizer.found_inf = None
+    elif torch.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return norm.detach()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _info(train_conf: dict[str, Any], args: EngineArgs, **extra: Any) -> dict[str, Any]:
+    info = {
+        k: v for k, v in train_conf.items() if isinstance(v, (int, float, str, bool, dict, list))
+    }
+    info.update(
+        model=args.model,
+        model_dir=str(args.model_dir),
+        train_engine="torch_ddp",
+        trainer="voicelab",
+        dtype="bf16" if args.amp else "fp32",
+        config=str(args.config),
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+    )
+    info.update(extra)
+    return info
+
+
+def run(args: EngineArgs) -> None:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if args.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    config_text = args.config.read_text("utf-8")
+    configs = model.load_configs(args.config, args.model, args.qwen_pretrain_path)
+    train_conf = dict(configs["train_conf"])
+    accum = int(train_conf.get("accum_grad", 1))
+    grad_clip = float(train_conf.get("grad_clip", 5))
+    log_interval = max(1, int(train_conf.get("log_interval", 10)))
+    max_epoch = int(train_conf.get("max_epoch", 10))
+    batch_conf = configs["batch"].keywords
+    max_frames = int(batch_conf.get("max_frames_in_batch", 2000))
+    sort_size = int(configs["sort"].keywords.get("sort_size", 500))
+    use_spk = bool(configs["padding"].keywords.get("use_spk_embedding", False))
+
+    # Start weights; an exact resume also restores optimizer, scheduler and RNG states.
+    hooks = args.hooks
+    net, start_step, start_epoch = hooks.build_model(configs, args.model, args.checkpoint)
+    if hooks.after_build is not None:
+        hooks.after_build(net, args.model)
+    resume_file = (
+        checkpoint.resume_path(args.checkpoint.parent, start_epoch)
+        if args.checkpoint is not None and start_epoch >= 0
+        else None
+    )
+    qwen_dir = Path(args.qwen_pretrain_path or "")
+    train_ds = load_dataset(
+        args.train_data, configs, config_text, qwen_dir, args.model, rank, world
+    )
+    cv_ds = load_dataset(args.cv_data, configs, config_text, qwen_dir, args.model, rank, world)
+    net.to(device)
+    loss_module: torch.nn.Module = LossModule(net, args.model)
+    if world > 1:
+        kw = {"device_ids": [local_rank]} if device.type == "cuda" else {}
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, find_unused_parameters=True, **kw
+        )
+    step_module = torch.compile(loss_module) if args.compile else loss_module
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = hooks.make_optimizer(params, train_conf, device.type)
+    scheduler = model.make_scheduler(optimizer, train_conf)
+    scheduler.set_step(start_step)
+    if resume_file is not None and resume_file.is_file():
+        st = torch.load(resume_file, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        set_rng_state(st["rng"])
+        _say(f"voicelab engine: exact resume from {resume_file}")
+    train_b = Batches(train_ds, args.model, net, device, use_spk, args.quantum)
+    cv_b = Batches(cv_ds, args.model, net, device, use_spk, args.quantum)
+
+    writer = None
+    if rank == 0 and args.tensorboard_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(args.tensorboard_dir))
+
+    def saved(pt: Path) -> None:
+        _say(f"[Rank 0] Checkpoint: save to checkpoint {pt}")
+
+    saver = checkpoint.AsyncSaver(args.model_dir, args.keep, saved)
+    if rank == 0 and not (args.model_dir / "init.pt").exists():
+        args.model_dir.mkdir(parents=True, exist_ok=True)
+        snap = {**hooks.state_dict(net), "epoch": start_epoch, "step": start_step}
+        saver.save("init", snap, _info(train_conf, args, step=start_step, epoch=start_epoch))
+    _say(f"start step {start_step} start epoch {start_epoch}")
+
+    step = start_step
+    for epoch in range(start_epoch + 1, max_epoch):
+        lr = optimizer.param_groups[0]["lr"]
+        _say(f"Epoch {epoch} TRAIN info lr {lr} rank {rank}")
+        t0 = time.time()
+        batches = batching.epoch_batches(
+            train_b.ds.frames,
+            max_frames,
+            epoch=epoch,
+            seed=args.seed,
+            sort_size=sort_size,
+            world=world,
+            accum=accum,
+        )
+        mine = batching.shard(batches, rank, world)
+        trace = os.environ.get("VOICELAB_ENGINE_TRACE")
+        if trace:  # which utterances this rank trains on (tests of the sharding)
+            with open(f"{trace}.rank{rank}", "a", encoding="utf-8") as f:
+                utts = [train_b.ds.utts[i] for b in mine for i in b]
+                f.write(json.dumps({"rank": rank, "epoch": epoch, "utts": utts}) + "\n")
+        net.train()
+        tok_count, t_log = 0, time.time()
+        norm = torch.zeros((), device=device)
+        for bi, idx in enumerate(mine):
+            boundary = (bi + 1) % accum == 0
+            out = train_step(step_module, train_b.make(idx), accum, args.amp, device, boundary)
+            tok_count += train_b.speech_tokens(idx)
+            if boundary:
+                norm = optimizer_step(params, optimizer, scheduler, grad_clip)
+                step += 1
+            if (bi + 1) % log_interval == 0:
+                saver.poll()
+                now = time.time()
+                vals = " ".join(
+                    f"{k} {v.item() / (accum if k == 'loss' else 1):.6f}" for k, v in out.items()
+                )
+                rate = tok_count * world / max(now - t_log, 1e-9)
+                lr = optimizer.param_groups[0]["lr"]
+                _say(
+                    f"TRAIN Batch {epoch}/{bi + 1} {vals} lr {lr:.8f} grad_norm"
+                    f" {float(norm):.6f} tokens_s {rate:.1f} rank {rank}"
+                )
+                if writer is not None:
+                    for k, v in out.items():
+                        writer.add_scalar(f"TRAIN/{k}", v.item(), step)
+                    writer.add_scalar("TRAIN/lr", lr, step)
+                    writer.add_scalar("TRAIN/grad_norm", float(norm), step)
+                    writer.add_scalar("TRAIN/epoch", epoch, step)
+                tok_count, t_log = 0, now
+            if args.max_steps is not None and step - start_step >= args.max_steps:
+                break
+        train_s = time.time() - t0
+
+        # CV: every rank takes its share; sums are all-reduced (upstream: utterance-weighted).
+        t1 = time.time()
+        net.eval()
+        cv_batches = batching.shard(
+            batching.epoch_batches(
+                cv_b.ds.frames, max_frames, epoch=0, shuffle=False, sort_size=sort_size
+            ),
+            rank,
+            world,
+        )
+        sums: dict[str, torch.Tensor] = {}
+        n_utt = torch.zeros((), device=device)
+        with torch.inference_mode():
+            for idx in cv_batches:
+                with autocast(device, args.amp):
+                    out = (
+                        loss_module(cv_b.make(idx))
+                        if world == 1
+                        else loss_module.module(cv_b.make(idx))
+                    )
+                for k, v in out.items():
+                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v.float() * len(idx)
+                n_utt += len(idx)
+        keys = ["loss"] + (["acc"] if args.model == "llm" else [])
+        vec = torch.stack([sums.get(k, torch.zeros((), device=device)) for k in keys] + [n_utt])
+        if world > 1:
+            dist.all_reduce(vec)
+        vec = vec.tolist()
+        cv = {k: vec[i] / max(vec[-1], 1) for i, k in enumerate(keys)}
+        cv_s = time.time() - t1
+        lr = optimizer.param_groups[0]["lr"]
+        losses = " ".join(f"{k} {v}" for k, v in cv.items())
+        _say(f"Epoch {epoch} Step {step + 1} CV info lr {lr} {rank} rank {losses}")
+        if writer is not None:
+            for k, v in cv.items():
+                writer.add_scalar(f"CV/{k}", v, step + 1)
+            writer.add_scalar("CV/lr", lr, step + 1)
+            writer.add_scalar("CV/epoch", epoch, step + 1)
+            writer.flush()
+
+        t2 = time.time()
+        if rank == 0:
+            weights = {**hooks.state_dict(net), "epoch": epoch, "step": step}
+            info = _info(
+                train_conf,
+                args,
+                tag="CV",
+                step=step,
+                epoch=epoch,
+                batch_idx=len(cv_batches),
+                loss_dict=cv,
+                lr=lr,
+                grad_norm=float(norm),
+            )
+            resume = {
+                "optimizer": checkpoint.cpu_tree(optimizer.state_dict()),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "rng": rng_state(),
+            }
+            saver.save(
+                checkpoint.whole_name(epoch),
+                weights,
+                info,
+                (checkpoint.resume_path(args.model_dir, epoch), resume),
+            )
+        save_s = time.time() - t2
+        _say(
+            f"voicelab engine: epoch {epoch} train_s {train_s:.3f} cv_s {cv_s:.3f}"
+            f" save_s {save_s:.3f} rank {rank}"
+        )
+        if world > 1:
+            dist.barrier()
+        if args.max_steps is not None and step - start_step >= args.max_steps:
+            break
+    saver.wait()
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()

@@ -1,0 +1,303 @@
+"""VoiceLab's training engine without the vendor: batching, cache keys, keep-N, step math, and
+the ``--trainer`` plumbing of ``voicelab train``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from voicelab import train as tr
+from voicelab.errors import ConfigError
+from voicelab.upstream.engine import batching, checkpoint, data
+from voicelab.workspace import Workspace
+
+
+# ---- batching -----------------------------------------------------------------------------------
+def test_dynamic_batches_follow_upstreams_budget() -> None:
+    frames = [100, 120, 130, 300, 310, 600]
+    out = batching.dynamic_batches(range(6), frames, 400)
+    # longest * count never passes the budget; a clip longer than it stands alone.
+    assert out == [[0, 1, 2], [3], [4], [5]]
+    for b in out:
+        assert len(b) == 1 or max(frames[i] for i in b) * len(b) <= 400
+    # The same count as train.py's estimate of upstream's batches.
+    assert len(out) == tr.dynamic_batches(frames, 400)
+
+
+@pytest.mark.parametrize(("world", "accum"), [(1, 1), (1, 2), (2, 2), (3, 1), (4, 3)])
+def test_epoch_batches_use_each_utterance_once(world: int, accum: int) -> None:
+    rng = random.Random(0)
+    frames = [rng.randint(50, 400) for _ in range(137)]
+    batches = batching.epoch_batches(frames, 1200, epoch=3, world=world, accum=accum)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(137))
+    assert len(batches) % (world * accum) == 0
+    for b in batches:
+        assert max(frames[i] for i in b) * len(b) <= 1200
+    shards = [batching.shard(batches, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # no rank waits for another
+    assert sorted(i for s in shards for b in s for i in b) == list(range(137))
+
+
+def test_epoch_batches_are_seeded_by_epoch_and_leave_global_random_alone() -> None:
+    frames = list(range(50, 450, 3))
+    random.seed(5)
+    before = random.getstate()
+    a = batching.epoch_batches(frames, 1000, epoch=1)
+    assert random.getstate() == before
+    assert a == batching.epoch_batches(frames, 1000, epoch=1)
+    assert a != batching.epoch_batches(frames, 1000, epoch=2)
+    assert batching.epoch_batches(frames, 1000, epoch=0, shuffle=False) == batching.epoch_batches(
+        frames, 1000, epoch=9, shuffle=False
+    )
+
+
+def test_split_to_multiple_and_its_limit() -> None:
+    assert batching.split_to_multiple([[1, 2, 3, 4], [5]], 3) == [[1, 2], [3, 4], [5]]
+    # Nothing left to split: the remainder is dropped rather than a rank left waiting.
+    assert batching.split_to_multiple([[1], [2], [3]], 2) == [[1], [2]]
+
+
+def test_padding_quantum_and_steps() -> None:
+    assert batching.padded(1, 32) == 32
+    assert batching.padded(33, 32) == 64
+    assert batching.padded(7, 1) == 7
+    assert batching.optimizer_steps(10, 2) == 5
+    assert batching.optimizer_steps(9, 2) == 4
+    assert batching.optimizer_steps(3, 0) == 3
+
+
+# ---- cache keys ------------------------------------------------------------------------------
+def test_cache_key_changes_with_every_input(tmp_path: Path) -> None:
+    base = data.cache_key("aa", {"filter": {"max_length": 6000}}, "tok", "llm")
+    assert base == data.cache_key("aa", {"filter": {"max_length": 6000}}, "tok", "llm")
+    others = {
+        data.cache_key("ab", {"filter": {"max_length": 6000}}, "tok", "llm"),
+        data.cache_key("aa", {"filter": {"max_length": 3000}}, "tok", "llm"),
+        data.cache_key("aa", {"filter": {"max_length": 6000}}, "tok2", "llm"),
+        data.cache_key("aa", {"filter": {"max_length": 6000}}, "tok", "flow"),
+    }
+    assert base not in others and len(others) == 4
+    pq = tmp_path / "part-00.parquet"
+    assert data.cache_path(pq, "flow", base).parent == tmp_path
+    assert data.cache_path(pq, "flow", base).name.startswith("part-00.flow-")
+
+
+def test_cache_key_follows_file_content_not_its_name(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert data.file_sha256(a) == data.file_sha256(b)
+    b.write_bytes(b"other bytes")
+    assert data.file_sha256(a) != data.file_sha256(b)
+    tok = tmp_path / "qwen"
+    tok.mkdir()
+    (tok / "vocab.json").write_text("{}")
+    (tok / "model.safetensors").write_bytes(b"weights")
+    d1 = data.tokenizer_digest(tok)
+    (tok / "model.safetensors").write_bytes(b"other weights")  # weights do not count
+    assert data.tokenizer_digest(tok) == d1
+    (tok / "vocab.json").write_text('{"a": 1}')
+    assert data.tokenizer_digest(tok) != d1
+
+
+def test_data_values_pick_the_data_keys() -> None:
+    text = "sample_rate: 24000\nfilter: !name:x.filter\n    max_length: 6000\nllm: !new:x.Y\n"
+    vals = data.data_values(text)
+    assert vals["sample_rate"] == 24000 and vals["filter"] == {"max_length": 6000}
+    assert "llm" not in vals
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def test_keep_n_prunes_oldest_epochs(tmp_path: Path) -> None:
+    assert checkpoint.to_prune([0, 1, 2, 3], 2) == [0, 1]
+    assert checkpoint.to_prune([0, 1], 2) == []
+    assert checkpoint.to_prune([0, 1, 2], None) == []
+    for e in range(4):
+        (tmp_path / f"epoch_{e}_whole.pt").write_bytes(b"x")
+        (tmp_path / f"epoch_{e}_whole.yaml").write_text("epoch: 0\n")
+        checkpoint.resume_path(tmp_path, e).parent.mkdir(exist_ok=True)
+        checkpoint.resume_path(tmp_path, e).write_bytes(b"x")
+    (tmp_path / "init.pt").write_bytes(b"x")
+    (tmp_path / "epoch_3_step_40.pt").write_bytes(b"x")
+    assert checkpoint.prune(tmp_path, 1) == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
+        "epoch_3_step_40.pt",
+        "epoch_3_whole.pt",
+        "init.pt",
+    ]
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["epoch_3.pt"]
+    assert checkpoint.epochs_on_disk(tmp_path) == [3]
+
+
+def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import yaml
+
+    saved: list[Path] = []
+    saver = checkpoint.AsyncSaver(tmp_path, keep=1, on_saved=saved.append)
+    for e in range(3):
+        w = {"w": torch.full((3,), float(e)), "epoch": e, "step": 10 * e}
+        res = (checkpoint.resume_path(tmp_path, e), {"step": 10 * e})
+        saver.save(checkpoint.whole_name(e), w, {"loss_dict": {"loss": 1.0 / (e + 1)}}, res)
+    saver.wait()
+    assert [p.name for p in saved] == [f"epoch_{e}_whole.pt" for e in range(3)]
+    assert checkpoint.epochs_on_disk(tmp_path) == [2]
+    sd = torch.load(tmp_path / "epoch_2_whole.pt", weights_only=True)
+    assert sd["epoch"] == 2 and sd["step"] == 20 and torch.equal(sd["w"], torch.full((3,), 2.0))
+    info = yaml.safe_load((tmp_path / "epoch_2_whole.yaml").read_text())
+    assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
+
+
+def test_async_saver_reraises_write_errors(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    target = tmp_path / "file-not-dir"
+    target.write_text("x")
+    saver = checkpoint.AsyncSaver(target, keep=None, on_saved=lambda p: None)
+    saver.save("epoch_0_whole", {"epoch": 0}, {})
+    with pytest.raises(OSError):
+        saver.wait()
+
+
+# ---- voicelab train plumbing ---------------------------------------------------------------------
+def test_trainer_choice_and_run_dirs(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "w", "xuan")
+    assert tr.resolve_trainer(tr.TrainOptions(), {}) == "voicelab"
+    assert tr.resolve_trainer(tr.TrainOptions(), {"trainer": "upstream"}) == "upstream"
+    assert tr.resolve_trainer(tr.TrainOptions(trainer="upstream"), {}) == "upstream"
+    with pytest.raises(ConfigError, match="belongs to upstream"):
+        tr.resolve_trainer(tr.TrainOptions(engine="deepspeed"), {})
+    with pytest.raises(ConfigError, match="--keep and --compile"):
+        tr.resolve_trainer(tr.TrainOptions(trainer="upstream", keep=2), {})
+    with pytest.raises(ConfigError, match="unknown --trainer"):
+        tr.resolve_trainer(tr.TrainOptions(trainer="x"), {})
+    assert tr.run_name("voicelab", "torch_ddp") == "voicelab"
+    assert tr.run_name("upstream", "deepspeed") == "deepspeed"
+    # With no run yet, readers look where the configured trainer will write.
+    assert ws.exp_dir("llm").name == "voicelab"
+    ws.set_option("train", "trainer", "upstream")
+    assert ws.exp_dir("llm").name == "torch_ddp"
+
+
+def test_build_launch_for_the_engine(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "w", "xuan")
+    plan = tr.RunPlan(
+        ws.exp_dir("llm", "voicelab"),
+        ws.tensorboard_dir("llm", "voicelab"),
+        tmp_path / "llm.pt",
+        None,
+        None,
+    )
+    launch = tr.build_launch(
+        python="python3",
+        vendor_root=tmp_path / "vendor",
+        base_env={},
+        model="llm",
+        device="cpu",
+        nproc=2,
+        opts=tr.TrainOptions(keep=3),
+        config=tmp_path / "c.yaml",
+        train_list=tmp_path / "t.list",
+        cv_list=tmp_path / "d.list",
+        base_dir=tmp_path,
+        plan=plan,
+        num_workers=1,
+        prefetch=2,
+        amp=False,
+        trainer="voicelab",
+    )
+    argv = launch.argv
+    assert argv[argv.index("-m", 3) + 1] == "voicelab.upstream.engine"
+    assert argv[argv.index("--nproc_per_node") + 1] == "2"
+    assert argv[argv.index("--keep") + 1] == "3"
+    assert argv[argv.index("--model_dir") + 1] == str(plan.run_dir)
+    assert "--train_engine" not in argv and "--use_amp" not in argv
+    assert launch.env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize("use_fork", [True, False])
+def test_async_saver_fork_and_thread_write_the_same(tmp_path: Path, use_fork: bool) -> None:
+    torch = pytest.importorskip("torch")
+    if use_fork and not checkpoint.fork_available():
+        pytest.skip("no os.fork here")
+    saved: list[Path] = []
+    saver = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=saved.append, use_fork=use_fork)
+    saver.save("epoch_0_whole", {"w": torch.arange(4.0), "epoch": 0, "step": 3}, {"step": 3})
+    saver.wait()
+    assert saved == [tmp_path / "epoch_0_whole.pt"]
+    sd = torch.load(tmp_path / "epoch_0_whole.pt", weights_only=True)
+    assert torch.equal(sd["w"], torch.arange(4.0)) and sd["step"] == 3
+
+
+# ---- the objectives' pure parts -----------------------------------------------------------------
+def test_llm_layouts_by_hand() -> None:
+    import numpy as np
+
+    from voicelab.upstream.engine import llm_loss
+
+    t = llm_loss.Tokens(sos=100, task_id=102, eos=101, fill=103, mix=(2, 6))
+    text, ins, sp = np.array([1, 2, 3]), np.array([9]), np.arange(10, 22)
+    uni, bi = llm_loss.layouts(text, ins, sp, t)
+    assert uni.ids.tolist() == [100, 9, 1, 2, 3, 102, *range(10, 22)]
+    assert uni.target.tolist() == [-1] * 5 + list(range(10, 22)) + [101]
+    assert uni.speech.tolist() == [True, False, False, False, False, True] + [True] * 12
+    # bistream: sos, instruct, [t1 t2 | s0..s5], then the rest: t3, task_id, s6..s11.
+    assert bi is not None
+    assert bi.ids.tolist() == [100, 9, 1, 2, *range(10, 16), 3, 102, *range(16, 22)]
+    assert bi.target.tolist() == [-1, -1, -1, *range(10, 16), 103, -1, *range(16, 22), 101]
+    assert len(bi.ids) == len(uni.ids) == len(bi.target) == len(bi.speech)
+    # speech/text not above mix[1]/mix[0]: unistream only.
+    assert llm_loss.layouts(text, ins, np.arange(9), t)[1] is None
+
+
+def test_label_smoothing_closed_form_equals_the_kl_definition() -> None:
+    torch = pytest.importorskip("torch")
+    from voicelab.upstream.engine import llm_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    target = torch.tensor([[1, 2, -1, 4, 0], [6, -1, -1, 3, 5]])
+    for smoothing in (0.0, 0.1):
+        for norm in (True, False):
+            x, y = logits.view(-1, 7), target.view(-1)
+            true = torch.full_like(x, smoothing / 6)
+            ign = y == -1
+            true.scatter_(1, y.clamp(min=0).unsqueeze(1), 1 - smoothing)
+            kl = torch.nn.KLDivLoss(reduction="none")(torch.log_softmax(x, 1), true)
+            denom = (~ign).sum() if norm else 2
+            want = kl.masked_fill(ign.unsqueeze(1), 0).sum() / denom
+            got = llm_loss.label_smoothing_loss(logits, target, smoothing, norm)
+            assert torch.allclose(got, want, rtol=1e-5), (smoothing, norm)
+    acc = llm_loss.accuracy(logits, target)
+    keep = target != -1
+    assert acc == (logits.argmax(-1)[keep] == target[keep]).float().mean()
+
+
+def test_flow_draws_follow_upstreams_order() -> None:
+    from voicelab.upstream.engine import flow_loss
+
+    random.seed(3)
+    streaming, prefix = flow_loss.draw([100, 37, 10])
+    random.seed(3)
+    want_stream = random.random() < 0.5
+    want = []
+    for j in (100, 37, 10):
+        if random.random() < 0.5:
+            want.append(0)
+            continue
+        want.append(random.randint(0, int(0.3 * j)))
+    assert (streaming, prefix) == (want_stream, want)
+
+
+def test_stale_caches_of_a_shard_are_dropped(tmp_path: Path) -> None:
+    pq = tmp_path / "parquet_000.tar"
+    old = data.cache_path(pq, "llm", "a" * 64)
+    new = data.cache_path(pq, "llm", "b" * 64)
+    flow = data.cache_path(pq, "flow", "a" * 64)
+    other = data.cache_path(tmp_path / "parquet_001.tar", "llm", "a" * 64)
+    for p in (old, new, flow, other):
+        p.write_bytes(b"x")
+    assert data.drop_stale(pq, "llm", keep=new) == [old]
+    assert new.exists() and flow.exists() and other.exists() and not old.exists()

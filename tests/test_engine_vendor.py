@@ -1,0 +1,396 @@
+"""VoiceLab's training engine against upstream's, with the tiny model on the CPU (fp32).
+
+* the objective: for the same weights, batch and random draws, our loss, accuracy and gradients
+  equal upstream's ``model(batch, device)`` (llm: unistream, bistream and mixed layouts; flow);
+* the trainer: N optimizer steps from the same start and batch order give the weights
+  upstream's own ``batch_forward``/``batch_backward``/``update_parameter_and_lr`` give;
+* the files: a run through ``voicelab train --trainer voicelab`` writes checkpoints that load
+  strictly into upstream's model and that ``--trainer upstream --checkpoint`` continues; resume
+  is exact; two gloo processes share each epoch's utterances, each once.
+
+Run with::
+
+    pytest -m vendor tests/test_engine_vendor.py
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from voicelab import train as tr
+from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
+
+pytestmark = [pytest.mark.vendor, pytest.mark.slow]
+torch = pytest.importorskip("torch")
+
+SENTENCES = (
+    "Good morning.",
+    "Please close the door.",
+    "The weather is lovely today.",
+    "She sells fresh bread at the corner market.",
+    "A quiet river runs behind the old stone house.",
+    "We walked along the beach until the sun went down.",
+    "My brother plays the piano every evening after dinner.",
+    "The library opens early on weekdays.",
+)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """24 espeak clips of one speaker, packed with the tiny model's stand-ins."""
+    from voicelab.features import FeaturesOptions, run_features
+    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.pack import PackOptions, run_pack
+    from voicelab.tinymodel import build_tiny_model
+
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        pytest.skip("espeak-ng is not installed")
+    tiny = build_tiny_model(Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3")
+    root = tmp_path_factory.mktemp("engine-vendor")
+    ws = Workspace.init(root / "ws", "spk1")
+    ws.set_option("model", "base_dir", str(tiny))
+    clips = root / "clips"
+    clips.mkdir()
+    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
+    for i, (speed, text) in enumerate((s, t) for s in (140, 175, 210) for t in SENTENCES):
+        wav = clips / f"c{i:02d}.wav"
+        subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(wav), text], check=True)
+        utts["dev" if i % 7 == 3 else "train"].append(
+            Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT)
+        )
+    for split, items in utts.items():
+        write_kaldi_dir(ws.split_dir(split), items)
+    run_features(ws, FeaturesOptions(device="cpu"))
+    run_pack(ws, PackOptions(num_workers=1, num_gpus=2))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def rt(packed: Workspace) -> SimpleNamespace:
+    """The run's YAML (a dry run writes it), upstream's runtime, and both cached datasets."""
+    from voicelab.upstream.engine import loop, model
+    from voicelab.vendor import cosyvoice_runtime
+
+    model.prepare_runtime(cosyvoice_runtime().root)
+    res = tr.run_train(packed, "llm", tr.TrainOptions(device="cpu", dry_run=True))
+    cfg = res.run_dir / "train_config.yaml"
+    qwen = packed.base_model_dir / "CosyVoice-BlankEN"
+    ns = SimpleNamespace(ws=packed, cfg=cfg, qwen=qwen, text=cfg.read_text("utf-8"))
+    for kind in ("llm", "flow"):
+        configs = model.load_configs(cfg, kind, str(qwen))
+        ds = loop.load_dataset(packed.data_list("train"), configs, ns.text, qwen, kind, 0, 1)
+        setattr(ns, kind, SimpleNamespace(configs=configs, ds=ds))
+    return ns
+
+
+def _net(rt: SimpleNamespace, kind: str) -> Any:
+    from voicelab.upstream.engine import model
+
+    configs = model.load_configs(rt.cfg, kind, str(rt.qwen))
+    net, _, _ = model.build_model(configs, kind, rt.ws.base_model_dir / f"{kind}.pt")
+    return net.float().train()
+
+
+def _pad(seqs: list[Any], dtype: Any = None) -> tuple[Any, Any]:
+    from torch.nn.utils.rnn import pad_sequence
+
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
+    return pad_sequence(list(seqs), batch_first=True, padding_value=0), lens
+
+
+def upstream_batch(rt: SimpleNamespace, kind: str, idx: list[int]) -> dict[str, Any]:
+    """The batch upstream's ``padding`` makes of these utterances, in this order."""
+    ds = getattr(rt, kind).ds
+    b: dict[str, Any] = {}
+    b["speech_token"], b["speech_token_len"] = _pad([ds.speech[i] for i in idx])
+    if kind == "llm":
+        b["text_token"], b["text_token_len"] = _pad([ds.text[i] for i in idx])
+        b["instruct_token"], b["instruct_token_len"] = _pad([ds.instruct[i] for i in idx])
+    else:
+        feats = [ds.feat[ds.feat_off[i] : ds.feat_off[i] + ds.feat_len[i]] for i in idx]
+        b["speech_feat"], b["speech_feat_len"] = _pad(feats)
+        use_spk = getattr(rt, kind).configs["padding"].keywords["use_spk_embedding"]
+        b["embedding"] = (ds.spk_embedding if use_spk else ds.utt_embedding)[idx]
+    return b
+
+
+def ours(rt: SimpleNamespace, kind: str, net: Any, quantum: int) -> Any:
+    from voicelab.upstream.engine import loop
+
+    use_spk = getattr(rt, kind).configs["padding"].keywords["use_spk_embedding"]
+    return loop.Batches(getattr(rt, kind).ds, kind, net, CPU, use_spk, quantum)
+
+
+def _grads(net: Any) -> dict[str, Any]:
+    out = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    return out
+
+
+def _rel(a: Any, b: Any) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["unistream", "bistream", "mixed"])
+def test_llm_loss_equals_upstream(
+    rt: SimpleNamespace, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voicelab.upstream.engine import llm_loss
+    from voicelab.upstream.engine.loop import LossModule
+
+    net = _net(rt, "llm")
+    idx = list(range(8))
+    tok = llm_loss.Tokens.of(net)
+    ds = rt.llm.ds
+    eligible = [llm_loss.bistream_ok(len(ds.text[i]), len(ds.speech[i]), tok) for i in idx]
+    assert any(eligible), "the fixture needs utterances upstream may lay out bistream"
+    if layout != "mixed":
+        monkeypatch.setattr(random, "random", lambda: 0.1 if layout == "bistream" else 0.9)
+
+    random.seed(7)
+    up = net(upstream_batch(rt, "llm", idx), CPU)
+    up["loss"].backward()
+    g_up = _grads(net)
+    random.seed(7)
+    mine = LossModule(net, "llm")(ours(rt, "llm", net, quantum=32).make(idx))
+    mine["loss"].backward()
+    g_mine = _grads(net)
+
+    assert _rel(mine["loss"].detach(), up["loss"].detach()) < 1e-4
+    assert abs(float(mine["acc"]) - float(up["acc"])) < 1e-6
+    assert g_mine.keys() == g_up.keys()
+    worst = max(_rel(g_mine[k], g_up[k]) for k in g_up)
+    assert worst < 1e-4, worst
+
+
+def test_llm_layouts_are_upstreams(rt: SimpleNamespace) -> None:
+    """Bistream layouts hold the chunk pattern (fill tokens) and end like unistream ones."""
+    from voicelab.upstream.engine import llm_loss
+
+    net = _net(rt, "llm")
+    tok = llm_loss.Tokens.of(net)
+    ds = rt.llm.ds
+    i = next(
+        k for k in range(len(ds)) if llm_loss.bistream_ok(len(ds.text[k]), len(ds.speech[k]), tok)
+    )
+    uni, bi = llm_loss.layouts(
+        ds.text[i].numpy(), ds.instruct[i].numpy(), ds.speech[i].numpy(), tok
+    )
+    assert bi is not None and len(bi.ids) == len(uni.ids)
+    full_chunks = len(ds.text[i]) // tok.mix[0]
+    assert int((bi.target == tok.fill).sum()) == full_chunks
+    assert uni.target[-1] == bi.target[-1] == tok.eos
+
+
+def test_flow_loss_equals_upstream(rt: SimpleNamespace) -> None:
+    from voicelab.upstream.engine.loop import LossModule
+
+    net = _net(rt, "flow")
+    idx = list(range(6))
+    for seed in (1, 2, 3):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        up = net(upstream_batch(rt, "flow", idx), CPU)
+        up["loss"].backward()
+        g_up = _grads(net)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        mine = LossModule(net, "flow")(ours(rt, "flow", net, quantum=1).make(idx))
+        mine["loss"].backward()
+        g_mine = _grads(net)
+        assert _rel(mine["loss"].detach(), up["loss"].detach()) < 1e-4
+        assert g_mine.keys() == g_up.keys()
+        assert max(_rel(g_mine[k], g_up[k]) for k in g_up) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+class _OnCpu(torch.nn.Module):
+    """upstream's batch_forward passes ``device=LOCAL_RANK`` (a CUDA index): run on the CPU."""
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.module = net
+
+    def forward(self, batch: dict[str, Any], device: Any = None) -> Any:
+        return self.module(batch, CPU)
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_steps_match_upstream_trainer(rt: SimpleNamespace, kind: str) -> None:
+    """Same start, same batches in the same order, same draws: after 4 optimizer steps the
+    weights agree to 2e-3 of the largest change any step made (fused vs per-tensor Adam and
+    a reordered loss sum are the only differences in fp32)."""
+    import cosyvoice.utils.train_utils as tu
+
+    from voicelab.upstream.engine import batching, model
+    from voicelab.upstream.engine.loop import LossModule, optimizer_step, train_step
+
+    configs = getattr(rt, kind).configs
+    conf = dict(configs["train_conf"])
+    accum, clip = int(conf["accum_grad"]), float(conf["grad_clip"])
+    quantum = 32 if kind == "llm" else 1
+    ds = getattr(rt, kind).ds
+    batches = batching.epoch_batches(ds.frames, 300, epoch=0, accum=accum)[: 4 * accum]
+    assert len(batches) == 4 * accum
+
+    start = _net(rt, kind)
+    w0 = {k: v.detach().clone() for k, v in start.state_dict().items()}
+
+    # Upstream's trainer functions (torch_ddp path, fp32).
+    up = _OnCpu(copy.deepcopy(start))
+    args = SimpleNamespace(train_engine="torch_ddp")
+    _, opt, sch, _, _ = tu.init_optimizer_and_scheduler(args, {"train_conf": conf}, up, False)
+    info = {"dtype": "fp32", "train_engine": "torch_ddp", "accum_grad": accum, "grad_clip": clip}
+    random.seed(11)
+    torch.manual_seed(11)
+    for i, idx in enumerate(batches):
+        info["batch_idx"] = i
+        info = tu.batch_forward(up, upstream_batch(rt, kind, idx), None, info)
+        info = tu.batch_backward(up, None, info)
+        info = tu.update_parameter_and_lr(up, opt, sch, None, info)
+
+    # Ours.
+    net = copy.deepcopy(start)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt2 = model.make_optimizer(params, conf, "cpu")
+    sch2 = model.make_scheduler(opt2, conf)
+    feed, lm = ours(rt, kind, net, quantum), LossModule(net, kind)
+    random.seed(11)
+    torch.manual_seed(11)
+    for i, idx in enumerate(batches):
+        boundary = (i + 1) % accum == 0
+        train_step(lm, feed.make(idx), accum, False, CPU, boundary)
+        if boundary:
+            optimizer_step(params, opt2, sch2, clip)
+
+    a, b = up.module.state_dict(), net.state_dict()
+    moved = max(float((a[k] - w0[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert moved > 0
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    print(f"{kind}: max weight difference {diff:.3g}, largest change {moved:.3g}")
+    assert diff <= 2e-3 * moved, (diff, moved)
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs through voicelab train
+# ------------------------------------------------------------------------------------------------
+def _rows(run: Path) -> list[dict[str, Any]]:
+    return tr.read_train_log(run / "train_log.jsonl")
+
+
+def test_engine_run_checkpoints_serve_upstream(rt: SimpleNamespace) -> None:
+    import yaml
+
+    from voicelab.upstream.engine import model
+
+    ws = rt.ws
+    res = tr.run_train(ws, "llm", tr.TrainOptions(device="cpu", epochs=2, trainer="voicelab"))
+    run = ws.exp_dir("llm", "voicelab")
+    assert res.launched and res.epochs_done == 2 and res.run_dir == run
+    assert ws.exp_dir("llm") == run  # readers follow the newest run
+    for name in ("init", "epoch_0_whole", "epoch_1_whole"):
+        assert (run / f"{name}.pt").is_file() and (run / f"{name}.yaml").is_file()
+    assert (run / "resume" / "epoch_1.pt").is_file()
+    info = yaml.safe_load((run / "epoch_1_whole.yaml").read_text())
+    assert set(info["loss_dict"]) == {"loss", "acc"} and info["epoch"] == 1
+    rows = _rows(run)
+    train = [r for r in rows if r["tag"] == "TRAIN"]
+    assert train and all("tokens_s" in r and r["loss"] > 0 for r in train)
+    cv = [r for r in rows if r["tag"] == "CV"]
+    assert [r["epoch"] for r in cv] == [0, 1]
+    assert abs(cv[-1]["loss"] - info["loss_dict"]["loss"]) < 1e-9
+
+    # Upstream's model loads it strictly (what CosyVoice3 does with an exported llm.pt).
+    sd = torch.load(run / "epoch_1_whole.pt", map_location="cpu", weights_only=True)
+    assert sd["epoch"] == 1 and sd["step"] == info["step"] > 0
+    configs = model.load_configs(rt.cfg, "llm", str(rt.qwen))
+    configs["llm"].load_state_dict({k: v for k, v in sd.items() if k not in ("epoch", "step")})
+
+    # Upstream's trainer continues from it at the next epoch, with its step count.
+    up = tr.run_train(
+        ws,
+        "llm",
+        tr.TrainOptions(
+            device="cpu", epochs=3, trainer="upstream", checkpoint=str(run / "epoch_1_whole.pt")
+        ),
+    )
+    up_run = ws.exp_dir("llm", "torch_ddp")
+    assert up.launched and (up_run / "epoch_2_whole.pt").is_file()
+    start = [r for r in _rows(up_run) if r.get("event") == "start"][-1]
+    assert start["epoch"] == 2 and start["step"] == sd["step"]
+    assert ws.exp_dir("llm") == up_run
+
+
+def test_resume_is_exact(rt: SimpleNamespace) -> None:
+    ws = rt.ws
+    opts = {"device": "cpu", "trainer": "voicelab"}
+    tr.run_train(ws, "flow", tr.TrainOptions(epochs=2, new=True, **opts))
+    straight = ws.exp_dir("flow", "voicelab") / "epoch_1_whole.pt"
+    a = torch.load(straight, map_location="cpu", weights_only=True)
+    tr.run_train(ws, "flow", tr.TrainOptions(epochs=1, new=True, **opts))
+    res = tr.run_train(ws, "flow", tr.TrainOptions(epochs=2, resume=True, **opts))
+    assert res.launched and "exact resume" in (res.run_dir / "train.log").read_text()
+    b = torch.load(res.run_dir / "epoch_1_whole.pt", map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_keep_limits_epoch_checkpoints(rt: SimpleNamespace) -> None:
+    ws = rt.ws
+    tr.run_train(
+        ws, "llm", tr.TrainOptions(device="cpu", epochs=3, new=True, keep=1, trainer="voicelab")
+    )
+    run = ws.exp_dir("llm", "voicelab")
+    assert sorted(p.name for p in run.glob("epoch_*_whole.pt")) == ["epoch_2_whole.pt"]
+    assert sorted(p.name for p in (run / "resume").iterdir()) == ["epoch_2.pt"]
+
+
+def test_two_processes_gloo_share_each_epoch(
+    rt: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = rt.ws
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("VOICELAB_ENGINE_TRACE", str(trace))
+    res = tr.run_train(
+        ws,
+        "llm",
+        tr.TrainOptions(
+            device="cpu", gpus=2, epochs=1, new=True, log_interval=1, trainer="voicelab"
+        ),
+    )
+    assert res.launched and res.epochs_done == 1
+    per_rank = {}
+    for r in (0, 1):
+        lines = Path(f"{trace}.rank{r}").read_text().splitlines()
+        per_rank[r] = json.loads(lines[0])["utts"]
+    assert per_rank[0] and per_rank[1]
+    both = per_rank[0] + per_rank[1]
+    assert len(both) == len(set(both))  # nobody twice
+    assert set(both) == set(rt.llm.ds.utts)  # everybody once
+    log = (res.run_dir / "train.log").read_text()
+    assert re.search(r"TRAIN Batch 0/\d+ .* rank 1\b", log)
+    saves = re.findall(r"\[Rank (\d+)\] Checkpoint: save to checkpoint (\S+)", log)
+    assert {r for r, _ in saves} == {"0"}
+    assert sorted(Path(p).name for _, p in saves) == ["epoch_0_whole.pt", "init.pt"]
