@@ -393,7 +393,10 @@ def test_new_moves_the_old_run_aside(ws: Workspace) -> None:
     fake_run(ws.exp_dir("llm", "torch_ddp"), 2)
     base = ws.base_model_dir / "llm.pt"
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
-    assert plan.archive == (ws.exp_dir("llm", "torch_ddp"), ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1"))
+    assert plan.archive == (
+        ws.exp_dir("llm", "torch_ddp"),
+        ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1"),
+    )
     assert plan.run_dir == ws.exp_dir("llm", "torch_ddp") and plan.checkpoint == base
     ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1").mkdir()
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)

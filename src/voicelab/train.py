@@ -609,15 +609,33 @@ def build_launch(
     argv += ["--nproc_per_node", str(nproc)]
     if trainer == "voicelab":
         argv += engine_args(
-            vendor_root=vendor_root, model=model, device=device, config=config,
-            train_list=train_list, cv_list=cv_list, base_dir=base_dir, plan=plan, amp=amp,
-            keep=opts.keep, compile=opts.compile,
+            vendor_root=vendor_root,
+            model=model,
+            device=device,
+            config=config,
+            train_list=train_list,
+            cv_list=cv_list,
+            base_dir=base_dir,
+            plan=plan,
+            amp=amp,
+            keep=opts.keep,
+            compile=opts.compile,
         )
     else:
         argv += upstream_args(
-            vendor_root=vendor_root, model=model, device=device, opts=opts, config=config,
-            train_list=train_list, cv_list=cv_list, base_dir=base_dir, plan=plan,
-            num_workers=num_workers, prefetch=prefetch, amp=amp, ds_config=ds_config,
+            vendor_root=vendor_root,
+            model=model,
+            device=device,
+            opts=opts,
+            config=config,
+            train_list=train_list,
+            cv_list=cv_list,
+            base_dir=base_dir,
+            plan=plan,
+            num_workers=num_workers,
+            prefetch=prefetch,
+            amp=amp,
+            ds_config=ds_config,
             memory_mode=memory_mode,
         )
     env = dict(base_env)

@@ -44,6 +44,9 @@ COMMAND_MODULES = (
 WRITE_COMMANDS = frozenset(
     {"init", "prepare", "features", "pack", "train", "export", "audition", "eval", "run", "demo"}
 )
+# Commands that choose their own workspace and log there: `-w` naming another voice must not get
+# even a log file from them (the demo refuses such a folder untouched).
+OWN_WORKSPACE = frozenset({"demo"})
 
 
 class Ctx:
@@ -87,7 +90,7 @@ class Ctx:
             self.log_file = None
             with contextlib.suppress(VoiceLabError):
                 ws = Workspace.open(value, must_exist=False)
-                if ws.config_file.is_file():
+                if ws.config_file.is_file() and self.command not in OWN_WORKSPACE:
                     self.start_log(ws)
 
 
@@ -121,7 +124,7 @@ def cli(ctx: click.Context, workspace: str | None, verbose: bool, quiet: bool) -
     setup_logging(verbose=verbose, quiet=quiet)
     try:
         ws = Workspace.open(workspace, must_exist=False)
-        if ws.config_file.is_file() and ctx.invoked_subcommand:
+        if ws.config_file.is_file() and ctx.invoked_subcommand not in (None, *OWN_WORKSPACE):
             obj.start_log(ws)
     except VoiceLabError:
         pass

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -64,21 +63,6 @@ def _voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(options):
         f = opt(f)
     return f
-
-
-@contextlib.contextmanager
-def _voice_hint(ws: Any, model_dir: str | None) -> Iterator[None]:
-    """No exported voice in the workspace: say what comes next from its stage states."""
-    from voicelab.errors import ModelError
-
-    try:
-        yield
-    except ModelError as e:
-        if ws is None or model_dir is not None or ws.voice_dir.is_dir():
-            raise
-        from voicelab.stages import next_step
-
-        raise ModelError(f"no exported voice yet at {ws.voice_dir}", next_step(ws)) from e
 
 
 def _workspace(ctx: Ctx, model_dir: str | None) -> Any:
@@ -202,8 +186,7 @@ def say(
         pause=pause,
     )
     ws = _workspace(ctx, model_dir)
-    with _voice_hint(ws, model_dir):
-        result = run_say(ws, texts, opts)
+    result = run_say(ws, texts, opts)
     for line in describe(result):
         echo(line)
 
@@ -296,8 +279,7 @@ def audition(
         text_frontend=not no_frontend,
         out=out,
     )
-    with _voice_hint(ws, model_dir):
-        res = run_audition(ws, opts)
+    res = run_audition(ws, opts)
     echo(f"{res.index}")
     echo(
         f"{res.takes} takes ({len(res.variants)} variant(s): {', '.join(res.variants)}), "
