@@ -585,6 +585,16 @@ def test_unreachable_submodule_names_its_url(root: Path, remotes: Remotes) -> No
     (res,) = v.sync(["cosyvoice"], root, src)
     assert not res.ok and "http://127.0.0.1:9/m.git" in res.detail and "matcha" in res.detail
     assert not cosy_dir(root).exists()
+    # The main clone stays under its .partial name (never taken for a checkout) ...
+    assert (root / "vendor" / ".CosyVoice.partial" / ".git").is_dir()
+    (st,) = v.vendor_status(root)
+    assert st.kind == "missing" and st.partial
+    # ... so a failed vendor stage is not repeated in full (issue 15 item 20): the next sync
+    # fetches only the submodule; CosyVoice's own remote is not needed again.
+    src = v.Sources(urls={"cosyvoice": "http://127.0.0.1:9/c.git", "matcha": str(remotes.matcha)})
+    (res,) = v.sync(["cosyvoice"], root, src)
+    assert res.ok and res.action == "cloned", res.detail
+    assert heads(root) == (remotes.c1, remotes.m1)
     assert not (root / "vendor" / ".CosyVoice.partial").exists()
 
 

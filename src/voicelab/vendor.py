@@ -945,35 +945,60 @@ def _verify(spec: VendorSpec, repo: Path) -> None:
         )
 
 
+def _usable_partial(partial: Path) -> bool:
+    """Whether ``partial`` is a repository an earlier, failed sync left (its objects can be
+    reused), not a folder inside some other repository."""
+    if not partial.is_dir() or partial.is_symlink():
+        return False
+    r = _git(["rev-parse", "--absolute-git-dir"], cwd=partial, check=False)
+    return r.returncode == 0 and Path(r.stdout.strip()) == (partial / ".git").resolve()
+
+
 def _clone(spec: VendorSpec, target: Path, sources: Sources) -> SyncResult:
+    """Clone into ``.<dir>.partial``, then rename. Once the pinned commit is in, a later failure
+    (a submodule's remote, the network, Ctrl-C) keeps that clone: the next sync fetches only
+    what is missing instead of the whole history again."""
     url = sources.resolve(spec.name, spec.url)
     allow_file = _allow_file(spec, sources)
     partial = _partial_dir(target)
+    keep = False  # whether a failure leaves the clone for the next sync to resume
+
+    def discard() -> None:
+        if not keep:
+            shutil.rmtree(partial, ignore_errors=True)
+
     try:
-        try:
-            _git_progress(
-                ["clone", "--no-checkout", "--progress", "--", url, str(partial)],
-                None,
-                f"{spec.name}: cloning",
-                allow_file,
-            )
-        except GitFailed as e:
-            raise _fetch_error(spec, url, e, target) from None
+        if _usable_partial(partial):
+            log.info("%s: resuming the clone an earlier sync left (%s)", spec.name, partial)
+        else:
+            try:
+                _git_progress(
+                    ["clone", "--no-checkout", "--progress", "--", url, str(partial)],
+                    None,
+                    f"{spec.name}: cloning",
+                    allow_file,
+                )
+            except GitFailed as e:
+                raise _fetch_error(spec, url, e, target) from None
         _ensure_commit(spec, partial, spec.commit, url, allow_file, spec.name)
+        keep = True
         _checkout(partial, spec.commit, force=False)
         subs = _sync_submodules(spec, partial, sources, allow_file, force=False)
         _verify(spec, partial)
         partial.rename(target)
     except GitFailed as e:
-        shutil.rmtree(partial, ignore_errors=True)
         if e.disk_full():
+            keep = False  # the space is what the user needs back
+            discard()
             raise _fetch_error(spec, url, e, target) from None
+        discard()
         raise VendorError(
             f"cannot set up {spec.name}: git {' '.join(e.argv[:3])}: {e.last_line()}",
             f"run again: voicelab vendor sync {spec.name}",
         ) from None
     except OSError as e:
-        shutil.rmtree(partial, ignore_errors=True)
+        keep = False
+        discard()
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise VendorError(
                 f"disk full while cloning {spec.name} into {target.parent}",
@@ -984,8 +1009,9 @@ def _clone(spec: VendorSpec, target: Path, sources: Sources) -> SyncResult:
             "check the folder's permissions and free space",
         ) from None
     except BaseException:
-        # Ctrl-C, our own errors: nothing half-made stays behind.
-        shutil.rmtree(partial, ignore_errors=True)
+        # Ctrl-C, our own errors: nothing half-made stays behind but a resumable clone, which
+        # keeps its .partial name and is never taken for a checkout.
+        discard()
         raise
     detail = f"{spec.path} at {spec.commit[:12]}"
     if subs:
@@ -1109,7 +1135,8 @@ def sync_vendor(spec: VendorSpec, root: Path, sources: Sources, force: bool = Fa
 def _sync_vendor(spec: VendorSpec, root: Path, sources: Sources, force: bool) -> SyncResult:
     target = vendor_dir(spec, root)
     with _vendor_lock(target):
-        _remove_partial(target)
+        if not (_usable_partial(_partial_dir(target)) and not target.exists()):
+            _remove_partial(target)
         if target.is_symlink():
             return _sync_linked(spec, root, sources)
         if target.is_dir() and not any(target.iterdir()):
