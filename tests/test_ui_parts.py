@@ -171,3 +171,32 @@ def test_blind_votes_saved_and_unblinded(tmp_path: Path) -> None:
     assert done["tally"] == {"avg": 2, "epoch_0": 0}
     with pytest.raises(InputError, match="no take 'C'"):
         listening.save_vote(ws, rid, "s1", "C")
+
+
+def test_jobs_hold_the_workspace_lock_the_cli_takes(tmp_path: Path) -> None:
+    """A page job and a writing command in a terminal never run on one workspace at once."""
+    from voicelab.errors import VoiceLabError
+    from voicelab.locks import workspace_lock
+
+    ws = Workspace.init(tmp_path / "ws", "spk1")
+    jobs = JobManager()
+    try:
+        gate = threading.Event()
+        job = jobs.start(ws.root, "prepare", lambda _j: gate.wait(10) and None)
+        # What `voicelab prepare` in a terminal does first: it is refused, naming the page's job.
+        with pytest.raises(VoiceLabError, match="voicelab ui: prepare"):
+            workspace_lock(ws.root, "voicelab prepare")
+        gate.set()
+        _wait(job)
+        workspace_lock(ws.root, "voicelab prepare").release()  # free again once the job ended
+        # A terminal command holding the workspace: the page's job is refused with its line.
+        held = workspace_lock(ws.root, "voicelab train")
+        try:
+            with pytest.raises(VoiceLabError, match=r"voicelab train \(PID \d+\)"):
+                jobs.start(ws.root, "export", lambda _j: None)
+            # Speaking only reads: it runs beside a writer, as the CLI's `say` does.
+            _wait(jobs.start(ws.root, "say", lambda _j: {"ok": True}))
+        finally:
+            held.release()
+    finally:
+        jobs.close()

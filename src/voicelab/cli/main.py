@@ -42,7 +42,7 @@ COMMAND_MODULES = (
 # Commands that write into the workspace take its lock; the others (status, say, doctor ...)
 # read and never wait. `checkpoints --lock` and `config set` lock on their own.
 WRITE_COMMANDS = frozenset(
-    {"init", "prepare", "features", "pack", "train", "export", "audition", "eval", "run", "demo"}
+    {"init", "prepare", "features", "pack", "train", "export", "audition", "run", "demo"}
 )
 # Commands that choose their own workspace and log there: `-w` naming another voice must not get
 # even a log file from them (the demo refuses such a folder untouched).

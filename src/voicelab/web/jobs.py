@@ -22,6 +22,7 @@ from typing import Any
 
 from voicelab.console import collect_progress
 from voicelab.errors import VoiceLabError
+from voicelab.locks import Lock
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ _ids = itertools.count(1)
 
 class JobBusy(VoiceLabError):
     """Another job holds the workspace."""
+
+
+#: Jobs that only read the workspace (the CLI's `say` takes no lock either).
+READ_ONLY_JOBS = frozenset({"say"})
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Job:
     stop_requested: bool = False
     on_stop: Callable[[], None] | None = None
     thread: threading.Thread | None = None
+    lock: Lock | None = None  # the workspace's writer lock while the job runs
 
     def progress(self) -> list[dict[str, Any]]:
         out = []
@@ -139,7 +145,8 @@ class JobManager:
         fn: Callable[[Job], dict[str, Any] | None],
         on_stop: Callable[[], None] | None = None,
     ) -> Job:
-        """Run ``fn(job)`` in a thread; refuse while another job holds the workspace."""
+        """Run ``fn(job)`` in a thread; refuse while another job of this page, or a writing
+        command in a terminal (the workspace lock), holds the workspace."""
         with self.lock:
             busy = self.running(workspace)
             if busy is not None:
@@ -147,7 +154,14 @@ class JobManager:
                     f"a {busy.kind} job is still running in {workspace}",
                     "wait for it to finish, or stop it first",
                 )
+            # The CLI's writer lock, held for the job's life: `voicelab train` in a terminal and
+            # a training job of the page never run on one workspace at once. Speaking only reads.
+            held = None
+            if kind not in READ_ONLY_JOBS:
+                held = Lock((workspace / ".voicelab" / "lock").resolve(), f"workspace {workspace}")
+                held.acquire(f"voicelab ui: {kind}")
             job = Job(kind, workspace, on_stop=on_stop)
+            job.lock = held
             self.current[workspace] = job
             job.thread = threading.Thread(
                 target=self._run, args=(job, fn), name=f"voicelab-job-{job.id}", daemon=True
@@ -172,6 +186,8 @@ class JobManager:
         finally:
             job.finished = time.time()
             self.by_thread.pop(threading.get_ident(), None)
+            if job.lock is not None:
+                job.lock.release()
 
     def stop(self, workspace: Path) -> Job:
         """Ask the running job to stop (training: as Ctrl-C would). Returns it."""
