@@ -120,7 +120,7 @@ def main() -> None:
     rt = cosyvoice_runtime()
     t0 = time.perf_counter()
     if args.tiny:
-        from voicelab.tinymodel import build_tiny_model
+        from voicelab.upstream.tinymodel import build_tiny_model
 
         base = build_tiny_model(args.work / "tiny" / "Fun-CosyVoice3-0.5B", rt)
     else:

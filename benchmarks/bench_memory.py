@@ -61,7 +61,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
 
     vendor = _setup_paths()
     if args.tiny:
-        from voicelab.tinymodel import build_tiny_model
+        from voicelab.upstream.tinymodel import build_tiny_model
 
         base = build_tiny_model(args.work / "tiny", vendor)
     else:

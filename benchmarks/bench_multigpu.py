@@ -271,7 +271,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from voicelab import train as tr
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.vendor import cosyvoice_runtime
     from voicelab.workspace import Workspace
 

@@ -4,8 +4,8 @@ Builds, under ``--work``:
 
 - a *full-size* randomly initialized CosyVoice 3 base model: upstream's example
   ``cosyvoice3.yaml`` at its own dims, a random Qwen2-0.5B (hidden 896, 24 layers) as
-  ``CosyVoice-BlankEN`` with the Qwen2 tokenizer of :mod:`voicelab.tinymodel`, and the ``llm`` /
-  ``flow`` state dicts of the instantiated yaml;
+  ``CosyVoice-BlankEN`` with the Qwen2 tokenizer of :mod:`voicelab.upstream.tinymodel`, and the
+  ``llm`` / ``flow`` state dicts of the instantiated yaml;
 - a synthetic packed dataset of ``--minutes`` of audio (noise clips of 3-12 s with random speech
   tokens, text, speaker embeddings), sharded as ``voicelab pack`` would;
 
@@ -99,8 +99,8 @@ def build_base(dest: Path, vendor_root: Path) -> Path:
     from hyperpyyaml import load_hyperpyyaml
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from voicelab import tinymodel
     from voicelab.testing import tiny_onnx
+    from voicelab.upstream import tinymodel
     from voicelab.upstream.train_config import UPSTREAM_YAML
 
     if (dest / "flow.pt").is_file():

@@ -313,10 +313,6 @@ def test_model_dir_checks(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         check_model_dir(tmp_path / "none")
     ws = _ws(tmp_path)
-    with pytest.raises(ModelError, match="no exported voice yet") as e:
-        resolve_model_dir(ws, None)  # nothing exported: the hint comes from the stage states
-    assert "voicelab run" in e.value.one_line()
-    ws.voice_dir.mkdir(parents=True)
     assert resolve_model_dir(ws, None) == ws.voice_dir
     assert resolve_model_dir(ws, tmp_path / "x") == tmp_path / "x"
     with pytest.raises(WorkspaceError, match="--model-dir"):

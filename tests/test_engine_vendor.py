@@ -53,7 +53,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     from voicelab.features import FeaturesOptions, run_features
     from voicelab.kaldi import Utt, write_kaldi_dir
     from voicelab.pack import PackOptions, run_pack
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
 
     espeak = shutil.which("espeak-ng")
     if not espeak:

@@ -44,7 +44,7 @@ def _clip(text: str, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.vendor import cosyvoice_runtime
 
     cache = Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3"

@@ -520,7 +520,7 @@ def test_check_without_base_or_vendor_is_not_ok(
 @pytest.mark.vendor
 def test_check_without_base_uses_the_models_yaml(tmp_path: Path) -> None:
     from voicelab.fsutil import link_or_copy
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
 
     cache = Path(os.environ.get("VOICELAB_TEST_CACHE", Path(__file__).parents[1] / ".cache"))
     tiny = build_tiny_model(cache / "tiny-cosyvoice3-check")

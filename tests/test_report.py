@@ -181,7 +181,7 @@ def test_pipeline_table_in_run_order(tmp_workspace: Workspace) -> None:
 
 
 def test_plots_have_ticks_and_units() -> None:
-    from voicelab.report import nice_ticks, svg_histogram, svg_lines
+    from voicelab.htmlpage import nice_ticks, svg_histogram, svg_lines
 
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(3.1, 97) == [20, 40, 60, 80]
@@ -194,13 +194,13 @@ def test_plots_have_ticks_and_units() -> None:
 
 
 def test_audition_refreshes_the_report(tmp_workspace: Workspace) -> None:
-    from voicelab.audition import _refresh_report
+    from voicelab.report import refresh_after_audition
 
     build_report(tmp_workspace)
     aud = tmp_workspace.reports_dir / "audition-20270101-000000"
     aud.mkdir()
     (aud / "index.html").write_text("<html></html>")
-    _refresh_report(tmp_workspace, aud)
+    refresh_after_audition(tmp_workspace, aud)
     html = (tmp_workspace.reports_dir / "index.html").read_text(encoding="utf-8")
     assert 'href="audition-20270101-000000/index.html"' in html
 

@@ -38,7 +38,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from voicelab.fsutil import link_or_copy
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.workspace import Workspace
 
     tiny = build_tiny_model(CACHE / "tiny-cosyvoice3-synth")

@@ -31,7 +31,7 @@ def voice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from voicelab.fsutil import link_or_copy
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
 
     tiny = build_tiny_model(CACHE / "tiny-cosyvoice3-synth")
     voice = tmp_path_factory.mktemp("voice") / "Fun-CosyVoice3-0.5B-spk1-sft"

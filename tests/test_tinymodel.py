@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from voicelab.errors import ModelError
-from voicelab.tinymodel import MARKER, _check_replaceable, build_tiny_model
+from voicelab.upstream.tinymodel import MARKER, _check_replaceable, build_tiny_model
 
 
 def test_a_users_model_dir_is_never_replaced(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def _fake_tiny(d: Path) -> None:
     """Files of the tiny model's layout (small real files) with the marker build_tiny_model
     writes, so the check runs without the vendor."""
     from voicelab.fsutil import atomic_write_json
-    from voicelab.tinymodel import REQUIRED_FILES, _files
+    from voicelab.upstream.tinymodel import REQUIRED_FILES, _files
 
     for i, rel in enumerate(REQUIRED_FILES):
         (d / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def _cache() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model() -> Path:
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
 
     return build_tiny_model(_cache() / "tiny-cosyvoice3")
 
@@ -111,7 +111,7 @@ def test_tiny_model_layout(tiny_model: Path) -> None:
     ):
         assert (tiny_model / name).is_file(), name
     # Cached: a second call returns at once with the same files.
-    from voicelab.tinymodel import build_tiny_model
+    from voicelab.upstream.tinymodel import build_tiny_model
 
     before = (tiny_model / "llm.pt").stat().st_mtime_ns
     assert build_tiny_model(tiny_model) == tiny_model

@@ -641,19 +641,6 @@ def run_audition(ws: Workspace | None, opts: AuditionOptions) -> AuditionResult:
             else [{"id": s.id, "text": s.text} for s in page.sentences],
         },
     )
-    _refresh_report(ws, report_dir)
     return AuditionResult(
         report_dir, index, key_file, len(jobs), [v.name for v in variants], total_audio, total_wall
     )
-
-
-def _refresh_report(ws: Workspace | None, report_dir: Path) -> None:
-    """reports/index.html links the latest audition: rebuild it when this one is listed there
-    (a standalone ``voicelab audition`` would otherwise leave it pointing at the previous one)."""
-    if ws is None or not ws.config_file.is_file():
-        return
-    if report_dir.resolve().parent != ws.reports_dir.resolve():
-        return
-    from voicelab.report import build_report
-
-    build_report(ws)

@@ -333,7 +333,7 @@ def check_model(ws: Workspace) -> Check:
             "voicelab download cosyvoice3",
             required=False,
         )
-    from voicelab.tinymodel import is_tiny_model
+    from voicelab.upstream.tinymodel import is_tiny_model
 
     tiny = is_tiny_model(model_dir)
     fix = (

@@ -438,7 +438,7 @@ def expected_files(
 def _own_manifest(root: Path) -> tuple[dict[str, FileSpec], str, str] | None:
     """A model VoiceLab built itself (the tiny random model) is checked against the file table
     it was built with, never against Fun-CosyVoice3-0.5B's sizes."""
-    from voicelab.tinymodel import MARKER, REQUIRED_FILES
+    from voicelab.upstream.tinymodel import MARKER, REQUIRED_FILES
 
     mark = read_json(root / MARKER, default=None) if (root / MARKER).is_file() else None
     if not isinstance(mark, dict):

@@ -7,12 +7,14 @@ that shape a stage's outputs, so changing one makes that stage and everything af
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from voicelab import pipeline
-from voicelab.errors import ConfigError
+from voicelab.errors import ConfigError, ModelError
 from voicelab.pipeline import Outcome, RunOptions, Stage, StageRun, StageState, plain
 from voicelab.state import load_record
 from voicelab.workspace import BASE_MODEL_NAME, Workspace
@@ -63,7 +65,7 @@ def _download_params(ws: Workspace, o: RunOptions) -> dict[str, Any]:
 
 def _download_run(ws: Workspace, o: RunOptions) -> dict[str, Any]:
     if o.tiny:
-        from voicelab.tinymodel import build_tiny_model
+        from voicelab.upstream.tinymodel import build_tiny_model
 
         path = build_tiny_model(ws.base_model_dir)
         return {"model_dir": str(path), "tiny": True}
@@ -318,6 +320,19 @@ def next_step(ws: Workspace) -> str:
             return "run: voicelab export (training is done)"
         return f"{s.name} is {s.state} ({s.reason}): run: voicelab run"
     return "run: voicelab run"
+
+
+@contextlib.contextmanager
+def voice_hint(ws: Workspace | None, model_dir: object = None) -> Iterator[None]:
+    """Front ends around ``say``/``audition``: with no exported voice in the workspace, the
+    error says what comes next from the stage states (one line, the same on the CLI and the
+    web page) instead of a missing model dir."""
+    try:
+        yield
+    except ModelError as e:
+        if ws is None or model_dir is not None or ws.voice_dir.is_dir():
+            raise
+        raise ModelError(f"no exported voice yet at {ws.voice_dir}", next_step(ws)) from e
 
 
 def run_stage(ws: Workspace, name: str, opts: RunOptions) -> StageRun:

@@ -144,11 +144,6 @@ def resolve_model_dir(ws: Workspace | None, model_dir: str | Path | None) -> Pat
             "no voice to speak with: no workspace here and no --model-dir",
             "pass --model-dir DIR of an exported voice, or --workspace DIR",
         )
-    if not ws.voice_dir.is_dir():
-        # Say what comes next from the stage states (CLI, web page and server alike).
-        from voicelab.stages import next_step
-
-        raise ModelError(f"no exported voice yet at {ws.voice_dir}", next_step(ws))
     return ws.voice_dir
 
 

@@ -1332,7 +1332,7 @@ def default_epochs(train_seconds: float) -> int:
 def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> TrainResult:
     """Train ``model`` (``llm`` or ``flow``) on the workspace's packed data."""
     from voicelab import state
-    from voicelab.tinymodel import is_tiny_model
+    from voicelab.upstream.tinymodel import is_tiny_model
 
     opts = opts or TrainOptions()
     if model not in MODELS:

@@ -217,3 +217,35 @@ def plan_texts(
     if not texts:
         raise InputError("the text is empty", "give the text to say, e.g. voicelab say '你好'")
     return [plan_utterance(t, instruct, text_frontend, max_len=max_len) for t in texts]
+
+
+def read_texts(text: str | None, text_file: str | None, paragraphs: bool) -> list[str]:
+    """What to say: ``text`` (``-`` reads stdin) or a UTF-8 ``text_file``, split into lines (or
+    paragraphs); one-line errors for both, neither, a missing file or empty text."""
+    import sys
+
+    from voicelab.errors import ConfigError, InputError
+    from voicelab.paths import to_local_path
+
+    if text is not None and text_file is not None:
+        raise ConfigError("give the text or --text-file, not both", None)
+    if text_file is not None:
+        path = to_local_path(text_file)
+        try:
+            raw = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError as e:
+            raise InputError(f"text file {path} does not exist", "check the path") from e
+        except UnicodeDecodeError as e:
+            raise InputError(f"text file {path} is not UTF-8", "save it as UTF-8") from e
+    elif text == "-":
+        raw = sys.stdin.read()
+    elif text is not None:
+        raw = text
+    else:
+        raise InputError(
+            "no text to say", "voicelab say '你好' (or - for stdin, or --text-file FILE)"
+        )
+    texts = split_input(raw, "paragraph" if paragraphs else "line")
+    if not texts:
+        raise InputError("the text is empty", "give the text to say, e.g. voicelab say '你好'")
+    return texts

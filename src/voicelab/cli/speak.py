@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -75,35 +74,6 @@ def _workspace(ctx: Ctx, model_dir: str | None) -> Any:
     return None
 
 
-def _read_texts(text: str | None, text_file: str | None, paragraphs: bool) -> list[str]:
-    from voicelab.errors import ConfigError, InputError
-    from voicelab.paths import to_local_path
-    from voicelab.tts_text import split_input
-
-    if text is not None and text_file is not None:
-        raise ConfigError("give the text or --text-file, not both", None)
-    if text_file is not None:
-        path = to_local_path(text_file)
-        try:
-            raw = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError as e:
-            raise InputError(f"text file {path} does not exist", "check the path") from e
-        except UnicodeDecodeError as e:
-            raise InputError(f"text file {path} is not UTF-8", "save it as UTF-8") from e
-    elif text == "-":
-        raw = sys.stdin.read()
-    elif text is not None:
-        raw = text
-    else:
-        raise InputError(
-            "no text to say", "voicelab say '你好' (or - for stdin, or --text-file FILE)"
-        )
-    texts = split_input(raw, "paragraph" if paragraphs else "line")
-    if not texts:
-        raise InputError("the text is empty", "give the text to say, e.g. voicelab say '你好'")
-    return texts
-
-
 @click.command("say")
 @click.argument("text", required=False)
 @click.option(
@@ -167,7 +137,9 @@ def say(
 
     if preset is not None and prompt_text is not None:
         raise ConfigError("--preset and --prompt-text both set the instruct", "pass one of them")
-    texts = _read_texts(text, text_file, paragraphs)
+    from voicelab.tts_text import read_texts
+
+    texts = read_texts(text, text_file, paragraphs)
     opts = SayOptions(
         out=Path(out) if out else None,
         model_dir=model_dir,
@@ -186,7 +158,10 @@ def say(
         pause=pause,
     )
     ws = _workspace(ctx, model_dir)
-    result = run_say(ws, texts, opts)
+    from voicelab.stages import voice_hint
+
+    with voice_hint(ws, model_dir):
+        result = run_say(ws, texts, opts)
     for line in describe(result):
         echo(line)
 
@@ -279,7 +254,13 @@ def audition(
         text_frontend=not no_frontend,
         out=out,
     )
-    res = run_audition(ws, opts)
+    from voicelab.stages import voice_hint
+
+    with voice_hint(ws, model_dir):
+        res = run_audition(ws, opts)
+    from voicelab.report import refresh_after_audition
+
+    refresh_after_audition(ws, res.report_dir)
     echo(f"{res.index}")
     echo(
         f"{res.takes} takes ({len(res.variants)} variant(s): {', '.join(res.variants)}), "

@@ -23,7 +23,7 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def _plots(ws: Workspace) -> str:
-    from voicelab.report import svg_lines
+    from voicelab.htmlpage import svg_lines
 
     by_epoch, base = epoch_rows(ws)
     rows, _ = merged(ws)
@@ -45,7 +45,7 @@ def _plots(ws: Workspace) -> str:
 
 
 def _worst(ws: Workspace, run: Path) -> str:
-    from voicelab.report import Raw, _rel, esc, table
+    from voicelab.htmlpage import Raw, esc, rel_path, table
 
     lines = []
     for cand in sorted(p for p in run.iterdir() if (p / "lines").is_dir() and p.name != "real"):
@@ -56,7 +56,7 @@ def _worst(ws: Workspace, run: Path) -> str:
     lines.sort(key=lambda t: (-t[2]["err"], t[2].get("sim") or 0.0))
 
     def player(path: Path) -> str:
-        src = esc(_rel(path, ws.reports_dir))
+        src = esc(rel_path(path, ws.reports_dir))
         return f'<audio controls preload="none" src="{src}"></audio>'
 
     out = []
@@ -83,7 +83,7 @@ def _worst(ws: Workspace, run: Path) -> str:
 
 
 def eval_section(ws: Workspace) -> str:
-    from voicelab.report import esc, table
+    from voicelab.htmlpage import esc, table
 
     runs = run_dirs(ws)
     if not runs:

@@ -5,8 +5,8 @@ model's; without a base at hand it needs another reference, and the only one tha
 is the YAML upstream builds the modules from. The modules are instantiated with upstream's own
 classes on PyTorch's ``meta`` device (shapes, no memory, no weights read), in a child process
 with the vendor on ``sys.path`` (upstream's imports have side effects, as in
-:mod:`voicelab.tinymodel`). Qwen2 is built from the model dir's ``CosyVoice-BlankEN`` config
-instead of its 1 GB of weights.
+:mod:`voicelab.upstream.tinymodel`). Qwen2 is built from the model dir's ``CosyVoice-BlankEN``
+config instead of its 1 GB of weights.
 """
 
 from __future__ import annotations

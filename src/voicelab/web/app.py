@@ -370,7 +370,13 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                                seed=body.seed)  # fmt: skip
 
         def work(_: Job) -> dict[str, Any]:
-            res = run_audition(w, opts)
+            from voicelab.stages import voice_hint
+
+            with voice_hint(w):
+                res = run_audition(w, opts)
+            from voicelab.report import refresh_after_audition
+
+            refresh_after_audition(w, res.report_dir)
             return {"report": res.report_dir.name, "takes": res.takes, "variants": res.variants}
 
         return job_json(jobs.start(key(w), "audition", work))
@@ -400,11 +406,11 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     # ---- Speak ---------------------------------------------------------------------------------
     @app.post("/api/say")
     def say(body: SayBody) -> dict[str, Any]:
-        from voicelab.cli.speak import _read_texts
         from voicelab.synth import SayOptions, check_options, describe, run_say
+        from voicelab.tts_text import read_texts
 
         w = open_ws(body.ws)
-        texts = _read_texts(body.text, None, False)  # the CLI's own reading and messages
+        texts = read_texts(body.text, None, False)  # the CLI's own reading and messages
         out = w.root / "out_wav" / f"ui-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1000}"
         opts = SayOptions(out=out, speaker=_blank(body.speaker), epoch=body.epoch,
                           preset=_blank(body.preset), speed=body.speed, seed=body.seed,
@@ -412,7 +418,10 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
         check_options(opts)
 
         def work(_: Job) -> dict[str, Any]:
-            res = run_say(w, texts, opts)
+            from voicelab.stages import voice_hint
+
+            with voice_hint(w):
+                res = run_say(w, texts, opts)
             files = [*res.files, *([res.joined] if res.joined else [])]
             root = w.root.resolve()
             return {

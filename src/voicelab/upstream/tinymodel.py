@@ -128,7 +128,7 @@ def build_tiny_model(dest: Path, vendor: VendorRuntime | None = None) -> Path:
         cmd = [
             sys.executable,
             "-m",
-            "voicelab.tinymodel",
+            "voicelab.upstream.tinymodel",
             str(tmp),
             str(vendor.root),
             str(tiktoken_file),
@@ -323,7 +323,9 @@ def _build(out: Path, vendor_root: Path, tiktoken_file: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 3:
-        raise SystemExit("usage: python -m voicelab.tinymodel OUT_DIR VENDOR_ROOT QWEN_TIKTOKEN")
+        raise SystemExit(
+            "usage: python -m voicelab.upstream.tinymodel OUT_DIR VENDOR_ROOT QWEN_TIKTOKEN"
+        )
     _build(Path(args[0]), Path(args[1]), Path(args[2]))
 
 
