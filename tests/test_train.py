@@ -393,7 +393,10 @@ def test_new_moves_the_old_run_aside(ws: Workspace) -> None:
     fake_run(ws.exp_dir("llm", "torch_ddp"), 2)
     base = ws.base_model_dir / "llm.pt"
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
-    assert plan.archive == (ws.exp_dir("llm", "torch_ddp"), ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1"))
+    assert plan.archive == (
+        ws.exp_dir("llm", "torch_ddp"),
+        ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1"),
+    )
     assert plan.run_dir == ws.exp_dir("llm", "torch_ddp") and plan.checkpoint == base
     ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1").mkdir()
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
@@ -643,3 +646,18 @@ def test_vendor_import_probe_reports_the_error(tmp_path: Path) -> None:
     problems = tr.check_vendor_import(fake)
     assert len(problems) == 1
     assert "do not import: ModuleNotFoundError" in problems[0].what
+
+
+def test_engine_stop_line_is_the_cli_error_and_hint(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text(
+        "TRAIN Batch 0/10 loss 1.0\n"
+        "voicelab engine: stopped: out of GPU memory in mode 8bit with one utterance per batch\n"
+        "voicelab engine: hint: the GPU ran out of memory in mode 8bit at 900 frames per batch:"
+        " continue with --resume --memory checkpointing+8bit\n",
+        "utf-8",
+    )
+    assert tr._failure(log, 3).endswith(
+        "out of GPU memory in mode 8bit with one utterance per batch"
+    )
+    assert tr._failure_hint(log).endswith("continue with --resume --memory checkpointing+8bit")
