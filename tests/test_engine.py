@@ -339,3 +339,20 @@ def test_stale_caches_of_a_shard_are_dropped(tmp_path: Path) -> None:
         p.write_bytes(b"x")
     assert data.drop_stale(pq, "llm", keep=new) == [old]
     assert new.exists() and flow.exists() and other.exists() and not old.exists()
+
+
+def test_a_patched_optimizer_step_still_takes_a_scheduler() -> None:
+    """The offload optimizer's step is patched (gradients copied first); torch's schedulers,
+    upstream's included, wrap ``optimizer.step.__func__``, which a bare function lacks."""
+    torch = pytest.importorskip("torch")
+    from voicelab.upstream.memory_modes import before_step
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([p], lr=1.0)
+    calls: list[int] = []
+    before_step(opt, lambda o: calls.append(len(o.param_groups)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    assert calls == [1] and float(p[0]) < 0 and opt.param_groups[0]["lr"] == 0.5

@@ -180,7 +180,7 @@ def test_oom_guard_splits_engine_batches_then_stops_with_the_next_mode(
     limit[0] = min(frames[i] for i in idx) - 1  # not even one utterance fits
     with pytest.raises(mm.OutOfMemoryStop) as e:
         loop.guarded_step(guard, idx, make, capped, world=1)
-    assert "--resume --memory checkpointing+8bit+lora" in e.value.hint
+    assert "continue with --resume --memory checkpointing+lora" in e.value.hint
     assert all(p.grad is None for p in net.parameters())  # the partial window was dropped
     # Several processes do not retry (a rank's piece count would desynchronize DDP): they stop.
     limit[0] = sum(frames[i] for i in idx) - 1
