@@ -45,7 +45,7 @@ class Section:
 TRAIN_KEYS = (
     "device", "gpus", "gpu_ids", "engine", "amp", "epochs", "batch_frames", "accum_grad", "lr",
     "num_workers", "prefetch", "save_per_step", "log_interval", "cpus", "master_port", "timeout",
-    "memory", "max_vram",
+    "memory", "max_vram", "trainer",
 )  # fmt: skip
 
 SECTIONS: dict[str, Section] = {
