@@ -12,6 +12,9 @@ mode. Run with::
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,33 @@ from voicelab.workspace import Workspace
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 torch = pytest.importorskip("torch")
 
+#: Full is test_engine_vendor's. On the CPU, offload is upstream's Adam (the state is on the CPU
+#: already); the GPU run uses torchao's CPUOffloadOptimizer.
 MODES = [
     ("llm", "checkpointing+8bit+lora"),
+    ("llm", "checkpointing"),
     ("llm", "8bit"),
+    ("llm", "lora"),
     ("llm", "offload"),
     ("flow", "checkpointing+8bit"),
+    ("flow", "offload"),
 ]
+
+
+#: Upstream's CosyVoice3 on a voice dir: its llm must hold exactly our llm.pt (strict keys).
+LOAD_STRICT = r"""
+import json, sys
+import torch
+from cosyvoice.cli.cosyvoice import CosyVoice3
+
+m = CosyVoice3(sys.argv[1])
+ours = torch.load(sys.argv[1] + "/llm.pt", weights_only=True)
+loaded = m.model.llm.state_dict()
+print("RESULT " + json.dumps({
+    "missing": sorted(set(loaded) - set(ours)), "unexpected": sorted(set(ours) - set(loaded)),
+    "differ": [k for k, v in ours.items() if k in loaded and not torch.equal(loaded[k].cpu(), v)],
+}))
+"""
 
 
 def _train_cli(ws: Workspace, kind: str, mode: str, *extra: str) -> Any:
@@ -106,6 +130,25 @@ def test_mode_trains_resumes_exactly_and_saves_plain_checkpoints(
     resumed = _weights(run / "epoch_1_whole.pt")
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
+    if "lora" in mode:  # the merged llm.pt of a voice that upstream's CosyVoice3 loads
+        from voicelab.export import ExportOptions, run_export
+        from voicelab.vendor import cosyvoice_runtime
+
+        res = run_export(ws, ExportOptions(name="engine-lora", no_flow=True, overwrite=True))
+        assert res.verify is not None and res.verify.ok, res.verify
+        env = cosyvoice_runtime().env()
+        env.pop("onnx_path", None)
+        env["COSYVOICE_ORT_FORCE_CPU"] = "1"
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_STRICT, str(res.voice_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+        assert got == {"missing": [], "unexpected": [], "differ": []}
 
 
 def test_resume_in_another_mode_keeps_weights_and_starts_a_new_optimizer(

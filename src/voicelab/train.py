@@ -13,7 +13,8 @@ Upstream's trainer runs unmodified from the vendor checkout, under ``torchrun``,
   ``accum_grad``, GPU memory, free disk for checkpoints;
 * **memory** (:func:`memory_plan_for`, :mod:`voicelab.memory`): ``--memory auto`` picks the
   memory mode (checkpointing, 8-bit Adam, LoRA ...) and the batch from the GPUs' free memory
-  (``--max-vram`` caps it); the launcher applies it (:mod:`voicelab.upstream.memory_modes`);
+  (``--max-vram`` caps it); VoiceLab's engine (:mod:`voicelab.upstream.engine.memory`) or, with
+  ``--trainer upstream``, the launcher applies it (:mod:`voicelab.upstream.memory_modes`);
 * **runs**: ``exp/<spk>_sft/<model>/<engine>`` (and ``tensorboard/...``). A run is never
   overwritten: ``--resume`` continues it from its newest epoch checkpoint (passed as
   ``--checkpoint``, whose ``epoch``/``step`` keys make upstream continue at the next epoch);

@@ -486,7 +486,13 @@ def run(args: EngineArgs) -> None:
                 )
                 tok_count += train_b.speech_tokens(idx)
                 if boundary:
-                    norm = optimizer_step(params, optimizer, scheduler, grad_clip)
+                    try:
+                        norm = optimizer_step(params, optimizer, scheduler, grad_clip)
+                    except torch.OutOfMemoryError:  # Adam's state is allocated at the first step
+                        raise mm.OutOfMemoryStop(
+                            f"out of GPU memory in the optimizer step (mode {args.memory})",
+                            mm.oom_hint(args.model, n_params, args.features, max_frames),
+                        ) from None
                     step += 1
                 if (bi + 1) % log_interval == 0:
                     saver.poll()
