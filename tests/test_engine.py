@@ -215,6 +215,44 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
     assert argv[argv.index("--model_dir") + 1] == str(plan.run_dir)
     assert "--train_engine" not in argv and "--use_amp" not in argv
     assert launch.env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "--memory" not in argv and "--max-vram" not in argv  # full: the plain engine
+
+    # A memory mode and a cap travel to the engine, whose parser takes them.
+    launch = tr.build_launch(
+        python="python3",
+        vendor_root=tmp_path / "vendor",
+        base_env={},
+        model="llm",
+        device="cuda",
+        nproc=1,
+        opts=tr.TrainOptions(max_vram=6),
+        config=tmp_path / "c.yaml",
+        train_list=tmp_path / "t.list",
+        cv_list=tmp_path / "d.list",
+        base_dir=tmp_path,
+        plan=plan,
+        num_workers=1,
+        prefetch=2,
+        amp=True,
+        memory_mode="checkpointing+8bit+lora",
+        trainer="voicelab",
+    )
+    from voicelab.upstream.engine.__main__ import parse
+
+    args = parse(launch.argv[launch.argv.index("voicelab.upstream.engine") + 1 :])
+    assert (args.memory, args.max_vram, args.use_amp) == ("checkpointing+8bit+lora", 6.0, True)
+
+
+def test_resume_mismatch_only_where_the_optimizer_state_differs() -> None:
+    pytest.importorskip("torch")
+    from voicelab.upstream.engine.loop import resume_mismatch, split_idx
+
+    assert resume_mismatch("full", "checkpointing") is None  # same parameters, same Adam
+    assert resume_mismatch("checkpointing+8bit", "8bit") is None
+    assert "saved in memory mode full, this run is lora" in resume_mismatch("full", "lora")
+    assert resume_mismatch("8bit+lora", "lora") is not None
+    assert split_idx([5, 6, 7, 8, 9], 2) == [[5, 6], [7, 8, 9]]
+    assert split_idx([5, 6], 4) == [[5], [6]]
 
 
 @pytest.mark.parametrize("use_fork", [True, False])
@@ -301,3 +339,20 @@ def test_stale_caches_of_a_shard_are_dropped(tmp_path: Path) -> None:
         p.write_bytes(b"x")
     assert data.drop_stale(pq, "llm", keep=new) == [old]
     assert new.exists() and flow.exists() and other.exists() and not old.exists()
+
+
+def test_a_patched_optimizer_step_still_takes_a_scheduler() -> None:
+    """The offload optimizer's step is patched (gradients copied first); torch's schedulers,
+    upstream's included, wrap ``optimizer.step.__func__``, which a bare function lacks."""
+    torch = pytest.importorskip("torch")
+    from voicelab.upstream.memory_modes import before_step
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([p], lr=1.0)
+    calls: list[int] = []
+    before_step(opt, lambda o: calls.append(len(o.param_groups)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    assert calls == [1] and float(p[0]) < 0 and opt.param_groups[0]["lr"] == 0.5

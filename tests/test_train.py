@@ -646,3 +646,18 @@ def test_vendor_import_probe_reports_the_error(tmp_path: Path) -> None:
     problems = tr.check_vendor_import(fake)
     assert len(problems) == 1
     assert "do not import: ModuleNotFoundError" in problems[0].what
+
+
+def test_engine_stop_line_is_the_cli_error_and_hint(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text(
+        "TRAIN Batch 0/10 loss 1.0\n"
+        "voicelab engine: stopped: out of GPU memory in mode 8bit with one utterance per batch\n"
+        "voicelab engine: hint: the GPU ran out of memory in mode 8bit at 900 frames per batch:"
+        " continue with --resume --memory checkpointing+8bit\n",
+        "utf-8",
+    )
+    assert tr._failure(log, 3).endswith(
+        "out of GPU memory in mode 8bit with one utterance per batch"
+    )
+    assert tr._failure_hint(log).endswith("continue with --resume --memory checkpointing+8bit")

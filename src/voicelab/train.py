@@ -13,7 +13,8 @@ Upstream's trainer runs unmodified from the vendor checkout, under ``torchrun``,
   ``accum_grad``, GPU memory, free disk for checkpoints;
 * **memory** (:func:`memory_plan_for`, :mod:`voicelab.memory`): ``--memory auto`` picks the
   memory mode (checkpointing, 8-bit Adam, LoRA ...) and the batch from the GPUs' free memory
-  (``--max-vram`` caps it); the launcher applies it (:mod:`voicelab.upstream.memory_modes`);
+  (``--max-vram`` caps it); VoiceLab's engine (:mod:`voicelab.upstream.engine.memory`) or, with
+  ``--trainer upstream``, the launcher applies it (:mod:`voicelab.upstream.memory_modes`);
 * **runs**: ``exp/<spk>_sft/<model>/<engine>`` (and ``tensorboard/...``). A run is never
   overwritten: ``--resume`` continues it from its newest epoch checkpoint (passed as
   ``--checkpoint``, whose ``epoch``/``step`` keys make upstream continue at the next epoch);
@@ -620,6 +621,8 @@ def build_launch(
             amp=amp,
             keep=opts.keep,
             compile=opts.compile,
+            memory_mode=memory_mode,
+            max_vram=opts.max_vram,
         )
     else:
         argv += upstream_args(
@@ -663,6 +666,8 @@ def engine_args(
     amp: bool,
     keep: int | None,
     compile: bool,
+    memory_mode: str | None = None,
+    max_vram: float | None = None,
 ) -> list[str]:
     """Arguments of VoiceLab's engine (``python -m voicelab.upstream.engine``)."""
     argv = ["-m", "voicelab.upstream.engine", "--vendor-root", str(vendor_root)]
@@ -678,6 +683,10 @@ def engine_args(
         argv += ["--keep", str(keep)]
     if compile:
         argv.append("--compile")
+    if memory_mode and memory_mode != "full":
+        argv += ["--memory", memory_mode]
+    if max_vram is not None:
+        argv += ["--max-vram", f"{max_vram:g}"]
     return argv
 
 
@@ -1420,16 +1429,11 @@ def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> Tr
     # Memory mode and batch from the GPU's free memory (voicelab.memory); a split batch keeps
     # the tokens per optimizer step through accum_grad.
     mem_plan = memory_plan_for(ws, model, base_ckpt, device, vis, opts, max_frames, accum)
-    if mem_plan.has("offload") and device == "cuda":
+    if mem_plan.has("offload") and device == "cuda" and trainer != "voicelab":
         # Upstream's GradScaler would unscale torchao's host gradient copies only.
         raise ConfigError(
             f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
-            "use --memory checkpointing+8bit (or lora for the llm), or --max-vram higher",
-        )
-    if trainer == "voicelab" and mem_plan.mode not in ("", "full") and device == "cuda":
-        raise ConfigError(
-            f"memory mode {mem_plan.mode} is not yet available with --trainer voicelab",
-            "use --trainer upstream for this card, or --memory full on a larger GPU",
+            "use --trainer voicelab, or --memory checkpointing+8bit (or lora for the llm)",
         )
     if mem_plan.fits and (mem_plan.batch_frames, mem_plan.accum_grad) != (max_frames, accum):
         run_text = tc.apply_overrides(
@@ -1608,6 +1612,11 @@ def _fill(result: TrainResult, rows: list[dict[str, Any]], run_dir: Path) -> Non
     result.last_checkpoint = last[1] if last else None
 
 
+#: Lines of VoiceLab's engine when it stops on its own (an out-of-memory step at one utterance).
+ENGINE_STOP = "voicelab engine: stopped:"
+ENGINE_HINT = "voicelab engine: hint:"
+
+
 def _failure(log_path: Path, rc: int) -> str:
     lines = log_path.read_text("utf-8", errors="replace").splitlines() if log_path.exists() else []
     err = next(
@@ -1618,12 +1627,17 @@ def _failure(log_path: Path, rc: int) -> str:
         ),
         "",
     )
+    stop = next((ln for ln in reversed(lines) if ln.startswith(ENGINE_STOP)), "")
+    err = stop.removeprefix(ENGINE_STOP).strip() or err  # the engine stopped on its own
     err = err or next((ln.strip() for ln in reversed(lines) if "voicelab launcher:" in ln), "")
     return f"training exited with code {rc}" + (f": {err[:300]}" if err else "")
 
 
 def _failure_hint(log_path: Path, mem_plan: MemoryPlan | None = None) -> str:
     text = log_path.read_text("utf-8", errors="replace")[-20000:] if log_path.exists() else ""
+    hint = next((ln for ln in reversed(text.splitlines()) if ln.startswith(ENGINE_HINT)), "")
+    if hint:  # the engine's own (its out-of-memory stop names the next mode)
+        return hint.removeprefix(ENGINE_HINT).strip()
     if "out of memory" in text.lower():
         if mem_plan is not None and mem_plan.cap_bytes is not None:
             from voicelab.memory import oom_hint

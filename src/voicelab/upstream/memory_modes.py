@@ -209,16 +209,28 @@ def _step_with_final_grads(opt: Any) -> Any:
     GPU gradients as they are now (clipped) to the host copies. (Upstream's trainer also runs a
     GradScaler, which unscales the host copies only: so VoiceLab runs offload with its own loop,
     never under upstream's train.py.)"""
-    step = opt.step
 
-    def step_with_final_grads(closure: Any = None) -> Any:
+    def final_grads_first(opt: Any) -> None:
         opt.stream.synchronize()  # the backward-time copies are done before we overwrite them
         for p_device, p_host in opt.param_d2h_map.items():
             if p_device.grad is not None:
                 p_host.grad.copy_(p_device.grad)
+
+    return before_step(opt, final_grads_first)
+
+
+def before_step(opt: Any, first: Callable[[Any], None]) -> Any:
+    """``opt.step`` runs ``first(opt)`` before itself. A bound method, not a bare function: a
+    learning-rate scheduler built on ``opt`` wraps ``opt.step.__func__``."""
+    import types
+
+    step = opt.step
+
+    def step_after(self: Any, closure: Any = None) -> Any:
+        first(self)
         return step(closure)
 
-    opt.step = step_with_final_grads
+    opt.step = types.MethodType(step_after, opt)
     return opt
 
 

@@ -2,7 +2,8 @@
 
 Arguments mirror upstream's train.py where they mean the same (``--model --config --train_data
 --cv_data --qwen_pretrain_path --checkpoint --model_dir --tensorboard_dir --use_amp``); the rest
-are ours (``--vendor-root --device --keep --compile --seed --quantum --max-steps``)."""
+are ours (``--vendor-root --device --keep --compile --seed --quantum --max-steps``, and issue 17's
+``--memory MODE --max-vram GB``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1986)
     p.add_argument("--quantum", type=int, default=32)
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--memory", default="full", help="memory mode, e.g. checkpointing+8bit+lora")
+    p.add_argument("--max-vram", type=float, help="GiB this process may use on its GPU")
     return p.parse_args(argv)
 
 
@@ -41,8 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     from voicelab.upstream.engine.model import prepare_runtime
 
     prepare_runtime(Path(a.vendor_root).resolve())
+    from voicelab.memory import parse_mode
     from voicelab.upstream.engine.loop import EngineArgs, run
+    from voicelab.upstream.engine.memory import hooks_for
 
+    mode = "+".join(parse_mode(a.memory, a.model) or ("full",))
     if a.checkpoint is not None and not a.checkpoint.is_file():
         raise SystemExit(f"voicelab engine: checkpoint {a.checkpoint} not found")
     run(
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             seed=a.seed,
             quantum=a.quantum,
             max_steps=a.max_steps,
+            memory=mode,
+            max_vram=a.max_vram,
+            hooks=hooks_for(mode, a.model, a.model_dir),
         )
     )
 

@@ -61,7 +61,7 @@ def prune(run_dir: Path, keep: int | None) -> list[int]:
     return gone
 
 
-def _atomic_torch_save(obj: Any, dest: Path) -> None:
+def atomic_torch_save(obj: Any, dest: Path) -> None:
     import torch
 
     from voicelab.fsutil import atomic_path
@@ -106,10 +106,10 @@ def write_checkpoint(
     resume: tuple[Path, dict[str, Any]] | None,
     keep: int | None,
 ) -> None:
-    _atomic_torch_save(weights, pt)
+    atomic_torch_save(weights, pt)
     write_info_yaml(pt.with_suffix(".yaml"), info)
     if resume is not None:
-        _atomic_torch_save(resume[1], resume[0])
+        atomic_torch_save(resume[1], resume[0])
     prune(pt.parent, keep)
 
 

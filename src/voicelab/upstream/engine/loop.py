@@ -17,6 +17,7 @@ schedule), small functions a mode can wrap.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -49,6 +50,12 @@ class Hooks:
     make_optimizer: Callable[..., Any] = model.make_optimizer
     #: module -> the CPU state dict a checkpoint holds (upstream's keys)
     state_dict: Callable[[Any], dict[str, Any]] = checkpoint.cpu_state
+    #: module -> what an exact resume needs beyond the plain weights (e.g. LoRA adapters);
+    #: stored under ``"model_extra"`` in ``resume/epoch_N.pt`` (called on rank 0 only)
+    resume_state: Callable[[Any], dict[str, Any]] | None = None
+    #: (module, that dict) -> None when restored exactly, else why not (the optimizer state is
+    #: then not restored either: it belongs to other parameters)
+    load_resume_state: Callable[[Any, dict[str, Any]], str | None] | None = None
 
 
 @dataclass
@@ -68,7 +75,13 @@ class EngineArgs:
     seed: int = 1986
     quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
     max_steps: int | None = None  # stop after this many optimizer steps (tests, benchmarks)
+    memory: str = "full"  # memory mode (voicelab.memory), e.g. checkpointing+8bit+lora
+    max_vram: float | None = None  # GiB this process may hold on its GPU (--max-vram)
     hooks: Hooks = field(default_factory=Hooks)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.memory.split("+")) if self.memory else ("full",)
 
 
 class LossModule(torch.nn.Module):
@@ -214,17 +227,61 @@ def train_step(
     amp: bool,
     device: torch.device,
     sync: bool,
+    weight: float = 1.0,
 ) -> dict[str, Any]:
     """Forward and backward of one batch (gradients summed over ``accum`` batches, as upstream
-    divides each batch's loss by ``accum_grad``); DDP all-reduces only when ``sync``."""
+    divides each batch's loss by ``accum_grad``); DDP all-reduces only when ``sync``.
+    ``weight`` < 1: the batch is a piece of a larger one (an out-of-memory retry), its loss
+    counts by its share of the utterances; the returned values are weighted likewise."""
     ctx = (
         module.no_sync() if (not sync and hasattr(module, "no_sync")) else contextlib.nullcontext()
     )
     with ctx:
         with autocast(device, amp):
             out = module(batch)
-        (out["loss"] / accum).backward()
-    return {k: v.detach() for k, v in out.items()}
+        loss = out["loss"] if weight == 1.0 else out["loss"] * weight
+        (loss / accum).backward()
+    if weight == 1.0:
+        return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach() * weight for k, v in out.items()}
+
+
+def split_idx(idx: list[int], parts: int) -> list[list[int]]:
+    """A batch's utterances in ``parts`` consecutive pieces (the OOM guard's smaller batches)."""
+    parts = max(1, min(parts, len(idx)))
+    bounds = [round(i * len(idx) / parts) for i in range(parts + 1)]
+    return [idx[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def guarded_step(
+    guard: Any,
+    idx: list[int],
+    make: Callable[[list[int]], dict[str, Any]],
+    step: Callable[[dict[str, Any], float], dict[str, Any]],
+    world: int,
+) -> dict[str, Any]:
+    """One batch through :class:`~voicelab.upstream.memory_modes.OomGuard`: an out-of-memory
+    step is retried in smaller pieces (one process), or stops with a hint naming the next mode.
+    Several processes stop at once: a piece count of one rank would desynchronize DDP."""
+    from voicelab.upstream import memory_modes as mm
+
+    def run(piece: list[int], weight: float) -> dict[str, Any]:
+        return step(make(piece), weight)
+
+    if world > 1:
+        try:
+            return run(idx, 1.0)
+        except torch.OutOfMemoryError:
+            guard.zero_grad()
+            frames = guard.frames(idx) // max(1, len(idx))
+            raise mm.OutOfMemoryStop(
+                f"out of GPU memory in mode {'+'.join(guard.features)}",
+                mm.oom_hint(guard.kind, guard.params, guard.features, frames),
+            ) from None
+    outs = guard.step(idx, run)
+    if len(outs) == 1:
+        return outs[0]
+    return {k: sum(o[k] for o in outs) for k in outs[0]}
 
 
 def optimizer_step(
@@ -267,6 +324,16 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def resume_mismatch(saved: str, now: str) -> str | None:
+    """Why a resume file's optimizer state does not fit this run's mode (None: it does).
+    Gradient checkpointing changes no parameter or optimizer; 8-bit, offload and LoRA do."""
+    differs = {"8bit", "offload", "lora"}
+    a, b = set(saved.split("+")) & differs, set(now.split("+")) & differs
+    if a == b:
+        return None
+    return f"it was saved in memory mode {saved}, this run is {now}"
+
+
 def _info(train_conf: dict[str, Any], args: EngineArgs, **extra: Any) -> dict[str, Any]:
     info = {
         k: v for k, v in train_conf.items() if isinstance(v, (int, float, str, bool, dict, list))
@@ -276,6 +343,7 @@ def _info(train_conf: dict[str, Any], args: EngineArgs, **extra: Any) -> dict[st
         model_dir=str(args.model_dir),
         train_engine="torch_ddp",
         trainer="voicelab",
+        memory_mode=args.memory,
         dtype="bf16" if args.amp else "fp32",
         config=str(args.config),
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
@@ -295,6 +363,9 @@ def run(args: EngineArgs) -> None:
         device = torch.device("cpu")
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    from voicelab.upstream import memory_modes as mm
+
+    mm.cap_vram(args.max_vram, str(device))  # before anything lands on the GPU
 
     config_text = args.config.read_text("utf-8")
     configs = model.load_configs(args.config, args.model, args.qwen_pretrain_path)
@@ -311,6 +382,7 @@ def run(args: EngineArgs) -> None:
     # Start weights; an exact resume also restores optimizer, scheduler and RNG states.
     hooks = args.hooks
     net, start_step, start_epoch = hooks.build_model(configs, args.model, args.checkpoint)
+    n_params = sum(p.numel() for p in net.parameters())  # before adapters: the model's size
     if hooks.after_build is not None:
         hooks.after_build(net, args.model)
     resume_file = (
@@ -337,12 +409,29 @@ def run(args: EngineArgs) -> None:
     scheduler.set_step(start_step)
     if resume_file is not None and resume_file.is_file():
         st = torch.load(resume_file, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(st["optimizer"])
+        why = resume_mismatch(st.get("memory", "full"), args.memory)
+        if why is None and hooks.load_resume_state is not None:
+            why = hooks.load_resume_state(net, st.get("model_extra") or {})
+        if why is None:
+            optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         set_rng_state(st["rng"])
-        _say(f"voicelab engine: exact resume from {resume_file}")
+        if why is None:
+            _say(f"voicelab engine: exact resume from {resume_file}")
+        else:
+            _say(f"voicelab engine: resume from {resume_file}, optimizer state new: {why}")
     train_b = Batches(train_ds, args.model, net, device, use_spk, args.quantum)
     cv_b = Batches(cv_ds, args.model, net, device, use_spk, args.quantum)
+    utt_frames = train_b.ds.frames
+    guard = mm.OomGuard(
+        args.model,
+        n_params,
+        args.features,
+        lambda: optimizer.zero_grad(set_to_none=True),
+        split=split_idx,
+        rows=len,
+        frames=lambda idx: sum(utt_frames[i] for i in idx),
+    )
 
     writer = None
     if rank == 0 and args.tensorboard_dir is not None:
@@ -360,135 +449,160 @@ def run(args: EngineArgs) -> None:
         saver.save("init", snap, _info(train_conf, args, step=start_step, epoch=start_epoch))
     _say(f"start step {start_step} start epoch {start_epoch}")
 
-    step = start_step
-    for epoch in range(start_epoch + 1, max_epoch):
-        lr = optimizer.param_groups[0]["lr"]
-        _say(f"Epoch {epoch} TRAIN info lr {lr} rank {rank}")
-        t0 = time.time()
-        batches = batching.epoch_batches(
-            train_b.ds.frames,
-            max_frames,
-            epoch=epoch,
-            seed=args.seed,
-            sort_size=sort_size,
-            world=world,
-            accum=accum,
-        )
-        mine = batching.shard(batches, rank, world)
-        trace = os.environ.get("VOICELAB_ENGINE_TRACE")
-        if trace:  # which utterances this rank trains on (tests of the sharding)
-            with open(f"{trace}.rank{rank}", "a", encoding="utf-8") as f:
-                utts = [train_b.ds.utts[i] for b in mine for i in b]
-                f.write(json.dumps({"rank": rank, "epoch": epoch, "utts": utts}) + "\n")
-        net.train()
-        tok_count, t_log = 0, time.time()
-        norm = torch.zeros((), device=device)
-        for bi, idx in enumerate(mine):
-            boundary = (bi + 1) % accum == 0
-            out = train_step(step_module, train_b.make(idx), accum, args.amp, device, boundary)
-            tok_count += train_b.speech_tokens(idx)
-            if boundary:
-                norm = optimizer_step(params, optimizer, scheduler, grad_clip)
-                step += 1
-            if (bi + 1) % log_interval == 0:
-                saver.poll()
-                now = time.time()
-                vals = " ".join(
-                    f"{k} {v.item() / (accum if k == 'loss' else 1):.6f}" for k, v in out.items()
+    try:
+        step = start_step
+        for epoch in range(start_epoch + 1, max_epoch):
+            lr = optimizer.param_groups[0]["lr"]
+            _say(f"Epoch {epoch} TRAIN info lr {lr} rank {rank}")
+            t0 = time.time()
+            batches = batching.epoch_batches(
+                train_b.ds.frames,
+                max_frames,
+                epoch=epoch,
+                seed=args.seed,
+                sort_size=sort_size,
+                world=world,
+                accum=accum,
+            )
+            mine = batching.shard(batches, rank, world)
+            trace = os.environ.get("VOICELAB_ENGINE_TRACE")
+            if trace:  # which utterances this rank trains on (tests of the sharding)
+                with open(f"{trace}.rank{rank}", "a", encoding="utf-8") as f:
+                    utts = [train_b.ds.utts[i] for b in mine for i in b]
+                    f.write(json.dumps({"rank": rank, "epoch": epoch, "utts": utts}) + "\n")
+            net.train()
+            tok_count, t_log = 0, time.time()
+            norm = torch.zeros((), device=device)
+            for bi, idx in enumerate(mine):
+                boundary = (bi + 1) % accum == 0
+                out = guarded_step(
+                    guard,
+                    idx,
+                    train_b.make,
+                    lambda b, w, sync=boundary: train_step(
+                        step_module, b, accum, args.amp, device, sync, w
+                    ),
+                    world,
                 )
-                rate = tok_count * world / max(now - t_log, 1e-9)
-                lr = optimizer.param_groups[0]["lr"]
-                _say(
-                    f"TRAIN Batch {epoch}/{bi + 1} {vals} lr {lr:.8f} grad_norm"
-                    f" {float(norm):.6f} tokens_s {rate:.1f} rank {rank}"
-                )
-                if writer is not None:
+                tok_count += train_b.speech_tokens(idx)
+                if boundary:
+                    try:
+                        norm = optimizer_step(params, optimizer, scheduler, grad_clip)
+                    except torch.OutOfMemoryError:  # Adam's state is allocated at the first step
+                        raise mm.OutOfMemoryStop(
+                            f"out of GPU memory in the optimizer step (mode {args.memory})",
+                            mm.oom_hint(args.model, n_params, args.features, max_frames),
+                        ) from None
+                    step += 1
+                if (bi + 1) % log_interval == 0:
+                    saver.poll()
+                    now = time.time()
+                    vals = " ".join(
+                        f"{k} {v.item() / (accum if k == 'loss' else 1):.6f}"
+                        for k, v in out.items()
+                    )
+                    rate = tok_count * world / max(now - t_log, 1e-9)
+                    lr = optimizer.param_groups[0]["lr"]
+                    _say(
+                        f"TRAIN Batch {epoch}/{bi + 1} {vals} lr {lr:.8f} grad_norm"
+                        f" {float(norm):.6f} tokens_s {rate:.1f} rank {rank}"
+                    )
+                    if writer is not None:
+                        for k, v in out.items():
+                            writer.add_scalar(f"TRAIN/{k}", v.item(), step)
+                        writer.add_scalar("TRAIN/lr", lr, step)
+                        writer.add_scalar("TRAIN/grad_norm", float(norm), step)
+                        writer.add_scalar("TRAIN/epoch", epoch, step)
+                    tok_count, t_log = 0, now
+                if args.max_steps is not None and step - start_step >= args.max_steps:
+                    break
+            train_s = time.time() - t0
+
+            # CV: every rank takes its share; sums are all-reduced (upstream: utterance-weighted).
+            t1 = time.time()
+            net.eval()
+            cv_batches = batching.shard(
+                batching.epoch_batches(
+                    cv_b.ds.frames, max_frames, epoch=0, shuffle=False, sort_size=sort_size
+                ),
+                rank,
+                world,
+            )
+            sums: dict[str, torch.Tensor] = {}
+            n_utt = torch.zeros((), device=device)
+            with torch.inference_mode():
+                for idx in cv_batches:
+                    with autocast(device, args.amp):
+                        out = (
+                            loss_module(cv_b.make(idx))
+                            if world == 1
+                            else loss_module.module(cv_b.make(idx))
+                        )
                     for k, v in out.items():
-                        writer.add_scalar(f"TRAIN/{k}", v.item(), step)
-                    writer.add_scalar("TRAIN/lr", lr, step)
-                    writer.add_scalar("TRAIN/grad_norm", float(norm), step)
-                    writer.add_scalar("TRAIN/epoch", epoch, step)
-                tok_count, t_log = 0, now
+                        sums[k] = sums.get(k, torch.zeros((), device=device)) + v.float() * len(idx)
+                    n_utt += len(idx)
+            keys = ["loss"] + (["acc"] if args.model == "llm" else [])
+            vec = torch.stack([sums.get(k, torch.zeros((), device=device)) for k in keys] + [n_utt])
+            if world > 1:
+                dist.all_reduce(vec)
+            vec = vec.tolist()
+            cv = {k: vec[i] / max(vec[-1], 1) for i, k in enumerate(keys)}
+            cv_s = time.time() - t1
+            lr = optimizer.param_groups[0]["lr"]
+            losses = " ".join(f"{k} {v}" for k, v in cv.items())
+            _say(f"Epoch {epoch} Step {step + 1} CV info lr {lr} {rank} rank {losses}")
+            if writer is not None:
+                for k, v in cv.items():
+                    writer.add_scalar(f"CV/{k}", v, step + 1)
+                writer.add_scalar("CV/lr", lr, step + 1)
+                writer.add_scalar("CV/epoch", epoch, step + 1)
+                writer.flush()
+
+            t2 = time.time()
+            if rank == 0:
+                weights = {**hooks.state_dict(net), "epoch": epoch, "step": step}
+                info = _info(
+                    train_conf,
+                    args,
+                    tag="CV",
+                    step=step,
+                    epoch=epoch,
+                    batch_idx=len(cv_batches),
+                    loss_dict=cv,
+                    lr=lr,
+                    grad_norm=float(norm),
+                )
+                resume = {
+                    "optimizer": checkpoint.cpu_tree(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "rng": rng_state(),
+                    "memory": args.memory,
+                }
+                if hooks.resume_state is not None:
+                    resume["model_extra"] = hooks.resume_state(net)
+                saver.save(
+                    checkpoint.whole_name(epoch),
+                    weights,
+                    info,
+                    (checkpoint.resume_path(args.model_dir, epoch), resume),
+                )
+            save_s = time.time() - t2
+            _say(
+                f"voicelab engine: epoch {epoch} train_s {train_s:.3f} cv_s {cv_s:.3f}"
+                f" save_s {save_s:.3f} rank {rank}"
+            )
+            if world > 1:
+                dist.barrier()
             if args.max_steps is not None and step - start_step >= args.max_steps:
                 break
-        train_s = time.time() - t0
-
-        # CV: every rank takes its share; sums are all-reduced (upstream: utterance-weighted).
-        t1 = time.time()
-        net.eval()
-        cv_batches = batching.shard(
-            batching.epoch_batches(
-                cv_b.ds.frames, max_frames, epoch=0, shuffle=False, sort_size=sort_size
-            ),
-            rank,
-            world,
-        )
-        sums: dict[str, torch.Tensor] = {}
-        n_utt = torch.zeros((), device=device)
-        with torch.inference_mode():
-            for idx in cv_batches:
-                with autocast(device, args.amp):
-                    out = (
-                        loss_module(cv_b.make(idx))
-                        if world == 1
-                        else loss_module.module(cv_b.make(idx))
-                    )
-                for k, v in out.items():
-                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v.float() * len(idx)
-                n_utt += len(idx)
-        keys = ["loss"] + (["acc"] if args.model == "llm" else [])
-        vec = torch.stack([sums.get(k, torch.zeros((), device=device)) for k in keys] + [n_utt])
-        if world > 1:
-            dist.all_reduce(vec)
-        vec = vec.tolist()
-        cv = {k: vec[i] / max(vec[-1], 1) for i, k in enumerate(keys)}
-        cv_s = time.time() - t1
-        lr = optimizer.param_groups[0]["lr"]
-        losses = " ".join(f"{k} {v}" for k, v in cv.items())
-        _say(f"Epoch {epoch} Step {step + 1} CV info lr {lr} {rank} rank {losses}")
-        if writer is not None:
-            for k, v in cv.items():
-                writer.add_scalar(f"CV/{k}", v, step + 1)
-            writer.add_scalar("CV/lr", lr, step + 1)
-            writer.add_scalar("CV/epoch", epoch, step + 1)
-            writer.flush()
-
-        t2 = time.time()
-        if rank == 0:
-            weights = {**hooks.state_dict(net), "epoch": epoch, "step": step}
-            info = _info(
-                train_conf,
-                args,
-                tag="CV",
-                step=step,
-                epoch=epoch,
-                batch_idx=len(cv_batches),
-                loss_dict=cv,
-                lr=lr,
-                grad_norm=float(norm),
-            )
-            resume = {
-                "optimizer": checkpoint.cpu_tree(optimizer.state_dict()),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "rng": rng_state(),
-            }
-            saver.save(
-                checkpoint.whole_name(epoch),
-                weights,
-                info,
-                (checkpoint.resume_path(args.model_dir, epoch), resume),
-            )
-        save_s = time.time() - t2
-        _say(
-            f"voicelab engine: epoch {epoch} train_s {train_s:.3f} cv_s {cv_s:.3f}"
-            f" save_s {save_s:.3f} rank {rank}"
-        )
-        if world > 1:
-            dist.barrier()
-        if args.max_steps is not None and step - start_step >= args.max_steps:
-            break
+    except mm.OutOfMemoryStop as e:
+        # The last checkpoint is complete on disk; nothing else is lost. One line the CLI shows.
+        saver.wait()
+        _say(f"voicelab engine: stopped: {e.message}")
+        _say(f"voicelab engine: hint: {e.hint}")
+        raise SystemExit(3) from None
     saver.wait()
     if writer is not None:
         writer.close()
