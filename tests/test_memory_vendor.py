@@ -318,7 +318,9 @@ def test_upstream_trainer_runs_the_modes_and_saves_plain_checkpoints(
     from voicelab import train as tr
 
     ws, base = setup["ws"], setup["base"]
-    opts = tr.TrainOptions(device="cpu", epochs=1, new=True, memory="lora+checkpointing+8bit")
+    opts = tr.TrainOptions(
+        device="cpu", epochs=1, new=True, memory="lora+checkpointing+8bit", trainer="upstream"
+    )
     res = tr.run_train(ws, "llm", opts)
     assert res.launched and res.epochs_done == 1
     assert res.argv[res.argv.index("--memory") + 1] == "checkpointing+8bit+lora"
