@@ -267,14 +267,23 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     # ---- Train ---------------------------------------------------------------------------------
     @app.post("/api/train")
     def train(body: TrainBody) -> dict[str, Any]:
-        from voicelab.train import TrainOptions, result_dict, run_train, stop_training
+        from voicelab.train import (
+            TrainOptions,
+            resolve_trainer,
+            result_dict,
+            run_name,
+            run_train,
+            stop_training,
+        )
 
         w = open_ws(body.ws)
         if body.model not in ("llm", "flow"):
             raise ConfigError(f"unknown model {body.model!r}", "use llm or flow")
         opts = TrainOptions(device=body.device, epochs=body.epochs, resume=body.resume,
                             new=body.new, dry_run=body.dry_run)  # fmt: skip
-        run_dir = w.exp_dir(body.model, opts.engine)
+        # The run dir the trainer will use (VoiceLab's engine: .../voicelab), for the stop button.
+        trainer = resolve_trainer(opts, w.config.section("train"))
+        run_dir = w.exp_dir(body.model, run_name(trainer, opts.engine))
 
         def work(_: Job) -> dict[str, Any]:
             res = run_train(w, body.model, opts)
