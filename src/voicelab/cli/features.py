@@ -52,20 +52,8 @@ def features(
     flow training needs. Utterances over 30 s are left out with a reason. Only changed audio
     is recomputed; an interrupted run resumes.
     """
-    from voicelab import config
-    from voicelab.pipeline import RunOptions
-    from voicelab.stages import run_stage
-
-    given = config.check_flags(
-        "features",
-        {"device": device, "onnx_dir": onnx_dir, "threads": threads, "token_batch": token_batch},
-    )
-    ws = ctx.workspace()
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if force:
-        overrides["force"] = True
-    run = run_stage(ws, "features", RunOptions(overrides={"features": overrides}))
-    echo(run.result.summary())
+    flags = {"device": device, "onnx_dir": onnx_dir, "threads": threads, "token_batch": token_batch}
+    _run_alone(ctx, "features", flags, force)
 
 
 @click.command("pack")
@@ -97,19 +85,28 @@ def pack(
     force: bool,
 ) -> None:
     """Parquet shards and data.list for train and dev, in upstream's format."""
+    flags = {
+        "utts_per_shard": utts_per_shard,
+        "num_workers": num_workers,
+        "gpus": gpus,
+        "jobs": jobs,
+    }
+    _run_alone(ctx, "pack", flags, force)
+
+
+def _run_alone(ctx: Ctx, stage: str, flags: dict[str, object], force: bool) -> None:
+    """Check the flags (before anything is written), run ``stage`` alone through the runner,
+    recorded as ``voicelab run`` records it, and print its summary."""
     from voicelab import config
     from voicelab.pipeline import RunOptions
     from voicelab.stages import run_stage
 
-    given = config.check_flags(
-        "pack",
-        {"utts_per_shard": utts_per_shard, "num_workers": num_workers, "gpus": gpus, "jobs": jobs},
-    )
+    given = config.check_flags(stage, flags)
     ws = ctx.workspace()
     overrides = {k: v for k, v in given.items() if v is not None}
     if force:
         overrides["force"] = True
-    run = run_stage(ws, "pack", RunOptions(overrides={"pack": overrides}))
+    run = run_stage(ws, stage, RunOptions(overrides={stage: overrides}))
     echo(run.result.summary())
 
 
