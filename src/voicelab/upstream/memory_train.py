@@ -79,9 +79,14 @@ def upstream_batches(
     configs: dict[str, Any], data_list: Path, train: bool = True
 ) -> Iterator[dict[str, Any]]:
     """Upstream's batches of ``data_list`` (one pass), in this process (no DataLoader)."""
+    yield from _dataset(configs, data_list, train)
+
+
+def _dataset(configs: dict[str, Any], data_list: Path, train: bool) -> Any:
+    """Upstream's own Dataset over ``data_list`` with the YAML's data pipeline."""
     from cosyvoice.dataset.dataset import Dataset
 
-    ds = Dataset(
+    return Dataset(
         str(data_list),
         data_pipeline=configs["data_pipeline"],
         mode="train" if train else "dev",
@@ -90,7 +95,6 @@ def upstream_batches(
         shuffle=train,
         partition=train,
     )
-    yield from ds
 
 
 def collect_batches(
@@ -98,21 +102,13 @@ def collect_batches(
 ) -> list[dict[str, Any]]:
     """One pass of upstream's batches, decoded once (``workers`` DataLoader processes, as
     upstream's trainer uses them) and kept in host memory."""
-    from cosyvoice.dataset.dataset import Dataset
     from torch.utils.data import DataLoader
 
     if workers <= 0:
         return list(upstream_batches(configs, data_list, train))
-    ds = Dataset(
-        str(data_list),
-        data_pipeline=configs["data_pipeline"],
-        mode="train" if train else "dev",
-        gan=False,
-        dpo=False,
-        shuffle=train,
-        partition=train,
+    return list(
+        DataLoader(_dataset(configs, data_list, train), batch_size=None, num_workers=workers)
     )
-    return list(DataLoader(ds, batch_size=None, num_workers=workers))
 
 
 @dataclass
