@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,24 +191,17 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
         None,
         None,
     )
-    launch = tr.build_launch(
-        python="python3",
-        vendor_root=tmp_path / "vendor",
-        base_env={},
-        model="llm",
-        device="cpu",
-        nproc=2,
-        opts=tr.TrainOptions(keep=3),
-        config=tmp_path / "c.yaml",
-        train_list=tmp_path / "t.list",
-        cv_list=tmp_path / "d.list",
-        base_dir=tmp_path,
-        plan=plan,
-        num_workers=1,
-        prefetch=2,
-        amp=False,
-        trainer="voicelab",
-    )
+
+    def engine_launch(**kw: Any) -> tr.Launch:
+        args = dict(
+            python="python3", vendor_root=tmp_path / "vendor", base_env={}, model="llm",
+            config=tmp_path / "c.yaml", train_list=tmp_path / "t.list",
+            cv_list=tmp_path / "d.list", base_dir=tmp_path, plan=plan, num_workers=1,
+            prefetch=2, trainer="voicelab",
+        )  # fmt: skip
+        return tr.build_launch(**{**args, **kw})
+
+    launch = engine_launch(device="cpu", nproc=2, opts=tr.TrainOptions(keep=3), amp=False)
     argv = launch.argv
     assert argv[argv.index("-m", 3) + 1] == "voicelab.upstream.engine"
     assert argv[argv.index("--nproc_per_node") + 1] == "2"
@@ -218,24 +212,12 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
     assert "--memory" not in argv and "--max-vram" not in argv  # full: the plain engine
 
     # A memory mode and a cap travel to the engine, whose parser takes them.
-    launch = tr.build_launch(
-        python="python3",
-        vendor_root=tmp_path / "vendor",
-        base_env={},
-        model="llm",
+    launch = engine_launch(
         device="cuda",
         nproc=1,
         opts=tr.TrainOptions(max_vram=6),
-        config=tmp_path / "c.yaml",
-        train_list=tmp_path / "t.list",
-        cv_list=tmp_path / "d.list",
-        base_dir=tmp_path,
-        plan=plan,
-        num_workers=1,
-        prefetch=2,
         amp=True,
         memory_mode="checkpointing+8bit+lora",
-        trainer="voicelab",
     )
     from voicelab.upstream.engine.__main__ import parse
 
