@@ -179,6 +179,53 @@ def test_llm_loss_equals_upstream(
     assert worst < 1e-4, worst
 
 
+@pytest.mark.parametrize("row", [64, 1024])
+def test_packed_pass_equals_upstreams_accumulation(
+    rt: SimpleNamespace, row: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optimizer step's batches packed into one pass (several rows, or one): the loss is
+    the mean of upstream's batch losses, accuracy likewise, and the gradient is the one
+    upstream accumulates (each batch's loss over accum_grad, backward after backward)."""
+    from voicelab.upstream.engine import llm_loss
+    from voicelab.upstream.engine.loop import LossModule
+
+    net = _net(rt, "llm")
+    groups = [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
+    random.seed(5)
+    ups = []
+    for idx in groups:
+        up = net(upstream_batch(rt, "llm", idx), CPU)
+        (up["loss"] / len(groups)).backward()
+        ups.append(up)
+    g_up = _grads(net)
+    random.seed(5)
+    feed = ours(rt, "llm", net, quantum=32)
+    feed.row = row
+    batch = feed.make_packed(groups)
+    if row == 64:
+        assert batch["ids"].size(0) > 1, "the short row must spread the step over several rows"
+        assert batch["ids"].size(1) == max(64, llm_loss.ROW_QUANTUM)
+    mine = LossModule(net, "llm")(batch)
+    mine["loss"].backward()
+    g_mine = _grads(net)
+
+    expect = sum(u["loss"].detach() for u in ups) / len(ups)
+    assert _rel(mine["loss"].detach(), expect) < 1e-4
+    assert abs(float(mine["acc"]) - sum(float(u["acc"]) for u in ups) / len(ups)) < 1e-6
+    assert g_mine.keys() == g_up.keys()
+    assert max(_rel(g_mine[k], g_up[k]) for k in g_up) < 1e-4
+
+
+def test_packed_rows_hold_every_sequence_once() -> None:
+    from voicelab.upstream.engine import llm_loss
+
+    lengths = [700, 300, 1000, 20, 650, 1300, 5]
+    rows = llm_loss.pack_rows(lengths, 1300)
+    assert sorted(k for r in rows for k in r) == list(range(len(lengths)))
+    assert all(sum(lengths[k] for k in r) <= 1300 for r in rows)
+    assert len(rows) == 4  # 1300 | 1000+300 | 700+20+5 (+ 650 does not fit) | 650
+
+
 def test_llm_layouts_are_upstreams(rt: SimpleNamespace) -> None:
     """Bistream layouts hold the chunk pattern (fill tokens) and end like unistream ones."""
     from voicelab.upstream.engine import llm_loss
@@ -233,16 +280,19 @@ class _OnCpu(torch.nn.Module):
         return self.module(batch, CPU)
 
 
-@pytest.mark.parametrize("kind", ["llm", "flow"])
+@pytest.mark.parametrize("kind", ["llm", "llm-packed", "flow"])
 def test_steps_match_upstream_trainer(rt: SimpleNamespace, kind: str) -> None:
     """Same start, same batches in the same order, same draws: after 4 optimizer steps the
     weights agree to 2e-3 of the largest change any step made (fused vs per-tensor Adam and
-    a reordered loss sum are the only differences in fp32)."""
+    a reordered loss sum are the only differences in fp32). ``llm-packed``: our optimizer
+    steps are packed passes of accum_grad batches each (the engine's default for the llm)."""
     import cosyvoice.utils.train_utils as tu
 
     from voicelab.upstream.engine import batching, model
     from voicelab.upstream.engine.loop import LossModule, optimizer_step, train_step
 
+    packed = kind == "llm-packed"
+    kind = "llm" if packed else kind
     configs = getattr(rt, kind).configs
     conf = dict(configs["train_conf"])
     accum, clip = int(conf["accum_grad"]), float(conf["grad_clip"])
@@ -275,11 +325,18 @@ def test_steps_match_upstream_trainer(rt: SimpleNamespace, kind: str) -> None:
     feed, lm = ours(rt, kind, net, quantum), LossModule(net, kind)
     random.seed(11)
     torch.manual_seed(11)
-    for i, idx in enumerate(batches):
-        boundary = (i + 1) % accum == 0
-        train_step(lm, feed.make(idx), accum, False, CPU, boundary)
-        if boundary:
+    if packed:
+        assert accum > 1, "the recipe's accum_grad must make a packed pass of several batches"
+        for g in range(0, len(batches), accum):
+            group = batches[g : g + accum]
+            train_step(lm, feed.make_packed(group), accum, False, CPU, True, batches=accum)
             optimizer_step(params, opt2, sch2, clip)
+    else:
+        for i, idx in enumerate(batches):
+            boundary = (i + 1) % accum == 0
+            train_step(lm, feed.make(idx), accum, False, CPU, boundary)
+            if boundary:
+                optimizer_step(params, opt2, sch2, clip)
 
     a, b = up.module.state_dict(), net.state_dict()
     moved = max(float((a[k] - w0[k]).abs().max()) for k in a if a[k].is_floating_point())
@@ -355,6 +412,30 @@ def test_resume_is_exact(rt: SimpleNamespace) -> None:
             assert torch.equal(a[k], b[k]), k
         else:
             assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_warm_up_changes_nothing(
+    rt: SimpleNamespace, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The untrained warm-up step (on by default on GPUs) leaves weights, draws and buffers as
+    they were: an epoch with it ends bit for bit where one without it ends."""
+    ws = rt.ws
+    opts = {"device": "cpu", "trainer": "voicelab", "epochs": 1, "new": True}
+    got = {}
+    for warm in ("off", "on"):
+        monkeypatch.setenv("VOICELAB_ENGINE_WARMUP", warm)
+        res = tr.run_train(ws, kind, tr.TrainOptions(**opts))
+        log = (res.run_dir / "train.log").read_text()
+        assert ("voicelab engine: warm-up" in log) == (warm == "on")
+        got[warm] = torch.load(
+            res.run_dir / "epoch_0_whole.pt", map_location="cpu", weights_only=True
+        )
+    a, b = got["off"], got["on"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_keep_limits_epoch_checkpoints(rt: SimpleNamespace) -> None:

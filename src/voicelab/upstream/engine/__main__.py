@@ -33,6 +33,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--memory", default="full", help="memory mode, e.g. checkpointing+8bit+lora")
     p.add_argument("--max-vram", type=float, help="GiB this process may use on its GPU")
+    p.add_argument(
+        "--warmup",
+        default=os.environ.get("VOICELAB_ENGINE_WARMUP", "auto"),
+        choices=["auto", "on", "off"],
+        help="one untrained step of the largest batch first (auto: on a GPU)",
+    )
+    p.add_argument(
+        "--fuse",
+        default=os.environ.get("VOICELAB_ENGINE_FUSE", "auto"),
+        choices=["auto", "on", "off"],
+        help="llm: pack an optimizer step's batches into one pass (off: padded batches)",
+    )
     return p.parse_args(argv)
 
 
@@ -70,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             max_steps=a.max_steps,
             memory=mode,
             max_vram=a.max_vram,
+            fuse=a.fuse,
+            warmup=a.warmup,
             hooks=hooks_for(mode, a.model, a.model_dir),
         )
     )

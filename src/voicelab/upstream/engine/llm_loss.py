@@ -15,6 +15,15 @@ the Qwen2 body without its 151,936-word head (upstream computes it and throws it
 ``llm_decoder`` and upstream's label-smoothed KL loss and accuracy, in closed form and without
 host syncs. Right padding under a causal mask cannot change any kept position, so the body runs
 without a padding mask (flash/SDPA causal kernels).
+
+Packed steps (:func:`make_packed`, :func:`forward_packed`): the ``accum_grad`` batches of one
+optimizer step go through the model as one pass. Their sequences are packed, unpadded, into a few
+rows of a fixed length (first fit, longest first) with a block-diagonal causal mask and position
+ids that restart at every sequence, so no sequence sees another and each is computed as if alone.
+The loss keeps upstream's per-batch normalization (each batch's sum over its own token count,
+then the batches' mean), so the gradient is the one upstream accumulates over ``accum_grad``
+backward passes; the step costs one pass of launches instead of ``accum_grad`` and pads only the
+rows' tails, and the few row counts make few distinct shapes.
 """
 
 from __future__ import annotations
@@ -129,30 +138,12 @@ def label_smoothing_loss(
 ) -> Any:
     """Upstream's ``LabelSmoothingLoss`` (KL to the smoothed one-hot, ignored positions out) in
     closed form: no (N, V) target distribution, no ``.item()``."""
-    import math
-
     import torch
-    import torch.nn.functional as F
 
-    v = logits.size(-1)
-    x = logits.reshape(-1, v).float()
-    y = target.reshape(-1)
-    keep = y != IGNORE_ID
-    y0 = y.clamp(min=0)
-    count = keep.sum()
-    denom = count if normalize_length else torch.tensor(float(logits.size(0)), device=x.device)
-    if smoothing == 0:
-        ce = F.cross_entropy(x, y0, reduction="none")
-        return (ce * keep).sum() / denom
-    conf = 1.0 - smoothing
-    s = smoothing / (v - 1)
-    lse = torch.logsumexp(x, dim=-1)
-    logp_y = x.gather(1, y0.unsqueeze(1)).squeeze(1) - lse
-    sum_logp = x.sum(-1) - v * lse
-    const = conf * math.log(conf) if conf > 0 else 0.0
-    const += (v - 1) * s * math.log(s) if s > 0 else 0.0
-    kl = const - (s * (sum_logp - logp_y) + conf * logp_y)
-    return (kl * keep).sum() / denom
+    kl, keep = smoothed_kl(logits, target, smoothing)
+    if normalize_length:
+        return kl.sum() / keep.sum()
+    return kl.sum() / torch.tensor(float(logits.size(0)), device=kl.device)
 
 
 def accuracy(logits: Any, target: Any) -> Any:
@@ -181,3 +172,134 @@ def forward(llm: Any, batch: dict[str, Any]) -> dict[str, Any]:
     crit = llm.criterion_ce
     loss = label_smoothing_loss(logits, target, float(crit.smoothing), bool(crit.normalize_length))
     return {"loss": loss, "acc": accuracy(logits, target)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Packed steps: the accum_grad batches of one optimizer step in one pass
+# ------------------------------------------------------------------------------------------------
+ROW = 1024  # packed row length: most utterances (< 30 s) fit one; a longer one widens the row
+ROW_QUANTUM = 256
+
+
+def pack_rows(lengths: list[int], row: int) -> list[list[int]]:
+    """First-fit decreasing: sequence indices per row, no row longer than ``row``."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for k in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        n = lengths[k]
+        for r, u in enumerate(used):
+            if u + n <= row:
+                rows[r].append(k)
+                used[r] += n
+                break
+        else:
+            rows.append([k])
+            used.append(n)
+    return rows
+
+
+def make_packed(groups: list[list[Layout]], row: int = ROW) -> dict[str, np.ndarray]:
+    """(R, L) arrays of the batches ``groups`` (one layout list per batch, upstream's draws
+    already made) packed into rows: ids, speech, target as :func:`make_batch`, plus ``pos``
+    (position in its sequence), ``seq`` (sequence number; the padding tail of a row is one more
+    sequence of its own) and ``mb`` (which batch), and ``utts`` (utterances per batch)."""
+    from voicelab.upstream.engine.batching import padded
+
+    seqs = [(m, x) for m, g in enumerate(groups) for x in g]
+    lengths = [len(x.ids) for _, x in seqs]
+    width = max(row, padded(max(lengths), ROW_QUANTUM))
+    rows = pack_rows(lengths, width)
+    shape = (len(rows), width)
+    ids = np.zeros(shape, np.int64)
+    sp = np.zeros(shape, bool)
+    tgt = np.full(shape, IGNORE_ID, np.int64)
+    pos = np.zeros(shape, np.int64)
+    seq = np.full(shape, len(seqs), np.int64)
+    mb = np.zeros(shape, np.int64)
+    for r, ks in enumerate(rows):
+        at = 0
+        for k in ks:
+            m, x = seqs[k]
+            n = len(x.ids)
+            ids[r, at : at + n], sp[r, at : at + n], tgt[r, at : at + n] = x.ids, x.speech, x.target
+            pos[r, at : at + n] = np.arange(n)
+            seq[r, at : at + n] = k
+            mb[r, at : at + n] = m
+            at += n
+        pos[r, at:] = np.arange(width - at)
+    utts = np.asarray([len(g) for g in groups], np.int64)
+    return {"ids": ids, "speech": sp, "target": tgt, "pos": pos, "seq": seq, "mb": mb, "utts": utts}
+
+
+def packed_mask(seq: Any) -> Any:
+    """(R, 1, L, L) bool, True where a position may attend: same sequence and not later. A 4D
+    mask goes to the attention as given (transformers' custom-mask path)."""
+    import torch
+
+    n = seq.size(1)
+    causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
+    return ((seq.unsqueeze(2) == seq.unsqueeze(1)) & causal).unsqueeze(1)
+
+
+def smoothed_kl(logits: Any, target: Any, smoothing: float) -> tuple[Any, Any]:
+    """Per position: upstream's label-smoothed KL (as :func:`label_smoothing_loss`) and whether
+    the position counts, flattened."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    v = logits.size(-1)
+    x = logits.reshape(-1, v).float()
+    y = target.reshape(-1)
+    keep = y != IGNORE_ID
+    y0 = y.clamp(min=0)
+    if smoothing == 0:
+        return F.cross_entropy(x, y0, reduction="none") * keep, keep
+    conf = 1.0 - smoothing
+    s = smoothing / (v - 1)
+    lse = torch.logsumexp(x, dim=-1)
+    logp_y = x.gather(1, y0.unsqueeze(1)).squeeze(1) - lse
+    sum_logp = x.sum(-1) - v * lse
+    const = conf * math.log(conf) if conf > 0 else 0.0
+    const += (v - 1) * s * math.log(s) if s > 0 else 0.0
+    kl = const - (s * (sum_logp - logp_y) + conf * logp_y)
+    return kl * keep, keep
+
+
+def forward_packed(llm: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """{'loss', 'acc'} of a :func:`make_packed` batch: the means over its batches of each
+    batch's loss and accuracy as upstream computes them (so the gradient of ``loss`` times the
+    batch count over ``accum_grad`` is upstream's accumulated gradient)."""
+    import torch
+
+    ids, sp, target = batch["ids"], batch["speech"], batch["target"]
+    body = qwen_body(llm)
+    text_emb = body.embed_tokens(torch.where(sp, 0, ids))
+    speech_emb = llm.speech_embedding(torch.where(sp, ids, 0))
+    x = torch.where(sp.unsqueeze(-1), speech_emb, text_emb)
+    h = body(
+        inputs_embeds=x,
+        attention_mask=packed_mask(batch["seq"]),
+        position_ids=batch["pos"],
+        use_cache=False,
+    ).last_hidden_state
+    logits = llm.llm_decoder(h)
+    crit = llm.criterion_ce
+    kl, keep = smoothed_kl(logits, target, float(crit.smoothing))
+    mb = batch["mb"].reshape(-1)
+    n_mb = batch["utts"].numel()
+    zeros = torch.zeros(n_mb, dtype=torch.float32, device=kl.device)
+    sums = zeros.scatter_add(0, mb, kl)
+    counts = zeros.scatter_add(0, mb, keep.float())
+    denom = counts if bool(crit.normalize_length) else batch["utts"].float()
+    hits = (logits.argmax(-1).reshape(-1) == target.reshape(-1)) & keep
+    acc = zeros.scatter_add(0, mb, hits.float()) / counts
+    return {"loss": (sums / denom).mean(), "acc": acc.mean().detach()}
+
+
+def packs(llm: Any) -> bool:
+    """Whether the Qwen body takes a custom 4D mask (SDPA or eager attention; flash kernels
+    take none)."""
+    impl = getattr(qwen_body(llm).config, "_attn_implementation", None) or "eager"
+    return impl in ("sdpa", "eager")

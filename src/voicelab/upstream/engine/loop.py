@@ -77,6 +77,13 @@ class EngineArgs:
     max_steps: int | None = None  # stop after this many optimizer steps (tests, benchmarks)
     memory: str = "full"  # memory mode (voicelab.memory), e.g. checkpointing+8bit+lora
     max_vram: float | None = None  # GiB this process may hold on its GPU (--max-vram)
+    #: llm: pack each optimizer step's batches into one pass ("auto": when the model takes a
+    #: custom mask and, on a GPU, the mode is full and the step's frames fit; "on"; "off")
+    fuse: str = "auto"
+    #: one forward/backward of the first epoch's largest step before it, nothing trained
+    #: ("auto": on a GPU): CUDA, cuBLAS and the allocator warm up outside the epoch, and a step
+    #: that cannot fit fails before anything is trained
+    warmup: str = "auto"
     hooks: Hooks = field(default_factory=Hooks)
 
     @property
@@ -94,6 +101,8 @@ class LossModule(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.kind == "llm":
+            if "seq" in batch:
+                return llm_loss.forward_packed(self.net, batch)
             return llm_loss.forward(self.net, batch)
         return flow_loss.forward(self.net, batch, bool(batch["streaming"]))
 
@@ -143,6 +152,7 @@ class Batches:
         quantum: int,
     ) -> None:
         self.ds, self.kind, self.device, self.quantum = ds, kind, device, quantum
+        self.row = llm_loss.ROW  # packed row length (tests make it short to fill several rows)
         self.stager = Stager(device)
         emb = ds.spk_embedding if use_spk else ds.utt_embedding
         self.embedding = emb.to(device)
@@ -172,6 +182,11 @@ class Batches:
             out[k] = t.bool() if a.dtype == bool else t
             at += n
         return out
+
+    def make_packed(self, group: list[list[int]]) -> dict[str, Any]:
+        """The llm batches ``group`` (upstream's draws in batch order) packed for one pass."""
+        chosen = [llm_loss.choose([self.pairs[i] for i in idx]) for idx in group]
+        return self._upload(llm_loss.make_packed(chosen, self.row))
 
     def make(self, idx: list[int]) -> dict[str, Any]:
         if self.kind == "llm":
@@ -228,11 +243,13 @@ def train_step(
     device: torch.device,
     sync: bool,
     weight: float = 1.0,
+    batches: int = 1,
 ) -> dict[str, Any]:
     """Forward and backward of one batch (gradients summed over ``accum`` batches, as upstream
     divides each batch's loss by ``accum_grad``); DDP all-reduces only when ``sync``.
     ``weight`` < 1: the batch is a piece of a larger one (an out-of-memory retry), its loss
-    counts by its share of the utterances; the returned values are weighted likewise."""
+    counts by its share of the utterances; the returned values are weighted likewise.
+    ``batches`` > 1: a packed pass of that many batches whose loss is their mean."""
     ctx = (
         module.no_sync() if (not sync and hasattr(module, "no_sync")) else contextlib.nullcontext()
     )
@@ -240,7 +257,7 @@ def train_step(
         with autocast(device, amp):
             out = module(batch)
         loss = out["loss"] if weight == 1.0 else out["loss"] * weight
-        (loss / accum).backward()
+        (loss * (batches / accum)).backward()
     if weight == 1.0:
         return {k: v.detach() for k, v in out.items()}
     return {k: v.detach() * weight for k, v in out.items()}
@@ -300,6 +317,44 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return norm.detach()
+
+
+def warm_up(run_step: Callable[[], Any], zero_grad: Callable[[], None], device: Any) -> float:
+    """Seconds one step took, run and undone: gradients dropped, every RNG put back, so the
+    training that follows draws and computes exactly what it would have without it."""
+    st = rng_state()
+    t = time.time()
+    run_step()
+    zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    set_rng_state(st)
+    return time.time() - t
+
+
+def largest(groups: list[list[list[int]]], frames: list[int]) -> list[list[int]]:
+    """The group of batches whose padded frames (longest x count, summed) are the most."""
+    return max(groups, key=lambda g: sum(max(frames[i] for i in b) * len(b) for b in g))
+
+
+def fused_batches(
+    args: EngineArgs, net: Any, n_params: int, accum: int, max_frames: int, device: torch.device
+) -> int:
+    """How many batches one pass takes: ``accum`` when the llm's batches are packed into one
+    pass per optimizer step, else 1. "auto" fuses on the CPU always, on a GPU in the full mode
+    when the estimate for ``accum`` batches of activations fits what training may use."""
+    if args.model != "llm" or args.fuse == "off" or not llm_loss.packs(net):
+        return 1
+    if args.fuse == "on" or device.type != "cuda":
+        return accum
+    if args.features != ("full",):
+        return 1  # the memory planner sized one batch for what is left; keep its promise
+    from voicelab import memory
+
+    free, total = torch.cuda.mem_get_info(device)
+    cap = memory.gpu_cap(total, free, args.max_vram)
+    need = memory.estimate_bytes(args.model, n_params, ("full",), max_frames * accum)
+    return accum if need <= memory.USABLE * cap else 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,6 +488,14 @@ def run(args: EngineArgs) -> None:
         frames=lambda idx: sum(utt_frames[i] for i in idx),
     )
 
+    # llm: batches packed without padding; ``fuse`` batches (an optimizer step's) per pass.
+    packed = args.model == "llm" and args.fuse != "off" and llm_loss.packs(net)
+    fuse = fused_batches(args, net, n_params, accum, max_frames, device) if packed else 1
+    make_one = (lambda idx: train_b.make_packed([idx])) if packed else train_b.make
+    make_cv = (lambda idx: cv_b.make_packed([idx])) if packed else cv_b.make
+    if packed:
+        _say(f"voicelab engine: packed batches, {fuse} per pass")
+
     writer = None
     if rank == 0 and args.tensorboard_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -448,6 +511,45 @@ def run(args: EngineArgs) -> None:
         snap = {**hooks.state_dict(net), "epoch": start_epoch, "step": start_step}
         saver.save("init", snap, _info(train_conf, args, step=start_step, epoch=start_epoch))
     _say(f"start step {start_step} start epoch {start_epoch}")
+    if args.warmup == "on" or (args.warmup == "auto" and device.type == "cuda"):
+        first = batching.shard(
+            batching.epoch_batches(
+                utt_frames,
+                max_frames,
+                epoch=start_epoch + 1,
+                seed=args.seed,
+                sort_size=sort_size,
+                world=world,
+                accum=accum,
+            ),
+            rank,
+            world,
+        )
+        group = largest([first[g : g + fuse] for g in range(0, len(first), fuse)], utt_frames)
+        net.train()
+        try:
+            took = warm_up(
+                lambda: train_step(
+                    step_module,
+                    train_b.make_packed(group) if packed else train_b.make(group[0]),
+                    accum,
+                    args.amp,
+                    device,
+                    True,
+                    batches=len(group) if packed else 1,
+                ),
+                lambda: optimizer.zero_grad(set_to_none=True),
+                device,
+            )
+            _say(f"voicelab engine: warm-up {took:.2f} s (the largest step, nothing trained)")
+        except torch.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            if fuse > 1 and world == 1:
+                fuse = 1
+                _say("voicelab engine: out of GPU memory in the warm-up: one batch per pass")
+            else:
+                _say("voicelab engine: out of GPU memory in the warm-up; training splits batches")
 
     try:
         step = start_step
@@ -473,19 +575,53 @@ def run(args: EngineArgs) -> None:
             net.train()
             tok_count, t_log = 0, time.time()
             norm = torch.zeros((), device=device)
-            for bi, idx in enumerate(mine):
-                boundary = (bi + 1) % accum == 0
-                out = guarded_step(
-                    guard,
-                    idx,
-                    train_b.make,
-                    lambda b, w, sync=boundary: train_step(
-                        step_module, b, accum, args.amp, device, sync, w
-                    ),
-                    world,
-                )
-                tok_count += train_b.speech_tokens(idx)
-                if boundary:
+            done = 0  # batches of this epoch trained
+            gi = 0
+            while gi < len(mine):
+                group = mine[gi : gi + fuse]
+                gi += len(group)
+                if len(group) > 1:
+                    try:
+                        out = train_step(
+                            step_module,
+                            train_b.make_packed(group),
+                            accum,
+                            args.amp,
+                            device,
+                            True,
+                            batches=len(group),
+                        )
+                        outs = [out]
+                    except torch.OutOfMemoryError:
+                        if world > 1:
+                            raise mm.OutOfMemoryStop(
+                                f"out of GPU memory in a packed step of {fuse} batches",
+                                "train with --memory checkpointing, or a smaller --batch-frames",
+                            ) from None
+                        optimizer.zero_grad(set_to_none=True)
+                        torch.cuda.empty_cache()
+                        fuse = 1  # one batch per pass from here on; this step again
+                        _say("voicelab engine: out of GPU memory: one batch per pass from now")
+                        outs = []
+                else:
+                    outs = []
+                for idx in group if not outs else []:
+                    boundary = (done + len(outs) + 1) % accum == 0
+                    outs.append(
+                        guarded_step(
+                            guard,
+                            idx,
+                            make_one,
+                            lambda b, w, sync=boundary: train_step(
+                                step_module, b, accum, args.amp, device, sync, w
+                            ),
+                            world,
+                        )
+                    )
+                out = outs[-1]
+                before, done = done, done + len(group)
+                tok_count += sum(train_b.speech_tokens(idx) for idx in group)
+                if done % accum == 0:
                     try:
                         norm = optimizer_step(params, optimizer, scheduler, grad_clip)
                     except torch.OutOfMemoryError:  # Adam's state is allocated at the first step
@@ -494,7 +630,7 @@ def run(args: EngineArgs) -> None:
                             mm.oom_hint(args.model, n_params, args.features, max_frames),
                         ) from None
                     step += 1
-                if (bi + 1) % log_interval == 0:
+                if done // log_interval > before // log_interval:
                     saver.poll()
                     now = time.time()
                     vals = " ".join(
@@ -504,7 +640,7 @@ def run(args: EngineArgs) -> None:
                     rate = tok_count * world / max(now - t_log, 1e-9)
                     lr = optimizer.param_groups[0]["lr"]
                     _say(
-                        f"TRAIN Batch {epoch}/{bi + 1} {vals} lr {lr:.8f} grad_norm"
+                        f"TRAIN Batch {epoch}/{done} {vals} lr {lr:.8f} grad_norm"
                         f" {float(norm):.6f} tokens_s {rate:.1f} rank {rank}"
                     )
                     if writer is not None:
@@ -534,9 +670,9 @@ def run(args: EngineArgs) -> None:
                 for idx in cv_batches:
                     with autocast(device, args.amp):
                         out = (
-                            loss_module(cv_b.make(idx))
+                            loss_module(make_cv(idx))
                             if world == 1
-                            else loss_module.module(cv_b.make(idx))
+                            else loss_module.module(make_cv(idx))
                         )
                     for k, v in out.items():
                         sums[k] = sums.get(k, torch.zeros((), device=device)) + v.float() * len(idx)
