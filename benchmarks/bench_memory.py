@@ -305,6 +305,8 @@ def main() -> None:
             row["wall_seconds"] = round(time.time() - t, 1)
             rows.append(row)
             print(json.dumps(row, indent=1), flush=True)
+            if args.out:  # every finished run kept, even if a later one is cut short
+                args.out.write_text(json.dumps({**report, "runs": rows}, indent=1), "utf-8")
     report["runs"] = rows
     report["table"] = table(rows)
     print(report["table"])

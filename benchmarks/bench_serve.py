@@ -233,6 +233,8 @@ def main() -> None:
     }
     if not args.skip_upstream:
         report["upstream"] = bench_upstream(voice, tts_text, levels, args.requests, args.fp16)
+        if args.out:  # kept if the server's half is cut short
+            args.out.write_text(json.dumps(report, indent=1), "utf-8")
         import gc
 
         import torch

@@ -187,7 +187,8 @@ def build_data(ws: Any, minutes: float, shards: int, seed: int = 0) -> dict[str,
 
 
 class GpuMonitor:
-    """Peak ``memory.used`` and ``utilization.gpu`` samples of GPU 0 (nvidia-smi, every 0.5 s)."""
+    """Peak ``memory.used`` and ``utilization.gpu`` samples of the GPU training runs on (the first
+    of ``CUDA_VISIBLE_DEVICES``, else 0; nvidia-smi, every 0.5 s)."""
 
     def __init__(self) -> None:
         self.peak_mib = 0
@@ -198,10 +199,11 @@ class GpuMonitor:
     def _run(self) -> None:
         exe = shutil.which("nvidia-smi")
         query = "--query-gpu=memory.used,utilization.gpu"
+        gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
         while exe and not self._stop.is_set():
             try:
                 out = subprocess.run(
-                    [exe, query, "--format=csv,noheader,nounits", "-i", "0"],
+                    [exe, query, "--format=csv,noheader,nounits", "-i", gpu],
                     capture_output=True,
                     text=True,
                     timeout=10,
@@ -296,7 +298,13 @@ def main() -> None:
     prep = time.time() - t0
     report: dict[str, Any] = {
         "gpu": subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total",
+                "--format=csv,noheader",
+                "-i",
+                (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0],
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -308,8 +316,18 @@ def main() -> None:
     tokens = stats["train"]["speech_tokens"]
     for model in args.models.split(","):
         report["models"][model] = {}
-        for trainer in args.trainers.split(","):
-            opts = tr.TrainOptions(device="cuda", epochs=args.epochs, new=True, trainer=trainer)
+        for spec in args.trainers.split(","):
+            # "voicelab:compile" (torch.compile), "voicelab:nofuse" (padded batches, one per
+            # pass): variants of the engine, measured in the same run for the notes.
+            trainer, _, variant = spec.partition(":")
+            os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
+            opts = tr.TrainOptions(
+                device="cuda",
+                epochs=args.epochs,
+                new=True,
+                trainer=trainer,
+                compile=variant == "compile",
+            )
             name = tr.run_name(trainer, opts.engine)
             run = ws.exp_dir(model, name)
             with GpuMonitor() as mon:
@@ -318,8 +336,8 @@ def main() -> None:
                     res = tr.run_train(ws, model, opts)
                 except Exception as e:  # one failed pair must not lose the others' figures
                     tail = (run / "train.log").read_text("utf-8", errors="replace")[-3000:]
-                    report["models"][model][trainer] = {"error": repr(e), "log_tail": tail}
-                    print(json.dumps(report["models"][model][trainer], indent=1), flush=True)
+                    report["models"][model][spec] = {"error": repr(e), "log_tail": tail}
+                    print(json.dumps(report["models"][model][spec], indent=1), flush=True)
                     continue
                 wall = time.time() - t
             rows = tr.read_train_log(run / "train_log.jsonl")
@@ -329,8 +347,10 @@ def main() -> None:
             later = [e["speech_tokens_per_s"] for e in epochs[1:] if e["speech_tokens_per_s"]]
             first = epochs[0]["train_seconds"] if epochs else None
             later_s = [e["train_seconds"] for e in epochs[1:]]
+            warm = re.search(r"voicelab engine: warm-up (\S+) s", log_text)
             fig = {
                 "wall_seconds": round(wall, 1),
+                "warmup_seconds": float(warm[1]) if warm else None,
                 "max_frames_in_batch": tc.get_value(cfg, tc.MAX_FRAMES),
                 "accum_grad": tc.get_value(cfg, tc.ACCUM_GRAD),
                 "amp": "--use_amp" in res.argv,
@@ -343,16 +363,18 @@ def main() -> None:
                     round(first / (sum(later_s) / len(later_s)), 2) if first and later_s else None
                 ),
             }
-            report["models"][model][trainer] = fig
-            print(json.dumps({model: {trainer: fig}}, indent=1), flush=True)
+            report["models"][model][spec] = fig
+            print(json.dumps({model: {spec: fig}}, indent=1), flush=True)
             if args.out:
                 args.out.write_text(json.dumps(report, indent=1), "utf-8")
             shutil.rmtree(run.with_name(f"{name}.1"), ignore_errors=True)
         pair = report["models"][model]
-        if all(pair.get(t, {}).get("speech_tokens_per_s") for t in ("voicelab", "upstream")):
-            pair["speedup"] = round(
-                pair["voicelab"]["speech_tokens_per_s"] / pair["upstream"]["speech_tokens_per_s"], 2
-            )
+        base = pair.get("upstream", {}).get("speech_tokens_per_s")
+        for spec in list(pair):
+            rate = pair[spec].get("speech_tokens_per_s") if isinstance(pair[spec], dict) else None
+            if base and rate and spec != "upstream":
+                key = "speedup" if spec == "voicelab" else f"speedup_{spec.replace(':', '_')}"
+                pair[key] = round(rate / base, 2)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
