@@ -401,6 +401,10 @@ def test_new_moves_the_old_run_aside(ws: Workspace) -> None:
     ws.exp_dir("llm", "torch_ddp").with_name("torch_ddp.1").mkdir()
     plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
     assert plan.archive[1].name == "torch_ddp.2"
+    # A tensorboard dir left from an archived run the user deleted takes its name too.
+    ws.tensorboard_dir("llm", "torch_ddp").with_name("torch_ddp.2").mkdir(parents=True)
+    plan = tr.plan_run(ws, "llm", "torch_ddp", base, tr.TrainOptions(new=True), 10)
+    assert plan.archive[1].name == "torch_ddp.3"
 
 
 # ---- batches -----------------------------------------------------------------------------------

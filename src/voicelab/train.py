@@ -438,9 +438,11 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     return ck[-1] if ck else None
 
 
-def archive_name(run_dir: Path) -> Path:
+def archive_name(run_dir: Path, *also: Path) -> Path:
+    """``<run>.N`` for the smallest N free beside ``run_dir`` and beside each of ``also`` (the
+    run's tensorboard dir moves to the same name: one left from a deleted run must not block)."""
     n = 1
-    while run_dir.with_name(f"{run_dir.name}.{n}").exists():
+    while any(d.with_name(f"{d.name}.{n}").exists() for d in (run_dir, *also)):
         n += 1
     return run_dir.with_name(f"{run_dir.name}.{n}")
 
@@ -490,7 +492,7 @@ def plan_run(
     if not run_has_content(run_dir):
         return RunPlan(run_dir, tb_dir, start, None, None)
     if opts.new:
-        return RunPlan(run_dir, tb_dir, start, None, (run_dir, archive_name(run_dir)))
+        return RunPlan(run_dir, tb_dir, start, None, (run_dir, archive_name(run_dir, tb_dir)))
     last = latest_checkpoint(run_dir)
     if not opts.resume:
         at = f"epoch {last[0]} done" if last else "no finished epoch"
