@@ -152,6 +152,28 @@ def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
     assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
 
 
+def test_async_saver_runs_two_writers_when_ram_allows(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not checkpoint.fork_available():
+        pytest.skip("no os.fork here")
+    saved: list[Path] = []
+    saver = checkpoint.AsyncSaver(tmp_path, keep=2, on_saved=saved.append)
+    w = {"w": torch.zeros(1 << 20)}  # 4 MB each
+    for e in range(4):
+        saver.make_room(checkpoint.tree_bytes(w))
+        assert len(saver._writers) <= 1  # room for this one: at most max_writers in flight
+        saver.save(checkpoint.whole_name(e), {**w, "epoch": e}, {"epoch": e})
+        assert len(saver._writers) <= 2
+    # A snapshot larger than the RAM there is: every writer finishes first.
+    ram = checkpoint.available_ram()
+    if ram is not None:
+        saver.make_room(ram * 2)
+        assert saver._writers == []
+    saver.wait()
+    assert [p.name for p in saved] == [f"epoch_{e}_whole.pt" for e in range(4)]
+    assert checkpoint.epochs_on_disk(tmp_path) == [2, 3]
+
+
 def test_async_saver_reraises_write_errors(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     target = tmp_path / "file-not-dir"

@@ -6,10 +6,10 @@
 * ``<run>/resume/epoch_N.pt``: what an exact resume needs beyond the weights (optimizer,
   scheduler, step, epoch, RNG states); a sub-folder, so readers that glob ``<run>/*.pt`` skip it.
 
-The state is copied to CPU on the training thread (a consistent snapshot), then written by one
-background writer (a forked process where the OS has fork, else a thread); the next save (or the
-end of training) waits for the previous one. ``keep``
-limits how many epoch checkpoints stay: older ones are deleted with their yaml and resume file.
+The state is copied to CPU on the training thread (a consistent snapshot), then written by a
+background writer (a forked process where the OS has fork, else a thread); up to two forked
+writers work at once when RAM allows, so training does not wait for the disk. ``keep`` limits
+how many epoch checkpoints stay: older ones are deleted with their yaml and resume file.
 """
 
 from __future__ import annotations
@@ -117,13 +117,41 @@ def fork_available() -> bool:
     return hasattr(os, "fork") and os.environ.get("VOICELAB_SAVE_THREAD", "") != "1"
 
 
-class AsyncSaver:
-    """One background writer; ``save`` returns once the CPU snapshot is handed over.
+def available_ram() -> int | None:
+    """Bytes the OS can still give (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
-    Where the OS forks (Linux, WSL2), the writer is a forked child process: ``torch.save``
+
+def tree_bytes(obj: Any) -> int:
+    """Bytes of the tensors anywhere in ``obj`` (what a CPU snapshot of it takes)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tree_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tree_bytes(v) for v in obj)
+    return 0
+
+
+class AsyncSaver:
+    """Background writers; ``save`` returns once the CPU snapshot is handed over.
+
+    Where the OS forks (Linux, WSL2), a writer is a forked child process: ``torch.save``
     holds the GIL while it writes each tensor, which in a thread stalls the (host-bound)
     training loop for seconds per checkpoint. The child only writes files (no CUDA) and leaves
-    with ``os._exit``. Elsewhere, or with ``VOICELAB_SAVE_THREAD=1``, a thread writes."""
+    with ``os._exit``. Up to ``max_writers`` children write at once, so a short epoch does not
+    wait for the disk to finish the previous checkpoint, as long as the snapshots fit in RAM
+    (:meth:`make_room`, called before a snapshot is taken, waits for the oldest writer when
+    they would not). Elsewhere, or with ``VOICELAB_SAVE_THREAD=1``, one thread writes."""
 
     def __init__(
         self,
@@ -131,41 +159,60 @@ class AsyncSaver:
         keep: int | None,
         on_saved: Callable[[Path], None],
         use_fork: bool | None = None,
+        max_writers: int = 2,
     ) -> None:
         self.run_dir = run_dir
         self.keep = keep
         self.on_saved = on_saved
         self.use_fork = fork_available() if use_fork is None else use_fork
+        self.max_writers = max(1, max_writers) if self.use_fork else 1
         self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._pending: Path | None = None
+        self._writers: list[tuple[int, Path]] = []  # (pid, checkpoint), oldest first
         self._error: BaseException | None = None
 
-    def _finish(self, status: int) -> None:
+    def _finish(self, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        pt, self._pid, self._pending = self._pending, None, None
+        pt = next(p for q, p in self._writers if q == pid)
+        self._writers = [(q, p) for q, p in self._writers if q != pid]
         if code != 0:
             raise OSError(f"writing checkpoint {pt} failed (writer exit code {code})")
-        if pt is not None:
-            self.on_saved(pt)
+        self.on_saved(pt)
 
     def poll(self) -> None:
-        """Report a finished fork writer (``on_saved``) without waiting."""
-        if self._pid is not None:
-            pid, status = os.waitpid(self._pid, os.WNOHANG)
-            if pid:
-                self._finish(status)
+        """Report finished fork writers (``on_saved``, oldest first) without waiting."""
+        for pid, _ in list(self._writers):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                break  # keep the order of the messages: the oldest first
+            self._finish(pid, status)
+
+    def _wait_oldest(self) -> None:
+        pid = self._writers[0][0]
+        _, status = os.waitpid(pid, 0)
+        self._finish(pid, status)
+
+    def make_room(self, nbytes: int) -> None:
+        """Before a snapshot of ``nbytes``: wait for the oldest writers while ``max_writers``
+        are busy, or while the snapshot would leave less than a quarter of it free in RAM."""
+        self.poll()
+        while self._writers:
+            ram = available_ram()
+            full = len(self._writers) >= self.max_writers
+            if not full and (ram is None or ram > 1.25 * nbytes):
+                return
+            self._wait_oldest()
 
     def wait(self) -> None:
-        if self._pid is not None:
-            _, status = os.waitpid(self._pid, 0)
-            self._finish(status)
+        while self._writers:
+            self._wait_oldest()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+        if self.keep:  # writers that finished out of order may each have pruned too early
+            prune(self.run_dir, self.keep)
 
     def save(
         self,
@@ -174,7 +221,10 @@ class AsyncSaver:
         info: dict[str, Any],
         resume: tuple[Path, dict[str, Any]] | None = None,
     ) -> None:
-        self.wait()
+        if self.use_fork:
+            self.make_room(0)
+        else:
+            self.wait()
         pt = self.run_dir / f"{name}.pt"
         if self.use_fork:
             sys.stdout.flush()
@@ -189,7 +239,7 @@ class AsyncSaver:
                     code = 1
                 finally:
                     os._exit(code)
-            self._pid, self._pending = pid, pt
+            self._writers.append((pid, pt))
             return
 
         def work() -> None:

@@ -198,6 +198,14 @@ def pack_rows(lengths: list[int], row: int) -> list[list[int]]:
     return rows
 
 
+def packed_shape(lengths: list[int], row: int = ROW) -> tuple[int, int]:
+    """(rows, row length) :func:`make_packed` makes of sequences of these lengths."""
+    from voicelab.upstream.engine.batching import padded
+
+    width = max(row, padded(max(lengths), ROW_QUANTUM))
+    return len(pack_rows(lengths, width)), width
+
+
 def make_packed(groups: list[list[Layout]], row: int = ROW) -> dict[str, np.ndarray]:
     """(R, L) arrays of the batches ``groups`` (one layout list per batch, upstream's draws
     already made) packed into rows: ids, speech, target as :func:`make_batch`, plus ``pos``

@@ -332,9 +332,15 @@ def warm_up(run_step: Callable[[], Any], zero_grad: Callable[[], None], device: 
     return time.time() - t
 
 
-def largest(groups: list[list[list[int]]], frames: list[int]) -> list[list[int]]:
-    """The group of batches whose padded frames (longest x count, summed) are the most."""
-    return max(groups, key=lambda g: sum(max(frames[i] for i in b) * len(b) for b in g))
+def warm_groups(
+    groups: list[list[list[int]]], shape_of: Callable[[list[list[int]]], tuple[int, ...]], n: int
+) -> list[list[list[int]]]:
+    """One group per distinct input shape, the ``n`` largest shapes: the first epoch then meets
+    no shape (kernel choice, allocator block) for the first time."""
+    by: dict[tuple[int, ...], list[list[int]]] = {}
+    for g in groups:
+        by.setdefault(shape_of(g), g)
+    return [by[k] for k in sorted(by, key=lambda k: -int(np.prod(k)))[:n]]
 
 
 def fused_batches(
@@ -525,23 +531,45 @@ def run(args: EngineArgs) -> None:
             rank,
             world,
         )
-        group = largest([first[g : g + fuse] for g in range(0, len(first), fuse)], utt_frames)
-        net.train()
-        try:
-            took = warm_up(
-                lambda: train_step(
+        groups = [first[g : g + fuse] for g in range(0, len(first), fuse)]
+        if packed:
+            lens = [len(p[0].ids) for p in train_b.pairs]
+            row = train_b.row
+
+            def shape(g: list[list[int]]) -> tuple[int, ...]:
+                return llm_loss.packed_shape([lens[i] for b in g for i in b], row)
+        else:
+            q = args.quantum
+            lens = (
+                [len(p[0].ids) for p in train_b.pairs]
+                if args.model == "llm"
+                else [len(t) for t in train_b.tokens]
+            )
+
+            def shape(g: list[list[int]]) -> tuple[int, ...]:
+                return len(g[0]), batching.padded(max(lens[i] for i in g[0]), q)
+
+        # Every rank must run as many steps (each backward all-reduces): one when several.
+        warm = warm_groups(groups, shape, 8 if world == 1 else 1)
+
+        def steps() -> None:
+            for g in warm:
+                train_step(
                     step_module,
-                    train_b.make_packed(group) if packed else train_b.make(group[0]),
+                    train_b.make_packed(g) if packed else train_b.make(g[0]),
                     accum,
                     args.amp,
                     device,
                     True,
-                    batches=len(group) if packed else 1,
-                ),
-                lambda: optimizer.zero_grad(set_to_none=True),
-                device,
+                    batches=len(g) if packed else 1,
+                )
+
+        net.train()
+        try:
+            took = warm_up(steps, lambda: optimizer.zero_grad(set_to_none=True), device)
+            _say(
+                f"voicelab engine: warm-up {took:.2f} s ({len(warm)} input shapes, nothing trained)"
             )
-            _say(f"voicelab engine: warm-up {took:.2f} s (the largest step, nothing trained)")
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
@@ -696,6 +724,11 @@ def run(args: EngineArgs) -> None:
 
             t2 = time.time()
             if rank == 0:
+                # Room in RAM for this snapshot first (weights + optimizer state, as on the GPU).
+                saver.make_room(
+                    checkpoint.tree_bytes(net.state_dict())
+                    + checkpoint.tree_bytes(optimizer.state_dict())
+                )
                 weights = {**hooks.state_dict(net), "epoch": epoch, "step": step}
                 info = _info(
                     train_conf,
