@@ -297,12 +297,13 @@ def main() -> None:
         tiny_ws.set_option("model", "base_dir", str(tiny))
         rep.put("data_tiny", value=bt.build_data(tiny_ws, 3, shards=8))
     for trainer in args.trainers.split(","):
+        # Correctness first: it is quick, and what a run cut short must not lose.
+        if tiny_ws is not None:
+            correctness(tr, tiny_ws, trainer, args.work, rep)
         if full_ws is not None:
             for model in args.models.split(","):
                 tokens = rep.data["data_full"]["train"]["speech_tokens"]
                 scaling(tr, full_ws, trainer, model, tokens, args.epochs, rep)
-        if tiny_ws is not None:
-            correctness(tr, tiny_ws, trainer, args.work, rep)
 
 
 if __name__ == "__main__":
