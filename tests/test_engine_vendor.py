@@ -16,7 +16,6 @@ Run with::
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import re
@@ -451,9 +450,11 @@ def test_keep_limits_epoch_checkpoints(rt: SimpleNamespace) -> None:
 def test_two_processes_gloo_share_each_epoch(
     rt: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from voicelab.upstream.launcher import SEEN_UTTS_ENV, read_seen_utts
+
     ws = rt.ws
-    trace = tmp_path / "trace"
-    monkeypatch.setenv("VOICELAB_ENGINE_TRACE", str(trace))
+    seen = tmp_path / "seen"
+    monkeypatch.setenv(SEEN_UTTS_ENV, str(seen))
     res = tr.run_train(
         ws,
         "llm",
@@ -462,11 +463,8 @@ def test_two_processes_gloo_share_each_epoch(
         ),
     )
     assert res.launched and res.epochs_done == 1
-    per_rank = {}
-    for r in (0, 1):
-        lines = Path(f"{trace}.rank{r}").read_text().splitlines()
-        per_rank[r] = json.loads(lines[0])["utts"]
-    assert per_rank[0] and per_rank[1]
+    per_rank = read_seen_utts(seen)[("TRAIN", 0)]
+    assert sorted(per_rank) == [0, 1] and per_rank[0] and per_rank[1]
     both = per_rank[0] + per_rank[1]
     assert len(both) == len(set(both))  # nobody twice
     assert set(both) == set(rt.llm.ds.utts)  # everybody once

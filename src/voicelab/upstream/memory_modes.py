@@ -251,6 +251,8 @@ def cap_vram(max_vram_gib: float | None, device: str = "cuda") -> float | None:
     if max_vram_gib is None or not device.startswith("cuda") or not torch.cuda.is_available():
         return None
     dev = torch.device(device)
+    if dev.index is None:  # torch wants an index here ("cuda" alone is refused)
+        dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory
     frac = min(1.0, max(0.05, (max_vram_gib - CUDA_CONTEXT_GIB) * GIB / total))
     torch.cuda.set_per_process_memory_fraction(frac, dev)

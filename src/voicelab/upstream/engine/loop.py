@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import random
@@ -370,10 +369,26 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def record_seen(utts: list[str], batches: list[list[int]], tag: str, epoch: int, rank: int) -> None:
+    """With ``VOICELAB_SEEN_UTTS`` set (the launcher's switch, the same ``rank<R>.tsv`` lines),
+    append the utterances of ``batches`` this rank trained or validated on: how tests and
+    benchmarks count that an epoch sees each utterance once across ranks."""
+    from voicelab.upstream.launcher import SEEN_UTTS_ENV
+
+    folder = os.environ.get(SEEN_UTTS_ENV)
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / f"rank{rank}.tsv", "a", encoding="utf-8") as f:
+        f.writelines(f"{tag}\t{epoch}\t{utts[i]}\n" for b in batches for i in b)
+
+
 def rng_state() -> dict[str, Any]:
+    """Python's, torch's and this process's CUDA device's generator states (one device: a
+    checkpoint written by rank 0 of several GPUs resumes on any number of GPUs)."""
     st: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = torch.cuda.get_rng_state()
     return st
 
 
@@ -381,8 +396,11 @@ def set_rng_state(st: dict[str, Any]) -> None:
     py = st["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    cuda = st.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # written by an earlier engine: one per device
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def resume_mismatch(saved: str, now: str) -> str | None:
@@ -595,11 +613,6 @@ def run(args: EngineArgs) -> None:
                 accum=accum,
             )
             mine = batching.shard(batches, rank, world)
-            trace = os.environ.get("VOICELAB_ENGINE_TRACE")
-            if trace:  # which utterances this rank trains on (tests of the sharding)
-                with open(f"{trace}.rank{rank}", "a", encoding="utf-8") as f:
-                    utts = [train_b.ds.utts[i] for b in mine for i in b]
-                    f.write(json.dumps({"rank": rank, "epoch": epoch, "utts": utts}) + "\n")
             net.train()
             tok_count, t_log = 0, time.time()
             norm = torch.zeros((), device=device)
@@ -681,6 +694,7 @@ def run(args: EngineArgs) -> None:
                 if args.max_steps is not None and step - start_step >= args.max_steps:
                     break
             train_s = time.time() - t0
+            record_seen(train_b.ds.utts, mine[:done], "TRAIN", epoch, rank)
 
             # CV: every rank takes its share; sums are all-reduced (upstream: utterance-weighted).
             t1 = time.time()
@@ -712,6 +726,7 @@ def run(args: EngineArgs) -> None:
             vec = vec.tolist()
             cv = {k: vec[i] / max(vec[-1], 1) for i, k in enumerate(keys)}
             cv_s = time.time() - t1
+            record_seen(cv_b.ds.utts, cv_batches, "CV", epoch, rank)
             lr = optimizer.param_groups[0]["lr"]
             losses = " ".join(f"{k} {v}" for k, v in cv.items())
             _say(f"Epoch {epoch} Step {step + 1} CV info lr {lr} {rank} rank {losses}")
