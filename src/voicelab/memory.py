@@ -54,8 +54,13 @@ LADDER: dict[str, tuple[tuple[str, ...], ...]] = {
 #: Bytes per trainable parameter: fp32 weight + grad + optimizer state.
 BYTES_TRAINABLE = {"adamw": 16.0, "8bit": 10.2, "offload": 8.5}
 BYTES_FROZEN = 4.0  # fp32 weights of a frozen parameter (lora)
-#: Activation bytes per batch frame, full SFT with bf16 autocast (calibrated: train.py).
-ACT_BYTES_PER_FRAME = {"llm": 3_800_000, "flow": 3_000_000}
+#: Activation bytes per batch frame, full SFT with bf16 autocast. Measured on an H200 with the
+#: full-size models (benchmarks/bench_memory.py, 2000-frame batches; bench_train.py): llm
+#: 0.7-0.8 MB (upstream's forward and the engine's packed pass alike), flow 0.8 MB, the rest of
+#: the peak being weights, gradients and Adam. Upstream's own trainer held more (16 GiB at 2500
+#: frames: ~2.4 MB a frame beside the static part; allocator slack over many batch shapes), so
+#: the llm's figure keeps room for it; the flow's keeps ~2x.
+ACT_BYTES_PER_FRAME = {"llm": 2_000_000, "flow": 1_500_000}
 #: Share of activations kept with checkpointing: one saved hidden state per layer plus the one
 #: layer being recomputed plus the heads (llm_decoder logits, DiT in/out), an estimate.
 CKPT_ACT_FACTOR = 0.25
@@ -186,11 +191,12 @@ def gpu_cap(total: int, free: int | None, max_vram_gib: float | None) -> int:
 
 
 def _sized(fit: int, requested: int, accum: int, minimum: int) -> tuple[int, int] | None:
-    """(frames, accum) keeping frames x accum ~ requested x accum, or None if it cannot."""
-    if fit >= requested:
-        return requested, accum
+    """(frames, accum) keeping frames x accum ~ requested x accum, or None if it cannot (also
+    when the longest utterance, which upstream batches alone if it must, would not fit)."""
     if fit < minimum:
         return None
+    if fit >= requested:
+        return requested, accum
     k = math.ceil(requested / fit)
     if k > MAX_ACCUM:
         return None
