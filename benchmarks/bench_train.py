@@ -26,10 +26,24 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   host-bound loop for seconds (a 2 s gap mid-epoch, visible in the tokens_s of the log lines);
 - checkpoints written by a *forked* process: llm 9,810 vs 3,696 (2.65x), no gap; the
   training thread still pays ~5 s per epoch to copy 6 GB to the CPU (``save_seconds``);
-- the loop stays host-bound (27 % utilization at ~1,300 speech tokens per batch): the next
-  steps are ``--compile`` (exists, not yet measured on a GPU), CUDA graphs per bucket, and
-  bigger batches as an explicit option; the first epoch (3x the second on 15 min of audio)
-  carries CUDA/cuBLAS warm-up and every new shape.
+- packed passes (this round): the ``accum_grad`` batches of an optimizer step go through the
+  llm as one pass, unpadded in rows of 1024 positions with a block-diagonal causal mask
+  (upstream's per-batch loss normalization kept, so the gradient is the same): 17,408 vs
+  8,113 tokens/s for the padded per-batch path measured in the same run (2.15x), 5.02x and
+  5.56x upstream on two H200 machines; GPU utilization 34-42 %; peak memory 13.3 GiB (two
+  batches' activations at once; the memory planner keeps one batch per pass below the full
+  mode);
+- a warm-up step per distinct packed shape before the first epoch (RNG and gradients put back):
+  first epoch 1.65-1.71x the later ones on 15 min of audio (2.2 s vs 1.2-1.5 s: the epochs are
+  so short that the first one's few new allocations still show);
+- two forked checkpoint writers in flight instead of one: the epoch-end stall stays 5-11 s on
+  15 min of audio (the GPU-to-CPU copy of 6 GB into fresh pageable memory, while the previous
+  writer's dirty pages flush), against upstream's 2 s for weights only; not solved: pinned
+  buffers are not visible to a forked writer, so the next step is a long-lived writer process
+  fed through shared memory;
+- the flow keeps one batch per pass (upstream draws streaming per batch, and the DiT's mask
+  follows it), so it stays host-bound at 2.67x;
+- ``--compile`` (``voicelab:compile``) is in the benchmark but was not measured this round.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
