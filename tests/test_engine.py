@@ -273,6 +273,49 @@ def test_async_saver_fork_and_thread_write_the_same(tmp_path: Path, use_fork: bo
     assert torch.equal(sd["w"], torch.arange(4.0)) and sd["step"] == 3
 
 
+# ---- packed passes ------------------------------------------------------------------------------
+def test_packed_rows_hold_every_sequence_once() -> None:
+    from voicelab.upstream.engine import llm_loss
+
+    lengths = [700, 300, 1000, 20, 650, 1300, 5]
+    rows = llm_loss.pack_rows(lengths, 1300)
+    assert sorted(k for r in rows for k in r) == list(range(len(lengths)))
+    assert all(sum(lengths[k] for k in r) <= 1300 for r in rows)
+    assert len(rows) == 4  # 1300 | 1000+300 | 700+20+5 (+ 650 does not fit) | 650
+    # The longest (1300) widens the row to 1536: 1300 | 1000+300+20+5 | 700+650.
+    assert llm_loss.packed_shape(lengths, 1024) == (3, 1536)
+
+
+def test_packed_batch_keeps_sequences_apart() -> None:
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    from voicelab.upstream.engine import llm_loss
+
+    def seq(n: int, first: int) -> llm_loss.Layout:
+        ids = np.arange(first, first + n, dtype=np.int64)
+        return llm_loss.Layout(ids, np.zeros(n, bool), ids.copy())
+
+    groups = [[seq(5, 100), seq(3, 200)], [seq(6, 300)]]
+    b = llm_loss.make_packed(groups, row=8)
+    assert b["ids"].shape == (1, 256)  # one row (ROW_QUANTUM wide) holds all three
+    assert b["utts"].tolist() == [2, 1]
+    # Every sequence's tokens, targets and batch number, positions restarting at 0.
+    for first, n, mb in ((100, 5, 0), (200, 3, 0), (300, 6, 1)):
+        r, c = np.nonzero((b["ids"] >= first) & (b["ids"] < first + n) & (b["seq"] < 3))
+        assert len(r) == n and len(set(r)) == 1
+        assert b["pos"][r, c].tolist() == list(range(n))
+        assert set(b["mb"][r, c].tolist()) == {mb}
+        assert b["target"][r, c].tolist() == list(range(first, first + n))
+    assert (b["target"][b["seq"] == 3] == llm_loss.IGNORE_ID).all()  # the rows' padding
+    mask = llm_loss.packed_mask(torch.from_numpy(b["seq"]))
+    assert mask.shape == (1, 1, 256, 256)
+    same = b["seq"][:, :, None] == b["seq"][:, None, :]
+    causal = np.tril(np.ones((256, 256), bool))
+    assert (mask[:, 0].numpy() == (same & causal)).all()
+    assert mask[:, 0].diagonal(dim1=-2, dim2=-1).all()  # no position without a key
+
+
 # ---- the objectives' pure parts -----------------------------------------------------------------
 def test_llm_layouts_by_hand() -> None:
     import numpy as np

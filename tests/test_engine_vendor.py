@@ -215,16 +215,6 @@ def test_packed_pass_equals_upstreams_accumulation(
     assert max(_rel(g_mine[k], g_up[k]) for k in g_up) < 1e-4
 
 
-def test_packed_rows_hold_every_sequence_once() -> None:
-    from voicelab.upstream.engine import llm_loss
-
-    lengths = [700, 300, 1000, 20, 650, 1300, 5]
-    rows = llm_loss.pack_rows(lengths, 1300)
-    assert sorted(k for r in rows for k in r) == list(range(len(lengths)))
-    assert all(sum(lengths[k] for k in r) <= 1300 for r in rows)
-    assert len(rows) == 4  # 1300 | 1000+300 | 700+20+5 (+ 650 does not fit) | 650
-
-
 def test_llm_layouts_are_upstreams(rt: SimpleNamespace) -> None:
     """Bistream layouts hold the chunk pattern (fill tokens) and end like unistream ones."""
     from voicelab.upstream.engine import llm_loss
