@@ -51,8 +51,9 @@ CPU = torch.device("cpu")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """24 espeak clips of one speaker, packed with the tiny model's stand-ins."""
     from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.kaldi import write_kaldi_dir
     from voicelab.pack import PackOptions, run_pack
+    from voicelab.records import Utt
     from voicelab.upstream.tinymodel import build_tiny_model
 
     espeak = shutil.which("espeak-ng")

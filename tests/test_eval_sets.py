@@ -11,7 +11,8 @@ import soundfile as sf
 
 from voicelab.errors import WorkspaceError
 from voicelab.evaluation import sets
-from voicelab.kaldi import Utt, write_kaldi_dir
+from voicelab.kaldi import write_kaldi_dir
+from voicelab.records import Utt
 from voicelab.workspace import Workspace
 
 

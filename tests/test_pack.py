@@ -18,6 +18,7 @@ from speech_corpus import LONG_UTT, write_kaldi
 from voicelab import features as feat
 from voicelab import pack
 from voicelab.errors import StageError
+from voicelab.kaldi import read_split
 from voicelab.workspace import Workspace
 
 
@@ -192,8 +193,8 @@ def test_windows_paths_in_wav_scp_are_mapped(tmp_path: Path) -> None:
     (d / "wav.scp").write_text("u1 C:\\AIGC\\数据集\\xuan\\a.wav\nu2 D:/x/b.wav\n")
     (d / "text").write_text("u1 hello\nu2 world\n")
     (d / "utt2spk").write_text("u1 xuan\nu2 xuan\n")
-    utts = feat.read_split(d)
-    assert [u.wav for u in utts] == ["/mnt/c/AIGC/数据集/xuan/a.wav", "/mnt/d/x/b.wav"]
+    utts = read_split(d)
+    assert [str(u.wav) for u in utts] == ["/mnt/c/AIGC/数据集/xuan/a.wav", "/mnt/d/x/b.wav"]
 
 
 def test_schema_equals_what_pandas_writes(ws: Workspace, tmp_path: Path) -> None:

@@ -59,8 +59,9 @@ def _speak(text: str, out: Path, speed: int) -> None:
 def packed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Workspace:
     """A workspace with packed train/dev data: 24 train and 4 dev clips of one speaker."""
     from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.kaldi import write_kaldi_dir
     from voicelab.pack import PackOptions, run_pack
+    from voicelab.records import Utt
 
     root = tmp_path_factory.mktemp("train-vendor")
     ws = Workspace.init(root / "ws", "spk1")

@@ -48,8 +48,9 @@ SENTENCES = (
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A workspace on the tiny model with packed data: espeak-ng clips of one speaker."""
     from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.kaldi import write_kaldi_dir
     from voicelab.pack import PackOptions, run_pack
+    from voicelab.records import Utt
     from voicelab.upstream.tinymodel import build_tiny_model
 
     need_browser()

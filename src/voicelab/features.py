@@ -46,7 +46,9 @@ from voicelab import fbank
 from voicelab.console import make_progress
 from voicelab.errors import EnvironmentProblem, InputError, ModelError
 from voicelab.fsutil import atomic_path, atomic_write_text, hash_obj, quick_fingerprint, read_json
+from voicelab.kaldi import read_split
 from voicelab.paths import to_local_path
+from voicelab.records import Utt
 from voicelab.state import stage_run, staleness
 from voicelab.workspace import Workspace
 
@@ -70,33 +72,6 @@ MAX_SECONDS = 30.0  # the speech tokenizer's window; upstream gives such audio n
 CACHE_SAVE_SECONDS = 3.0  # a killed run loses at most this much work
 # Bump when the computation changes, so cached entries from an older VoiceLab are recomputed.
 FEATURES_VERSION = 2
-
-
-# =============================================================================================
-# kaldi lists
-# =============================================================================================
-
-
-@dataclass
-class Utt:
-    utt: str
-    wav: str
-    text: str
-    spk: str
-    instruct: str | None = None
-
-
-def read_split(d: str | os.PathLike[str]) -> list[Utt]:
-    """The utterances of a kaldi dir (:func:`voicelab.kaldi.read_kaldi_dir`: sorted by id,
-    Windows paths mapped to local ones), with the wav path as a string."""
-    from voicelab.kaldi import read_kaldi_dir
-
-    d = Path(d)
-    if not (d / "wav.scp").is_file():
-        raise InputError(f"no kaldi dir at {d} (wav.scp missing)", "run: voicelab prepare")
-    return [
-        Utt(u.utt, str(to_local_path(u.wav)), u.text, u.spk, u.instruct) for u in read_kaldi_dir(d)
-    ]
 
 
 # =============================================================================================
@@ -536,17 +511,17 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
     missing: list[Excluded] = []
     for split, utts in splits.items():
         for u in utts:
-            if u.wav in hashes:
+            if str(u.wav) in hashes:
                 continue
             try:
-                hashes[u.wav] = cache.audio_hash(u.wav)
+                hashes[str(u.wav)] = cache.audio_hash(str(u.wav))
             except FileNotFoundError:
                 missing.append(Excluded(split, u.utt, f"audio file missing: {u.wav}"))
     cache.save(force=True)
 
     inputs = {
         "splits": {
-            s: [[u.utt, u.spk, hashes.get(u.wav, "")] for u in us] for s, us in splits.items()
+            s: [[u.utt, u.spk, hashes.get(str(u.wav), "")] for u in us] for s, us in splits.items()
         },
         "models": [
             model_identity(p)
@@ -578,13 +553,13 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
         cached = 0
         for utts in splits.values():
             for u in utts:
-                sha = hashes.get(u.wav)
+                sha = hashes.get(str(u.wav))
                 if sha is None or sha in todo:
                     continue
                 if cache.get(sha, models.key) is not None:
                     cached += 1
                 else:
-                    todo[sha] = (sha, u.wav, float(os.path.getsize(u.wav)))
+                    todo[sha] = (sha, str(u.wav), float(os.path.getsize(str(u.wav))))
         computed = _run_jobs(models, cache, list(todo.values()), threads, token_batch)
 
         result = FeaturesResult(
@@ -696,7 +671,7 @@ def _write_split(
     utt2tok: dict[str, list[int]] = {}
     spk_vecs: dict[str, list[list[float]]] = {}
     for u in utts:
-        sha = hashes.get(u.wav)
+        sha = hashes.get(str(u.wav))
         if sha is None:
             continue  # already reported as missing
         e = cache.get(sha, model_key)

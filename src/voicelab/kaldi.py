@@ -12,24 +12,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from voicelab.errors import InputError
 from voicelab.fsutil import atomic_write_text
 from voicelab.paths import has_whitespace, to_local_path
+from voicelab.records import Utt
 
 FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "instruct")
 _BLANKS = re.compile(r"\s+")
-
-
-@dataclass
-class Utt:
-    utt: str
-    wav: Path
-    text: str
-    spk: str
-    instruct: str | None = None
 
 
 def _one_line(text: str) -> str:
@@ -122,3 +113,11 @@ def read_kaldi_dir(src: str | os.PathLike[str]) -> list[Utt]:
             )
         )
     return out
+
+
+def read_split(d: str | os.PathLike[str]) -> list[Utt]:
+    """The utterances of a prepared split dir (``dataset/train``, ``dataset/dev``)."""
+    d = Path(d)
+    if not (d / "wav.scp").is_file():
+        raise InputError(f"no kaldi dir at {d} (wav.scp missing)", "run: voicelab prepare")
+    return read_kaldi_dir(d)

@@ -46,8 +46,6 @@ from voicelab.features import (
     SPK_EMBEDDING_FILE,
     SPLITS,
     TOKEN_FILE,
-    Utt,
-    read_split,
 )
 from voicelab.fsutil import (
     atomic_path,
@@ -57,6 +55,8 @@ from voicelab.fsutil import (
     quick_fingerprint,
     read_json,
 )
+from voicelab.kaldi import read_split
+from voicelab.records import Utt
 from voicelab.state import load_record, stage_run, staleness
 from voicelab.workspace import Workspace
 
@@ -260,7 +260,7 @@ class _Row:
 def _row_key(r: _Row) -> Any:
     return [
         r.utt.utt,
-        r.utt.wav,
+        str(r.utt.wav),
         quick_fingerprint(r.utt.wav),
         r.utt.text,
         r.utt.spk,
@@ -280,7 +280,7 @@ def _write_shard(out_dir: Path, index: int, rows: list[_Row], with_instruct: boo
     cols: dict[str, list[Any]] = {
         "utt": [r.utt.utt for r in rows],
         "audio_data": [au.upstream_bytes(r.utt.wav) for r in rows],
-        "wav": [r.utt.wav for r in rows],
+        "wav": [str(r.utt.wav) for r in rows],
         "text": [r.utt.text for r in rows],
         "spk": [r.utt.spk for r in rows],
         "utt_embedding": [r.emb for r in rows],

@@ -50,8 +50,9 @@ from voicelab.fsutil import (
     quick_fingerprint,
     read_json,
 )
-from voicelab.kaldi import Utt, write_kaldi_dir
+from voicelab.kaldi import write_kaldi_dir
 from voicelab.paths import has_whitespace, safe_name, to_local_path
+from voicelab.records import Clip, Segment, Utt
 from voicelab.state import stage_run
 from voicelab.workspace import Workspace
 
@@ -114,7 +115,7 @@ class PrepareOptions:
 
 @dataclass
 class PrepareResult:
-    segments: list[dict[str, Any]]
+    segments: list[Segment]
     bad_files: list[dict[str, Any]]
     kept: int = 0
     excluded: int = 0
@@ -403,14 +404,14 @@ def intake_source(
         )
         metrics["forced_cut"] = bool(seg.forced_cut)
         rec["segments"].append(
-            {
-                "utt": utt,
-                "clip": clip.name,
-                "start": round(start / au.TARGET_SR, 3),
-                "end": round(end / au.TARGET_SR, 3),
-                "sha": digest,
-                "metrics": metrics,
-            }
+            Clip(
+                utt=utt,
+                clip=clip.name,
+                start=round(start / au.TARGET_SR, 3),
+                end=round(end / au.TARGET_SR, 3),
+                sha=digest,
+                metrics=metrics,
+            ).to_dict()
         )
     return rec
 
@@ -531,25 +532,15 @@ def finish_text(raw: str, language: str | None, text_norm: bool) -> tuple[str, s
 REVIEW_COLUMNS = ("id", "audio", "text", "keep", "risk", "reasons")
 
 
-def write_review(path: Path, segs: list[dict[str, Any]]) -> Path:
+def write_review(path: Path, segs: list[Segment]) -> Path:
     """review.tsv, worst first. A file the user edited but never applied is kept aside."""
-    rows = sorted(segs, key=lambda s: (-s["risk"], s["utt"]))
+    rows = sorted(segs, key=lambda s: (-s.risk, s.utt))
     lines = ["\t".join(REVIEW_COLUMNS)]
     for s in rows:
-        text = s["text"].replace("\t", " ").replace("\n", " ")
-        keep = "1" if s["status"] == "kept" else "0"
-        lines.append(
-            "\t".join(
-                [
-                    s["utt"],
-                    s["wav"],
-                    text,
-                    keep,
-                    f"{s['risk']:.3f}",
-                    s["reasons_text"] or s.get("flags_text", ""),
-                ]
-            )
-        )
+        text = s.text.replace("\t", " ").replace("\n", " ")
+        keep = "1" if s.kept else "0"
+        fields = [s.utt, s.wav, text, keep, f"{s.risk:.3f}", s.reasons_text or s.flags_text]
+        lines.append("\t".join(fields))
     content = "\n".join(lines) + "\n"
     marker = path.with_name(".review.written")
     if path.is_file():
@@ -591,9 +582,7 @@ def read_review(path: Path) -> list[dict[str, str]]:
     return out
 
 
-def apply_review(
-    path: Path, segs: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]
-) -> int:
+def apply_review(path: Path, segs: dict[str, Segment], overrides: dict[str, dict[str, Any]]) -> int:
     """Merge the edits of a review file into ``overrides``; returns how many rows changed."""
     changed = 0
     for row in read_review(path):
@@ -601,11 +590,11 @@ def apply_review(
         if seg is None:
             log.warning("review: unknown segment %s (ignored)", row["id"])
             continue
-        ov: dict[str, Any] = {"sha": seg["sha"]}
+        ov: dict[str, Any] = {"sha": seg.sha}
         prev = overrides.get(row["id"], {})
-        if row["text"] != seg["auto_text"]:
+        if row["text"] != seg.auto_text:
             ov["text"] = row["text"]
-        keep_now = 1 if seg["auto_status"] == "kept" else 0
+        keep_now = 1 if seg.auto_status == "kept" else 0
         if int(row["keep"]) != keep_now:
             ov["keep"] = int(row["keep"])
         if len(ov) > 1:
@@ -621,7 +610,7 @@ def apply_review(
 # ---- split -----------------------------------------------------------------------------------
 
 
-def split_dev(kept: list[dict[str, Any]], ratio: float) -> set[str]:
+def split_dev(kept: list[Segment], ratio: float) -> set[str]:
     """Utterance ids of the dev set: about ``ratio`` of the kept segments (2 to 50), whole
     source recordings at a time, chosen by a hash of their path (stable across runs)."""
     n = len(kept)
@@ -631,7 +620,7 @@ def split_dev(kept: list[dict[str, Any]], ratio: float) -> set[str]:
     target = min(50, max(2, round(ratio * n))) if n >= 6 else 1
     groups: dict[str, list[str]] = {}
     for s in kept:
-        groups.setdefault(s["source_rel"], []).append(s["utt"])
+        groups.setdefault(s.source_rel, []).append(s.utt)
     order = sorted(groups, key=lambda r: hashlib.sha1(r.encode("utf-8")).hexdigest())
     dev: list[str] = []
     if len(groups) >= 2:
@@ -645,7 +634,7 @@ def split_dev(kept: list[dict[str, Any]], ratio: float) -> set[str]:
             dev.extend(g)
     if len(dev) < min(2, target):
         # One recording (or only big ones): take whole segments from its end instead.
-        ids = sorted(s["utt"] for s in kept)
+        ids = sorted(s.utt for s in kept)
         dev = ids[-target:]
     return set(dev)
 
@@ -725,7 +714,7 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
     with stage_run(ws, STAGE, inputs, params) as rec:
         # 1-2. intake and segmentation, per source file.
         intake = JsonlCache(prep / "intake.jsonl", key="rel")
-        segs: list[dict[str, Any]] = []
+        segs: list[Segment] = []
         t0 = time.perf_counter()
         for f in track(files, "intake"):
             rel = f.relative_to(src).as_posix()
@@ -754,14 +743,9 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
                 log.debug("skipped %s: %s", f, src_rec["error"]["detail"])
                 continue
             for s in src_rec["segments"]:
-                segs.append(
-                    {
-                        **s,
-                        "source": str(f),
-                        "source_rel": rel,
-                        "wav": str((clips_dir / s["clip"]).resolve()),
-                    }
-                )
+                clip = Clip.from_dict(s)
+                wav = str((clips_dir / clip.clip).resolve())
+                segs.append(Segment.from_clip(clip, str(f), rel, wav))
             if opts.limit and len(segs) >= opts.limit:
                 result.limited = True
                 break
@@ -775,21 +759,20 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
         overrides: dict[str, dict[str, Any]] = read_json(overrides_path, {}) or {}
         asr_cache = JsonlCache(prep / "asr_cache.jsonl")
         for s in segs:
-            s["audio_reasons"] = qc.evaluate(s["metrics"], opts.qc_opts, stage="audio")
-            s["asr"] = None
+            s.audio_reasons = qc.evaluate(s.metrics, opts.qc_opts, stage="audio")
+            s.asr = None
             if opts.asr == "transcripts":
-                tr = transcripts[Path(s["source"])]
-                s["raw_text"], s["language"] = tr.text, tr.language
+                tr = transcripts[Path(s.source)]
+                s.raw_text, s.language = tr.text, tr.language
             else:
-                hit = asr_cache.get(f"{s['sha']}:{asr_key}")
-                s["asr"] = hit
+                s.asr = asr_cache.get(f"{s.sha}:{asr_key}")
 
         def take_asr() -> None:
             for s in segs:
                 if opts.asr != "transcripts":
-                    hit = s["asr"] or {}
-                    s["raw_text"] = hit.get("text", "")
-                    s["language"] = hit.get("language") or None
+                    hit = s.asr or {}
+                    s.raw_text = hit.get("text", "")
+                    s.language = hit.get("language") or None
                 _finish_segment(s, opts, overrides)
 
         # 4-6. text, QC and review edits; the edits come first since a review may keep a
@@ -801,7 +784,7 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
                 if str(opts.apply_review) not in ("", "-")
                 else prep / "review.tsv"
             )
-            by_utt = {s["utt"]: s for s in segs}
+            by_utt = {s.utt: s for s in segs}
             result.review_applied = apply_review(review_file, by_utt, overrides)
             atomic_write_json(overrides_path, overrides)
             _mark_review_applied(review_file)
@@ -809,11 +792,11 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
             s
             for s in segs
             if opts.asr != "transcripts"
-            and s["asr"] is None
+            and s.asr is None
             and (
-                not s["audio_reasons"]
+                not s.audio_reasons
                 # A review keeps it: worth transcribing unless upstream would drop it anyway.
-                or (_forced_keep(s, overrides) and not any(r["hard"] for r in s["audio_reasons"]))
+                or (_forced_keep(s, overrides) and not any(r["hard"] for r in s.audio_reasons))
             )
         ]
         if need:
@@ -821,19 +804,15 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
         take_asr()
 
         # 7. split and outputs.
-        kept = [s for s in segs if s["status"] == "kept"]
+        kept = [s for s in segs if s.kept]
         dev_ids = split_dev(kept, opts.dev_ratio)
         for s in segs:
-            s["split"] = (
-                ("dev" if s["utt"] in dev_ids else "train") if s["status"] == "kept" else None
-            )
+            s.split = ("dev" if s.utt in dev_ids else "train") if s.kept else None
         instruct = ws.instruct
         outputs: list[Path] = []
         for split in ("train", "dev"):
             utts = [
-                Utt(s["utt"], Path(s["wav"]), s["text"], spk, instruct)
-                for s in kept
-                if s["split"] == split
+                Utt(s.utt, Path(s.wav), s.text, spk, instruct) for s in kept if s.split == split
             ]
             outputs += write_kaldi_dir(ws.split_dir(split), utts)
         outputs.append(_write_manifest(prep / "segments.jsonl", segs))
@@ -847,23 +826,23 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
         result.segments = segs
         result.kept = len(kept)
         result.excluded = len(segs) - len(kept)
-        result.kept_seconds = sum(s["metrics"]["duration"] for s in kept)
+        result.kept_seconds = sum(s.metrics["duration"] for s in kept)
         reasons: Counter[str] = Counter()
         for s in segs:
-            if s["status"] != "kept":
-                reasons.update({r["code"] for r in s["reasons"]})
+            if not s.kept:
+                reasons.update(s.reason_codes)
         reasons.update(b["reason"] for b in result.bad_files)
         result.by_reason = dict(reasons)
-        result.flagged = dict(Counter(f["code"] for s in kept for f in s["flags"]))
+        result.flagged = dict(Counter(f["code"] for s in kept for f in s.flags))
         result.min_snr_db = opts.qc_opts.min_snr_db
-        result.dev = sum(1 for s in kept if s["split"] == "dev")
+        result.dev = sum(1 for s in kept if s.split == "dev")
         result.train = len(kept) - result.dev
         result.wall_seconds = time.perf_counter() - t_start
         result.processed_seconds = result.intake_audio_seconds or sum(
-            s["metrics"]["duration"] for s in segs
+            s.metrics["duration"] for s in segs
         )
         if result.limited:
-            result.processed_seconds = sum(s["metrics"]["duration"] for s in segs)
+            result.processed_seconds = sum(s.metrics["duration"] for s in segs)
             result.source_seconds = _audio_seconds(files)
         if result.kept_minutes < MIN_MINUTES_STRONG:
             result.warnings.append(
@@ -893,13 +872,13 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
     return result
 
 
-def _forced_keep(s: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> bool:
-    ov = overrides.get(s["utt"])
-    return bool(ov and ov.get("sha") == s["sha"] and ov.get("keep") == 1)
+def _forced_keep(s: Segment, overrides: dict[str, dict[str, Any]]) -> bool:
+    ov = overrides.get(s.utt)
+    return bool(ov and ov.get("sha") == s.sha and ov.get("keep") == 1)
 
 
 def _transcribe(
-    need: list[dict[str, Any]],
+    need: list[Segment],
     asr_opts: Any,
     asr_key: str,
     cache: JsonlCache,
@@ -910,10 +889,10 @@ def _transcribe(
     transcriber = load_transcriber(asr_opts)
     t0 = time.perf_counter()
     for s in track(need, "transcribe"):
-        x16, _ = au.read_wav_mono(s["wav"], vad.VAD_SR)
+        x16, _ = au.read_wav_mono(s.wav, vad.VAD_SR)
         r = transcriber.transcribe(x16)
         hit = {
-            "k": f"{s['sha']}:{asr_key}",
+            "k": f"{s.sha}:{asr_key}",
             "text": r.text,
             "language": r.language,
             "avg_logprob": r.avg_logprob,
@@ -921,35 +900,33 @@ def _transcribe(
             "compression_ratio": r.compression_ratio,
         }
         cache.put(hit)
-        s["asr"] = hit
+        s.asr = hit
         result.asr_calls += 1
         result.asr_audio_seconds += x16.size / vad.VAD_SR
     result.asr_wall_seconds = time.perf_counter() - t0
 
 
-def _finish_segment(
-    s: dict[str, Any], opts: PrepareOptions, overrides: dict[str, dict[str, Any]]
-) -> None:
+def _finish_segment(s: Segment, opts: PrepareOptions, overrides: dict[str, dict[str, Any]]) -> None:
     """Text, metrics, reasons, status and risk of one segment (idempotent)."""
-    raw = s.get("raw_text") or ""
-    if raw:
-        text, lang, flags = finish_text(raw, s.get("language"), opts.text_norm)
+    if s.raw_text:
+        text, lang, flags = finish_text(s.raw_text, s.language, opts.text_norm)
     else:
-        text, lang, flags = "", s.get("language"), []
-    s["auto_text"], s["language"], s["hallucinations"] = text, lang, flags
-    ov = overrides.get(s["utt"])
-    if ov and ov.get("sha") != s["sha"]:
+        text, lang, flags = "", s.language, []
+    s.auto_text, s.language, s.hallucinations = text, lang, flags
+    ov = overrides.get(s.utt)
+    if ov and ov.get("sha") != s.sha:
         ov = None  # the audio changed since the review: the edit no longer applies
-    s["text"] = ov["text"] if ov and "text" in ov else text
-    s["review"] = ov
-    m = dict(s["metrics"])
-    m.update(qc.text_metrics(s["text"], m["duration"]))
-    m.update(qc.asr_metrics(s["asr"], flags))
-    s["qc"] = m
-    transcribed = opts.asr == "transcripts" or s["asr"] is not None
-    reasons = qc.evaluate(m, opts.qc_opts) if transcribed else list(s["audio_reasons"])
-    s["auto_status"] = "excluded" if reasons else "kept"
-    status = s["auto_status"]
+    s.text = ov["text"] if ov and "text" in ov else text
+    s.review = ov
+    m = dict(s.metrics)
+    m.update(qc.text_metrics(s.text, m["duration"]))
+    m.update(qc.asr_metrics(s.asr, flags))
+    s.qc = m
+    transcribed = opts.asr == "transcripts" or s.asr is not None
+    reasons = qc.evaluate(m, opts.qc_opts) if transcribed else list(s.audio_reasons)
+    s.auto_status = "excluded" if reasons else "kept"
+    status = s.auto_status
+    s.overridden = []
     if ov and ov.get("keep") == 0:
         reasons = [*reasons, {"code": "review_drop", "metric": "keep", "value": 0,
                               "threshold": 1, "hard": False}]  # fmt: skip
@@ -957,30 +934,20 @@ def _finish_segment(
     elif ov and ov.get("keep") == 1 and reasons:
         hard = [r for r in reasons if r["hard"]]
         if hard:
-            log.warning("review: %s cannot be kept (%s)", s["utt"], qc.describe(hard))
+            log.warning("review: %s cannot be kept (%s)", s.utt, qc.describe(hard))
         elif transcribed:
-            s["overridden"] = [r["code"] for r in reasons]
+            s.overridden = [r["code"] for r in reasons]
             reasons, status = [], "kept"
-    s["reasons"] = reasons
-    s["status"] = status
-    s["reasons_text"] = qc.describe(reasons)
-    s["flags"] = qc.flags(m, opts.qc_opts) if status == "kept" else []
-    s["flags_text"] = qc.describe(s["flags"])
-    s["risk"] = qc.risk(m, reasons, opts.qc_opts)
+    s.reasons = reasons
+    s.status = status
+    s.reasons_text = qc.describe(reasons)
+    s.flags = qc.flags(m, opts.qc_opts) if status == "kept" else []
+    s.flags_text = qc.describe(s.flags)
+    s.risk = qc.risk(m, reasons, opts.qc_opts)
 
 
-def _write_manifest(path: Path, segs: list[dict[str, Any]]) -> Path:
-    keys = (
-        "utt", "status", "split", "text", "raw_text", "language", "wav", "source", "source_rel",
-        "start", "end", "sha", "reasons", "flags", "risk", "hallucinations", "review",
-    )  # fmt: skip
-    lines = []
-    for s in segs:
-        row = {k: s.get(k) for k in keys}
-        row["qc"] = s["qc"]
-        if s.get("overridden"):
-            row["overridden"] = s["overridden"]
-        lines.append(json.dumps(row, ensure_ascii=False))
+def _write_manifest(path: Path, segs: list[Segment]) -> Path:
+    lines = [json.dumps(s.to_dict(), ensure_ascii=False) for s in segs]
     return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
@@ -999,15 +966,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _write_qc_tsv(path: Path, segs: list[dict[str, Any]], bad: list[dict[str, Any]]) -> Path:
+def _write_qc_tsv(path: Path, segs: list[Segment], bad: list[dict[str, Any]]) -> Path:
     head = ["id", "status", "split", "reasons", "flags", "risk", *_QC_COLUMNS, "source", "text"]
     lines = ["\t".join(head)]
     for s in segs:
-        m = s["qc"]
-        row = [s["utt"], s["status"], s["split"] or "", s["reasons_text"], s["flags_text"]]
-        row.append(f"{s['risk']:.3f}")
-        row += [_fmt(m.get(c)) for c in _QC_COLUMNS]
-        row += [s["source_rel"], s["text"].replace("\t", " ")]
+        row = [s.utt, s.status, s.split or "", s.reasons_text, s.flags_text, f"{s.risk:.3f}"]
+        row += [_fmt(s.qc.get(c)) for c in _QC_COLUMNS]
+        row += [s.source_rel, s.text.replace("\t", " ")]
         lines.append("\t".join(row))
     for b in bad:
         row = ["-", "unusable", "", b["reason"], "", "", *[""] * len(_QC_COLUMNS), b["path"], ""]

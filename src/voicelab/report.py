@@ -25,6 +25,7 @@ from voicelab.htmlpage import (
     table,
     url_path,
 )
+from voicelab.records import read_segments
 from voicelab.state import load_record
 from voicelab.workspace import Workspace
 
@@ -39,38 +40,6 @@ text-align:left;vertical-align:top}th{background:#f5f5f5}.num{text-align:right}
 .chart{margin:.5em 1em .5em 0;display:inline-block}
 code{background:#f3f3f3;padding:0 .25em}audio{height:32px;vertical-align:middle}
 """
-
-
-def _kept(row: dict[str, Any]) -> bool:
-    """prepare's segments.jsonl says ``status: kept|excluded``."""
-    if "status" in row:
-        return row["status"] == "kept"
-    return bool(row.get("keep", not row.get("reasons")))
-
-
-def _duration(row: dict[str, Any]) -> float:
-    qc = row.get("qc") or {}
-    if "duration" in qc:
-        return float(qc["duration"])
-    if "duration" in row:
-        return float(row["duration"])
-    return max(0.0, float(row.get("end", 0.0)) - float(row.get("start", 0.0)))
-
-
-def _reason_codes(row: dict[str, Any]) -> list[str]:
-    """The rule codes of a segment's reasons (``low_snr``, ``too_short`` ...), for counts."""
-    r = row.get("reasons", row.get("reason", []))
-    if isinstance(r, str):
-        return [x.split("(")[0] for x in r.replace(";", ",").split(",") if x]
-    return [
-        str(x.get("code") or x.get("rule") or "?") if isinstance(x, dict) else str(x)
-        for x in r or []
-    ]
-
-
-def _reasons_text(row: dict[str, Any]) -> str:
-    """What prepare wrote for people (``low_snr(12.6<15)``), else the codes."""
-    return str(row.get("reasons_text") or ", ".join(_reason_codes(row)))
 
 
 def _unusable_files(ws: Workspace) -> list[tuple[str, str]]:
@@ -91,19 +60,19 @@ def _unusable_files(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def dataset_section(ws: Workspace) -> str:
-    rows = read_jsonl(ws.prepare_dir / "segments.jsonl")
+    rows = read_segments(ws.prepare_dir / "segments.jsonl")
     rec = load_record(ws, "prepare")
     if not rows and not rec:
         return "<p class='muted'>No dataset yet: run <code>voicelab prepare</code>.</p>"
-    kept = [r for r in rows if _kept(r)]
-    dropped = [r for r in rows if not _kept(r)]
-    durs = [_duration(r) for r in kept]
+    kept = [r for r in rows if r.kept]
+    dropped = [r for r in rows if not r.kept]
+    durs = [r.duration for r in kept]
     unusable = _unusable_files(ws)
-    reasons = Counter(x for r in dropped for x in _reason_codes(r))
+    reasons = Counter(x for r in dropped for x in r.reason_codes)
     file_reasons = Counter(f"{why} (whole file)" for _, why in unusable)
     counts = [
         ["kept segments", len(kept), f"{sum(durs) / 60:.1f}"],
-        ["excluded segments", len(dropped), f"{sum(_duration(r) for r in dropped) / 60:.1f}"],
+        ["excluded segments", len(dropped), f"{sum(r.duration for r in dropped) / 60:.1f}"],
     ]
     if unusable:
         counts.append(["unusable source files", len(unusable), ""])
@@ -130,10 +99,10 @@ def dataset_section(ws: Workspace) -> str:
                 ["id", "duration", "reasons", "text"],
                 [
                     [
-                        r.get("utt", r.get("id", "")),
-                        f"{_duration(r):.1f}",
-                        _reasons_text(r),
-                        r.get("text", ""),
+                        r.utt,
+                        f"{r.duration:.1f}",
+                        r.reasons_text,
+                        r.text,
                     ]
                     for r in worst
                 ],

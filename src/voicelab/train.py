@@ -68,6 +68,7 @@ from voicelab.fsutil import (
 )
 from voicelab.locks import Lock
 from voicelab.memory import MemoryPlan
+from voicelab.records import TOKEN_RATE, PackedUtt
 from voicelab.signals import stop_on_signals, stopped_by
 from voicelab.upstream import train_config as tc
 
@@ -102,8 +103,6 @@ TRAIN_MODULES = (
     "tensorboard",
 )
 REQUIRED_COLUMNS = ("utt", "audio_data", "text", "speech_token", "utt_embedding", "spk_embedding")
-TOKEN_RATE = 25  # speech tokens per second (CosyVoice 3)
-MEL_RATE = 50  # mel frames per second (what max_frames_in_batch counts)
 #: Largest model trained on a CPU (parameters); the tiny model's llm has 10.7 M.
 MAX_CPU_PARAMS = 50_000_000
 #: Memory model (bytes): weights + grads + Adam moments in fp32, activations per batch frame, and
@@ -192,22 +191,9 @@ class PreflightError(ConfigError):
 # Data facts (parquet) and upstream's filter rules
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class Utt:
-    utt: str
-    seconds: float
-    text_tokens: int
-    speech_tokens: int
-
-    @property
-    def frames(self) -> int:
-        """Mel frames after upstream pads the audio to whole tokens."""
-        return self.speech_tokens * (MEL_RATE // TOKEN_RATE)
-
-
-@dataclass
 class Shard:
     path: Path
-    utts: list[Utt]
+    utts: list[PackedUtt]
 
 
 @dataclass
@@ -239,7 +225,7 @@ class FilterRules:
             num("max_output_input_ratio", d.max_ratio),
         )
 
-    def keeps(self, u: Utt) -> bool:
+    def keeps(self, u: PackedUtt) -> bool:
         frames = u.seconds * 100
         if u.speech_tokens == 0 or not (self.min_length <= frames <= self.max_length):
             return False
@@ -286,12 +272,13 @@ def read_shards(
             problems.append(f"{p} lacks column(s) {', '.join(missing)}")
             continue
         cols = ["utt", "text", "speech_token"] + (["instruct"] if "instruct" in names else [])
-        utts: list[Utt] = []
+        utts: list[PackedUtt] = []
         for batch in pf.iter_batches(columns=cols, batch_size=512):
             d = batch.to_pydict()
             for i, utt in enumerate(d["utt"]):
                 n_tok = len(d["speech_token"][i] or [])
-                utts.append(Utt(utt, n_tok / TOKEN_RATE, count_tokens(d["text"][i] or ""), n_tok))
+                text_tokens = count_tokens(d["text"][i] or "")
+                utts.append(PackedUtt(utt, n_tok / TOKEN_RATE, text_tokens, n_tok))
         shards.append(Shard(p, utts))
     return shards, problems
 
