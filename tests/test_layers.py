@@ -20,9 +20,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 BLOCKS = {
     "audio", "vad", "asr", "textnorm", "qc", "fbank", "onnxrt", "fsutil", "paths", "errors",
     "console", "kaldi", "tts_text", "locks", "signals", "memory", "config", "state", "workspace",
-    "testing", "htmlpage", "records", "__init__",
+    "testing", "htmlpage", "records", "contract", "__init__",
 }  # fmt: skip
-RUNNER = {"pipeline", "stages", "report", "demo"}
+RUNNER = {"pipeline", "report", "demo"}
 FRONT_ENDS = {"cli", "web", "serve", "__main__"}
 
 

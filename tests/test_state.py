@@ -125,7 +125,7 @@ def _holder(root: Path) -> subprocess.Popen[str]:
     code = (
         "import sys, time\n"
         "from voicelab.cli.main import main\n"
-        "import voicelab.stages as st\n"
+        "import voicelab.pipeline as st\n"
         "def slow(ws, o):\n"
         "    print('holding', flush=True)\n"
         "    time.sleep(60)\n"

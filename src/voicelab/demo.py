@@ -19,8 +19,7 @@ from pathlib import Path
 from voicelab.errors import WorkspaceError
 from voicelab.fsutil import atomic_write_json, atomic_write_text
 from voicelab.paths import to_local_path
-from voicelab.pipeline import RunOptions
-from voicelab.stages import TINY_MODEL_NAME
+from voicelab.pipeline import TINY_MODEL_NAME, RunOptions
 from voicelab.workspace import CONFIG_NAME, Workspace, find_root
 
 log = logging.getLogger(__name__)

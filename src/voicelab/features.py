@@ -44,6 +44,7 @@ import numpy as np
 from voicelab import audio as au
 from voicelab import fbank
 from voicelab.console import make_progress
+from voicelab.contract import RunOptions, Stage, StageResult, resolve
 from voicelab.errors import EnvironmentProblem, InputError, ModelError
 from voicelab.fsutil import atomic_path, atomic_write_text, hash_obj, quick_fingerprint, read_json
 from voicelab.kaldi import read_split
@@ -54,7 +55,7 @@ from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-STAGE = "features"
+NAME = "features"  # its state record
 SPLITS = ("train", "dev")
 CAMPPLUS = "campplus.onnx"
 TOKENIZER = "speech_tokenizer_v3.onnx"
@@ -532,11 +533,11 @@ def run_features(ws: Workspace, opts: FeaturesOptions | None = None) -> Features
     }
     params = {"splits": sorted(splits)}
     if not opts.force:
-        fresh, why = staleness(ws, STAGE, inputs, params)
+        fresh, why = staleness(ws, NAME, inputs, params)
         if fresh:
             return FeaturesResult(skipped=True, reason=why)
 
-    with stage_run(ws, STAGE, inputs, params) as rec:
+    with stage_run(ws, NAME, inputs, params) as rec:
         threads = max(1, opts.threads or os.cpu_count() or 1)
         models = Models(
             camp_path, tok_path, opts.device, intra_threads=1, token_batch=opts.token_batch
@@ -706,3 +707,44 @@ def _write_split(
         _save_pt(utt2tok, d / TOKEN_FILE),
     ]
     return sf
+
+
+# =============================================================================================
+# the stage contract (voicelab.contract)
+# =============================================================================================
+
+Options = FeaturesOptions
+
+
+def stage_options(ws: Workspace, run: RunOptions) -> FeaturesOptions:
+    device = run.get(ws, "features", "device", run.device) or "auto"
+    force = bool(run.overrides.get("features", {}).get("force") or run.force)
+    return resolve(ws, FeaturesOptions, "features", run, device=device, force=force)
+
+
+def stage_params(ws: Workspace, opts: FeaturesOptions) -> dict[str, Any]:
+    return {"onnx_dir": str(opts.onnx_dir or ws.base_model_dir)}
+
+
+def stage_outputs(ws: Workspace, opts: FeaturesOptions) -> list[Path]:
+    names = (EMBEDDING_FILE, SPK_EMBEDDING_FILE, TOKEN_FILE)
+    return [ws.split_dir(s) / n for s in SPLITS for n in names]
+
+
+def run(ws: Workspace, opts: FeaturesOptions) -> StageResult:
+    res = run_features(ws, opts)
+    outputs = [p for s in res.splits.values() for p in s.outputs]
+    figures = {"provider": res.provider, "excluded": len(res.excluded)}
+    return StageResult(outputs, figures, res.summary().splitlines()[0], res)
+
+
+STAGE = Stage(
+    NAME,
+    ("prepare", "download"),
+    stage_params,
+    run,
+    stage_outputs,
+    summary="speaker embeddings and speech tokens",
+    records_itself=True,
+    options=stage_options,
+)

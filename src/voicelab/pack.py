@@ -40,6 +40,7 @@ from typing import Any
 
 from voicelab import audio as au
 from voicelab.console import make_progress
+from voicelab.contract import RunOptions, Stage, StageResult, resolve
 from voicelab.errors import EnvironmentProblem, InputError, StageError, WorkspaceError
 from voicelab.features import (
     EMBEDDING_FILE,
@@ -62,7 +63,7 @@ from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-STAGE = "pack"
+NAME = "pack"  # its state record
 MANIFEST = ".shards.json"
 DEFAULT_MAX_UTTS_PER_SHARD = 1000  # upstream's --num_utts_per_parquet default
 DEFAULT_NUM_WORKERS = 4
@@ -503,12 +504,12 @@ def run_pack(ws: Workspace, opts: PackOptions | None = None) -> PackResult:
         "splits": splits,
     }
     if not opts.force:
-        fresh, why = staleness(ws, STAGE, inputs, params)
+        fresh, why = staleness(ws, NAME, inputs, params)
         if fresh:
             return PackResult(skipped=True, reason=why)
 
     result = PackResult()
-    with stage_run(ws, STAGE, inputs, params) as rec:
+    with stage_run(ws, NAME, inputs, params) as rec:
         reasons = _features_reasons(ws)
         for s in splits:
             result.splits[s] = _pack_split(ws, s, opts, workers, gpus, jobs, reasons, result)
@@ -527,3 +528,46 @@ def run_pack(ws: Workspace, opts: PackOptions | None = None) -> PackResult:
             }
         )
     return result
+
+
+# =============================================================================================
+# the stage contract (voicelab.contract)
+# =============================================================================================
+
+Options = PackOptions
+
+
+def stage_options(ws: Workspace, run: RunOptions) -> PackOptions:
+    """[pack] falls back to [train] for the DataLoader workers and GPUs (they shape shards)."""
+    force = bool(run.overrides.get("pack", {}).get("force") or run.force)
+    return resolve(ws, PackOptions, "pack", run, also=("train",), force=force)
+
+
+def stage_params(ws: Workspace, opts: PackOptions) -> dict[str, Any]:
+    return {
+        "utts_per_shard": opts.utts_per_shard,
+        "num_workers": opts.num_workers,
+        "gpus": opts.num_gpus,
+    }
+
+
+def stage_outputs(ws: Workspace, opts: PackOptions) -> list[Path]:
+    return [ws.data_list("train"), ws.data_list("dev")]
+
+
+def run(ws: Workspace, opts: PackOptions) -> StageResult:
+    res = run_pack(ws, opts)
+    figures = {f"{s}_shards": len(sp.shards) for s, sp in res.splits.items()}
+    return StageResult(stage_outputs(ws, opts), figures, res.summary().splitlines()[0], res)
+
+
+STAGE = Stage(
+    NAME,
+    ("features",),
+    stage_params,
+    run,
+    stage_outputs,
+    summary="parquet shards",
+    records_itself=True,
+    options=stage_options,
+)

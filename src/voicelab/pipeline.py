@@ -13,47 +13,22 @@ through the same runner, so a stage run on its own counts for ``status`` and ``r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voicelab.errors import ConfigError
+from voicelab.contract import RunOptions, Stage, StageResult, plain
+from voicelab.errors import ConfigError, ModelError
 from voicelab.fsutil import read_json
 from voicelab.state import StageRecord, activate, end_with_error, load_record, save_record
 from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-Params = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One node of the graph. ``params`` returns the options that shape the stage's outputs;
-    ``run`` does the work and returns figures; ``outputs`` lists files that must exist after it."""
-
-    name: str
-    deps: tuple[str, ...]
-    params: Callable[[Workspace, RunOptions], Params]
-    run: Callable[[Workspace, RunOptions], dict[str, Any]]
-    outputs: Callable[[Workspace, RunOptions], list[Path]] = lambda ws, o: []
-    enabled: Callable[[RunOptions], bool] = lambda o: True
-    summary: str = ""
-    records_itself: bool = False  # its function keeps inputs/figures through state.stage_run
-    found_by_outputs: bool = False  # never run by the runner but its outputs exist: done
-
-
-@dataclass
-class Outcome:
-    """What a stage's ``run`` returns: figures for the record, and the library's own result
-    (for the command that ran it to print)."""
-
-    figures: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
 
 
 @dataclass
@@ -61,25 +36,7 @@ class StageRun:
     record: StageRecord
     result: Any = None
     reason: str = ""
-
-
-@dataclass
-class RunOptions:
-    """Options of one ``voicelab run``: flags override ``voicelab.toml`` sections."""
-
-    train_flow: bool = False
-    from_stage: str | None = None
-    until_stage: str | None = None
-    force: bool = False
-    skip_doctor: bool = False
-    tiny: bool = False
-    device: str = "auto"
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def get(self, ws: Workspace, section: str, key: str, default: Any = None) -> Any:
-        """An option: this run's override, else voicelab.toml, else the default."""
-        value = self.overrides.get(section, {}).get(key)
-        return ws.option(section, key, cli_value=value, default=default)
+    summary: str = ""
 
 
 @dataclass
@@ -127,10 +84,11 @@ def stage_states(ws: Workspace, stages: list[Stage], opts: RunOptions) -> list[S
 def _judge(
     ws: Workspace,
     st: Stage,
-    opts: RunOptions,
+    run: RunOptions,
     rec: StageRecord | None,
     states: dict[str, StageState],
 ) -> tuple[str, str]:
+    opts = st.options(ws, run)
     if rec is None:
         # A stage whose outputs speak for themselves (the downloaded model), made by its own
         # command (voicelab download), counts when they are all there.
@@ -204,55 +162,51 @@ def run_pipeline(
         if on_stage:
             on_stage(st.name, "run", current.reason)
         t0 = time.time()
-        result = run_stage(ws, st, opts).result
-        for line in _summary(result):
+        done = run_stage(ws, st, opts)
+        for line in _summary(done):
             log.info("%s", line)
         if on_stage:
             on_stage(st.name, "done", f"{time.time() - t0:.1f} s")
     return stage_states(ws, stages, opts)
 
 
-def _summary(result: Any) -> list[str]:
+def _summary(done: StageRun) -> list[str]:
+    """The library result's own lines when it has them (prepare's), else the stage's line."""
+    result = done.result
     if hasattr(result, "summary_lines"):
         return list(result.summary_lines())
     if hasattr(result, "summary"):
         return [result.summary()]
-    return []
+    return [done.summary] if done.summary else []
 
 
-def plain(value: Any) -> Any:
-    """Options as JSON values (paths as text), as they are stored and compared."""
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def run_stage(ws: Workspace, st: Stage, opts: RunOptions) -> StageRun:
-    """Run one stage and record it: the one writer of the stage's status, times and options.
+def run_stage(ws: Workspace, st: Stage | str, run: RunOptions) -> StageRun:
+    """Run one stage (a Stage, or the name of one of :func:`default_stages`) and record it:
+    the one writer of the stage's status, times and options. ``voicelab prepare``,
+    ``features`` and ``pack`` run their stage alone through here, recorded as ``voicelab run``
+    records it.
 
     The stage may find its own work up to date (its inputs and parameters unchanged) and skip
     it; then the record keeps its figures and its times, so later stages are not made stale.
     """
+    if isinstance(st, str):
+        st = stage_by_name(st)
     before = load_record(ws, st.name) or _legacy_record(ws, st.name)
     rec = dataclasses.replace(before) if before else StageRecord(st.name)
     rec.previous = before.status if before else ""
     rec.status, rec.error, rec.worked = "running", None, False
-    rec.options = plain(st.params(ws, opts))
     rec.started, rec.finished = time.time(), 0.0
-    save_record(ws, rec)
+    save_record(ws, rec)  # before the options: train reads ``previous`` (resume or new)
     try:
+        opts = st.options(ws, run)
+        rec.options = plain(st.params(ws, opts))
+        save_record(ws, rec)
         with activate(rec):
             out = st.run(ws, opts)
     except BaseException as e:
         end_with_error(ws, rec, e)
         raise
-    out = out if isinstance(out, Outcome) else Outcome(out or {})
+    out = out if isinstance(out, StageResult) else StageResult(figures=out or {})
     if not rec.worked and before is not None and before.status == "done" and st.records_itself:
         rec.started, rec.finished = before.started, before.finished
     else:
@@ -260,6 +214,110 @@ def run_stage(ws: Workspace, st: Stage, opts: RunOptions) -> StageRun:
     rec.status = "done"
     if rec.worked or not st.records_itself:  # a skip's figures would replace the real ones
         rec.figures.update(out.figures)
-    rec.outputs = sorted({*rec.outputs, *(str(p) for p in st.outputs(ws, opts))})
+    made = [*out.outputs, *st.outputs(ws, opts)]
+    rec.outputs = sorted({*rec.outputs, *(str(p) for p in made)})
     save_record(ws, rec)
-    return StageRun(rec, out.result, "up to date" if not rec.worked else "done")
+    why = "up to date" if not rec.worked else "done"
+    return StageRun(rec, out.result, why, out.summary)
+
+
+# ---- the graph of ``voicelab run`` ---------------------------------------------------------
+
+TINY_MODEL_NAME = "CosyVoice3-tiny-random"
+
+
+def default_stages() -> list[Stage]:
+    """vendor, download, prepare, features, pack, train_llm, train_flow (with --train-flow),
+    export, audition: each stage module's ``STAGE`` (see :mod:`voicelab.contract`)."""
+    from voicelab import audition, download, export, features, pack, prepare, train, vendor
+
+    return [vendor.STAGE, download.STAGE, prepare.STAGE, features.STAGE, pack.STAGE,
+            *train.STAGES, export.STAGE, audition.STAGE]  # fmt: skip
+
+
+def stage_by_name(name: str) -> Stage:
+    by_name = {s.name: s for s in default_stages()}
+    if name not in by_name:
+        raise ConfigError(f"unknown stage {name!r}", "choose one of: " + ", ".join(by_name))
+    return by_name[name]
+
+
+STAGE_NAMES = ["vendor", "download", "prepare", "features", "pack", "train_llm", "train_flow",
+               "export", "audition"]  # fmt: skip
+
+
+def run_options(ws: Workspace, **given: Any) -> RunOptions:
+    """RunOptions for this workspace: ``given`` flags (None = not given), else what the last
+    ``voicelab run``/``demo`` saved under ``[run]`` (so ``status`` judges with the same)."""
+    saved = ws.config.section("run")
+    flags = {}
+    for key in ("train_flow", "tiny", "device"):
+        value = given.pop(key, None)
+        flags[key] = value if value is not None else saved.get(key)
+    opts = RunOptions(
+        train_flow=bool(flags["train_flow"]),
+        tiny=bool(flags["tiny"]),
+        device=flags["device"] or "auto",
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    return opts
+
+
+def save_run_options(ws: Workspace, opts: RunOptions) -> None:
+    ws.config.sections["run"] = {
+        "train_flow": opts.train_flow,
+        "tiny": opts.tiny,
+        "device": opts.device,
+    }
+    ws.save()
+
+
+def next_step(ws: Workspace) -> str:
+    """The command that moves this workspace on, from its stage states (for hints such as
+    ``say`` with nothing exported yet)."""
+    for s in stage_states(ws, default_stages(), run_options(ws)):
+        if s.state in ("done", "disabled"):
+            continue
+        if s.name == "export":
+            return "run: voicelab export (training is done)"
+        return f"{s.name} is {s.state} ({s.reason}): run: voicelab run"
+    return "run: voicelab run"
+
+
+@contextlib.contextmanager
+def voice_hint(ws: Workspace | None, model_dir: object = None) -> Iterator[None]:
+    """Front ends around ``say``/``audition``: with no exported voice in the workspace, the
+    error says what comes next from the stage states (one line, the same on the CLI and the
+    web page) instead of a missing model dir."""
+    try:
+        yield
+    except ModelError as e:
+        if ws is None or model_dir is not None or ws.voice_dir.is_dir():
+            raise
+        raise ModelError(f"no exported voice yet at {ws.voice_dir}", next_step(ws)) from e
+
+
+def figure_line(s: StageState) -> str:
+    """Key figures of a stage for ``voicelab status``."""
+    f = s.figures
+    name = s.name
+    if name == "prepare" and "kept" in f:
+        return (
+            f"{f.get('kept_minutes', 0)} min kept, {f.get('kept')} utts "
+            f"(train {f.get('train')}, dev {f.get('dev')}), {f.get('excluded')} excluded"
+        )
+    if name == "features" and "kept" in f:
+        return f"{f.get('kept')} utts, {f.get('excluded', 0)} excluded, {f.get('provider', '')}"
+    if name == "pack" and "train_shards" in f:
+        return f"{f.get('train_shards')} train / {f.get('dev_shards')} dev shards"
+    if name.startswith("train_") and "epochs" in f:
+        best = f.get("best_cv_loss")
+        best_s = f", best CV loss {best:.4f}" if isinstance(best, (int, float)) else ""
+        return f"{f.get('epochs')} epoch(s){best_s}"
+    if name == "export" and "voice_dir" in f:
+        return str(f["voice_dir"])
+    if name == "audition" and "index" in f:
+        return str(f["index"])
+    if name == "vendor" and "commit" in f:
+        return str(f["commit"])[:12]
+    return ""

@@ -41,6 +41,7 @@ import numpy as np
 from voicelab import audio as au
 from voicelab import qc, vad
 from voicelab.console import track
+from voicelab.contract import RunOptions, Stage, StageResult, plain
 from voicelab.errors import ConfigError, InputError, StageError
 from voicelab.fsutil import (
     atomic_path,
@@ -58,7 +59,7 @@ from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-STAGE = "prepare"
+NAME = "prepare"  # its state record
 INTAKE_VERSION = 4  # 4: the SNR noise floor is a low percentile (qc.NOISE_PERCENTILE)
 ASR_BACKENDS = ("faster-whisper", "funasr", "transcripts")
 MIN_MINUTES_WARN = 30.0
@@ -711,7 +712,7 @@ def run_prepare(ws: Workspace, opts: PrepareOptions) -> PrepareResult:
     }
     result = PrepareResult(segments=[], bad_files=[], files=len(files))
     prep.mkdir(parents=True, exist_ok=True)
-    with stage_run(ws, STAGE, inputs, params) as rec:
+    with stage_run(ws, NAME, inputs, params) as rec:
         # 1-2. intake and segmentation, per source file.
         intake = JsonlCache(prep / "intake.jsonl", key="rel")
         segs: list[Segment] = []
@@ -1019,3 +1020,42 @@ def options_from_workspace(ws: Workspace, **given: Any) -> PrepareOptions:
     qc_section = ws.option("prepare", "qc", default={}) or {}
     values["qc_opts"] = given.get("qc_opts") or qc.QcOptions.from_dict(dict(qc_section))
     return PrepareOptions(**values)
+
+
+# ---- the stage contract (voicelab.contract) --------------------------------------------------
+
+Options = PrepareOptions
+
+
+def stage_options(ws: Workspace, run: RunOptions) -> PrepareOptions:
+    return options_from_workspace(ws, **run.overrides.get("prepare", {}))
+
+
+def stage_params(ws: Workspace, opts: PrepareOptions) -> dict[str, Any]:
+    """Every option but those that do not change the dataset (review files, device)."""
+    p = plain(opts)
+    for volatile in ("review", "apply_review", "device", "vad_filter"):
+        p.pop(volatile, None)
+    p["wav_dir"] = p.get("wav_dir") or ws.config.wav_dir
+    return p
+
+
+def stage_outputs(ws: Workspace, opts: PrepareOptions) -> list[Path]:
+    return [ws.split_dir(s) / f for s in ("train", "dev") for f in ("wav.scp", "text")]
+
+
+def run(ws: Workspace, opts: PrepareOptions) -> StageResult:
+    res = run_prepare(ws, opts)
+    return StageResult(list(res.outputs), res.figures(), res.summary_lines()[0], res)
+
+
+STAGE = Stage(
+    NAME,
+    (),
+    stage_params,
+    run,
+    stage_outputs,
+    summary="intake, segmentation, ASR, QC, split",
+    records_itself=True,
+    options=stage_options,
+)

@@ -255,7 +255,7 @@ def audition_section(ws: Workspace) -> str:
 
 def _run_order(path: Path) -> tuple[int, str]:
     """Stages in the order the pipeline runs them (an unknown one last, by name)."""
-    from voicelab.stages import STAGE_NAMES
+    from voicelab.pipeline import STAGE_NAMES
 
     name = path.stem.removeprefix("run-")
     return (STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES), name)

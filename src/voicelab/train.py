@@ -42,6 +42,7 @@ back). ``step`` counts optimizer steps done; ``batch`` is the 1-based batch inde
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voicelab.contract import RunOptions, Stage, StageResult
 from voicelab.errors import ConfigError, StageError, VoiceLabError
 from voicelab.fsutil import (
     atomic_write_json,
@@ -117,6 +119,10 @@ CHECKPOINT_LOG = "train_log.jsonl"
 # ------------------------------------------------------------------------------------------------
 # Options and results
 # ------------------------------------------------------------------------------------------------
+# Options of one run only: never kept in voicelab.toml (voicelab.config).
+RUN_ONLY = {"run_only": True}
+
+
 @dataclass
 class TrainOptions:
     """Options of one ``voicelab train`` (None: voicelab.toml ``[train]``, else the default)."""
@@ -124,9 +130,9 @@ class TrainOptions:
     device: str = "auto"  # auto | cuda | cpu
     gpus: int | None = None  # processes per machine (GPUs; CPU processes with --device cpu)
     gpu_ids: str | None = None  # CUDA_VISIBLE_DEVICES, e.g. "0,1"
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str | None = None
+    nnodes: int = field(default=1, metadata=RUN_ONLY)
+    node_rank: int = field(default=0, metadata=RUN_ONLY)
+    master_addr: str | None = field(default=None, metadata=RUN_ONLY)
     master_port: int = 29500
     engine: str = "torch_ddp"
     trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
@@ -142,11 +148,12 @@ class TrainOptions:
     save_per_step: int | None = None
     log_interval: int | None = None
     cpus: str | None = None  # CPU affinity, e.g. "0-11"
-    resume: bool = False
-    new: bool = False
-    checkpoint: str | None = None  # start weights (default: the base model's llm.pt / flow.pt)
+    resume: bool = field(default=False, metadata=RUN_ONLY)
+    new: bool = field(default=False, metadata=RUN_ONLY)
+    # Start weights (default: the base model's llm.pt / flow.pt).
+    checkpoint: str | None = field(default=None, metadata=RUN_ONLY)
     timeout: int = 60
-    dry_run: bool = False  # preflight, config and launch.sh only
+    dry_run: bool = field(default=False, metadata=RUN_ONLY)  # preflight, config, launch.sh
     memory: str | None = None  # memory mode (voicelab.memory): auto, or e.g. checkpointing+8bit
     max_vram: float | None = None  # GiB training may use on each GPU
 
@@ -1791,3 +1798,80 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
 def result_dict(r: TrainResult) -> dict[str, Any]:
     d = asdict(r)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage contract (voicelab.contract): train_llm and train_flow
+# ------------------------------------------------------------------------------------------------
+Options = TrainOptions
+
+# The options recorded for skip/redo (a change retrains); as 0.1 recorded them.
+PARAM_KEYS = (
+    "epochs", "batch_frames", "accum_grad", "lr", "save_per_step", "engine", "amp", "gpus",
+    "num_workers", "prefetch", "trainer",
+)  # fmt: skip
+
+
+def section_of(model: str) -> str:
+    return "train_flow" if model == "flow" else "train"
+
+
+def stage_options(ws: Workspace, run: RunOptions, model: str = "llm") -> TrainOptions:
+    """[train_flow] falls back to [train]. An interrupted run (its record says running,
+    pending or stopped) continues; otherwise the data or the options changed: a fresh run
+    starts and the old one is kept under a numbered name."""
+    from voicelab.contract import resolve
+    from voicelab.state import load_record
+    from voicelab.workspace import DEFAULT_TRAINER
+
+    section = section_of(model)
+    device = run.get(ws, "train", "device", run.device)
+    opts = resolve(ws, TrainOptions, section, run, also=("train",), device=device)
+    rec = load_record(ws, f"train_{model}")
+    trainer = opts.trainer or DEFAULT_TRAINER
+    has_run = run_has_content(ws.exp_dir(model, run_name(trainer, opts.engine)))
+    interrupted = rec is not None and rec.previous in ("running", "pending", "stopped")
+    opts.resume, opts.new = has_run and interrupted, has_run and not interrupted
+    return opts
+
+
+def stage_params(ws: Workspace, opts: TrainOptions) -> dict[str, Any]:
+    values = {k: getattr(opts, k) for k in PARAM_KEYS}
+    if values["engine"] == "torch_ddp":
+        values["engine"] = None  # the default, recorded as 0.1 recorded it (no retrain)
+    values["device"] = opts.device
+    return values
+
+
+def stage_outputs(ws: Workspace, opts: TrainOptions, model: str = "llm") -> list[Path]:
+    from voicelab.state import load_record
+
+    rec = load_record(ws, f"train_{model}")
+    last = rec.figures.get("last_checkpoint") if rec else None
+    return [Path(last)] if last else [ws.exp_dir(model) / "train_log.jsonl"]
+
+
+def run(ws: Workspace, opts: TrainOptions, model: str = "llm") -> StageResult:
+    res = run_train(ws, model, opts)
+    figures = {"epochs": res.epochs_done, "best_cv_loss": res.best_cv_loss,
+               "run_dir": str(res.run_dir)}  # fmt: skip
+    line = f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}"
+    outputs = [res.last_checkpoint] if res.last_checkpoint else []
+    return StageResult(outputs, figures, line, res)
+
+
+def _stage(model: str) -> Stage:
+    return Stage(
+        f"train_{model}",
+        ("pack", "vendor", "download"),
+        stage_params,
+        functools.partial(run, model=model),
+        functools.partial(stage_outputs, model=model),
+        enabled=(lambda o: o.train_flow) if model == "flow" else (lambda o: True),
+        summary={"llm": "LLM fine-tune", "flow": "flow fine-tune"}[model],
+        records_itself=True,
+        options=functools.partial(stage_options, model=model),
+    )
+
+
+STAGES = (_stage("llm"), _stage("flow"))

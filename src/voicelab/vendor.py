@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from voicelab import console as vconsole
-from voicelab.errors import ConfigError, EnvironmentProblem, VendorError
+from voicelab.contract import RunOptions, Stage, StageResult
+from voicelab.errors import ConfigError, EnvironmentProblem, VendorError, VoiceLabError
 from voicelab.fsutil import atomic_write_text
 from voicelab.paths import to_local_path
 from voicelab.workspace import (
     MANIFEST_NAME,
+    Workspace,
     find_root,
     load_toml,
     load_user_config,
@@ -1457,3 +1459,51 @@ def cosyvoice_runtime(root: Path | None = None) -> VendorRuntime:
     override = os.environ.get(COSYVOICE_DIR_ENV)
     checkout = to_local_path(override) if override else None
     return runtime(COSYVOICE, root, checkout)
+
+
+def cosyvoice_expected_dir(root: Path | None = None) -> Path:
+    """Where the CosyVoice checkout is looked for (``VOICELAB_COSYVOICE_DIR``, else the path
+    ``voicelab vendor sync`` creates), whether it exists or not."""
+    override = os.environ.get(COSYVOICE_DIR_ENV)
+    if override:
+        return to_local_path(override)
+    try:
+        spec = load_manifest(root).get(COSYVOICE)
+    except ConfigError:
+        spec = _COSYVOICE_DEFAULT
+    return vendor_dir(spec, root or find_root())
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage contract (voicelab.contract): the checkout at its pin
+# ---------------------------------------------------------------------------------------------
+def stage_params(ws: Workspace, opts: RunOptions) -> dict[str, Any]:
+    return {"commit": load_manifest().get(COSYVOICE).commit}
+
+
+def stage_outputs(ws: Workspace, opts: RunOptions) -> list[Path]:
+    try:
+        root = cosyvoice_runtime().root
+    except VoiceLabError:  # missing or broken: its expected path is missing, so the stage is stale
+        root = cosyvoice_expected_dir()
+    return [root / "cosyvoice" / "bin" / "train.py"]
+
+
+def run(ws: Workspace, opts: RunOptions) -> StageResult:
+    (res,) = sync([COSYVOICE])
+    if res.error is not None:
+        raise res.error
+    log.info("vendor cosyvoice: %s %s", res.action, res.detail)
+    commit = cosyvoice_runtime().commit
+    figures = {"commit": commit, "action": res.action}
+    return StageResult(stage_outputs(ws, opts), figures, f"cosyvoice {res.action} at {commit}")
+
+
+STAGE = Stage(
+    "vendor",
+    (),
+    stage_params,
+    run,
+    stage_outputs,
+    summary="upstream CosyVoice checkout at its pin",
+)

@@ -98,8 +98,7 @@ def _run_alone(ctx: Ctx, stage: str, flags: dict[str, object], force: bool) -> N
     """Check the flags (before anything is written), run ``stage`` alone through the runner,
     recorded as ``voicelab run`` records it, and print its summary."""
     from voicelab import config
-    from voicelab.pipeline import RunOptions
-    from voicelab.stages import run_stage
+    from voicelab.pipeline import RunOptions, run_stage
 
     given = config.check_flags(stage, flags)
     ws = ctx.workspace()

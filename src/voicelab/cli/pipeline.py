@@ -41,9 +41,8 @@ def _print_stage(ws: Workspace) -> Any:
 
 
 def _finish(ws: Workspace, opts: Any) -> None:
-    from voicelab.pipeline import stage_states
+    from voicelab.pipeline import default_stages, stage_states
     from voicelab.report import build_report
-    from voicelab.stages import default_stages
 
     report = build_report(ws)
     states = {s.name: s for s in stage_states(ws, default_stages(), opts)}
@@ -55,8 +54,7 @@ def _finish(ws: Workspace, opts: Any) -> None:
 
 def _source_check(ws: Workspace, opts: Any) -> None:
     """Prepare will need the recordings: say so now, not after the vendor and the download."""
-    from voicelab.pipeline import select, stage_states
-    from voicelab.stages import default_stages
+    from voicelab.pipeline import default_stages, select, stage_states
     from voicelab.workspace import check_source_dir
 
     stages = default_stages()
@@ -68,9 +66,8 @@ def _source_check(ws: Workspace, opts: Any) -> None:
 
 
 def _run_pipeline(ws: Workspace, opts: Any, skip_doctor: bool) -> None:
-    from voicelab.pipeline import run_pipeline
+    from voicelab.pipeline import default_stages, run_pipeline, save_run_options
     from voicelab.report import build_report
-    from voicelab.stages import default_stages, save_run_options
 
     _source_check(ws, opts)
     save_run_options(ws, opts)
@@ -125,7 +122,7 @@ def run(
       voicelab run --wav-dir "/mnt/c/AIGC/数据集/xuan" --speaker xuan
     """
     from voicelab import config
-    from voicelab.stages import run_options
+    from voicelab.pipeline import run_options
     from voicelab.workspace import check_source_dir, check_workspace_path
 
     # Cheap checks first, before anything is saved or downloaded (5 GB).
@@ -166,8 +163,7 @@ def status(ctx: Ctx, train_flow: bool, as_json: bool) -> None:
     """One line per stage: done, stale (and why), pending, failed (and the error)."""
     import json
 
-    from voicelab.pipeline import stage_states
-    from voicelab.stages import default_stages, figure_line, run_options
+    from voicelab.pipeline import default_stages, figure_line, run_options, stage_states
 
     ws = ctx.workspace()
     states = stage_states(ws, default_stages(), run_options(ws, train_flow=train_flow or None))

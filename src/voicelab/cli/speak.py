@@ -158,7 +158,7 @@ def say(
         pause=pause,
     )
     ws = _workspace(ctx, model_dir)
-    from voicelab.stages import voice_hint
+    from voicelab.pipeline import voice_hint
 
     with voice_hint(ws, model_dir):
         result = run_say(ws, texts, opts)
@@ -254,7 +254,7 @@ def audition(
         text_frontend=not no_frontend,
         out=out,
     )
-    from voicelab.stages import voice_hint
+    from voicelab.pipeline import voice_hint
 
     with voice_hint(ws, model_dir):
         res = run_audition(ws, opts)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from voicelab.cli.main import Ctx, pass_ctx
 from voicelab.console import echo
+
+DEFAULT = ParameterSource.DEFAULT
 
 
 @click.command("train")
@@ -99,11 +102,18 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
       voicelab train llm --device cpu         # tiny model only (voicelab demo --tiny)
       voicelab train llm --max-vram 6         # fit 6 GiB (auto: checkpointing, LoRA ...)
     """
-    from voicelab.train import TrainOptions, run_train
+    from voicelab.contract import RunOptions, resolve
+    from voicelab.train import TrainOptions, run_train, section_of
 
     ws = ctx.workspace()
     eval_every, early_stop = kw.pop("eval_every"), kw.pop("early_stop")
-    opts = TrainOptions(**kw)  # type: ignore[arg-type]
+    # Flags left at their defaults are not given: voicelab.toml ([train_flow], then [train])
+    # and the Options defaults fill them, by the one rule of voicelab.contract.resolve.
+    click_ctx = click.get_current_context()
+    given = {k: v for k, v in kw.items() if click_ctx.get_parameter_source(k) != DEFAULT}
+    section = section_of(model)
+    run_opts = RunOptions(overrides={section: given})
+    opts = resolve(ws, TrainOptions, section, run_opts, also=("train",))
     if eval_every or early_stop:
         from voicelab.cli.evaluate import train_with_eval
 

@@ -379,7 +379,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                                seed=body.seed)  # fmt: skip
 
         def work(_: Job) -> dict[str, Any]:
-            from voicelab.stages import voice_hint
+            from voicelab.pipeline import voice_hint
 
             with voice_hint(w):
                 res = run_audition(w, opts)
@@ -427,7 +427,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
         check_options(opts)
 
         def work(_: Job) -> dict[str, Any]:
-            from voicelab.stages import voice_hint
+            from voicelab.pipeline import voice_hint
 
             with voice_hint(w):
                 res = run_say(w, texts, opts)
