@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab import audio as au
+from voicelab.blocks import audio as au
 from voicelab.testing.corpus import Corpus, build_corpus
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from voicelab import features, pack, train, vendor
 from voicelab.contract import RunOptions, StageResult, resolve
-from voicelab.pipeline import default_stages, run_stage
+from voicelab.runner.pipeline import default_stages, run_stage
+from voicelab.stages import features, pack, train
+from voicelab.stages.train import stage as train_stage
+from voicelab.vendor import handle as vendor_runtime
+from voicelab.vendor import stage as vendor_stage
 from voicelab.workspace import Workspace
 
 
@@ -31,9 +34,9 @@ def test_flow_falls_back_to_train_and_pack_to_train(tmp_workspace: Workspace) ->
     ws.set_option("train", "keep", 2)
     ws.set_option("train", "gpus", 2)
     ws.set_option("train_flow", "epochs", 7)
-    flow = train.stage_options(ws, RunOptions(), model="flow")
+    flow = train_stage.stage_options(ws, RunOptions(), model="flow")
     assert (flow.keep, flow.epochs, flow.resume, flow.new) == (2, 7, False, False)
-    assert train.stage_options(ws, RunOptions()).epochs is None  # llm: [train] only
+    assert train_stage.stage_options(ws, RunOptions()).epochs is None  # llm: [train] only
     p = pack.stage_options(ws, RunOptions())
     assert p.num_gpus == 2 and pack.stage_params(ws, p)["gpus"] == 2
     p = pack.stage_options(ws, RunOptions(overrides={"pack": {"gpus": 1}}))
@@ -43,9 +46,9 @@ def test_flow_falls_back_to_train_and_pack_to_train(tmp_workspace: Workspace) ->
 def test_params_keep_their_recorded_names(tmp_workspace: Workspace) -> None:
     """What a stage records for skip/redo keeps 0.1's names and values (no retrain on update)."""
     ws = tmp_workspace
-    params = train.stage_params(ws, train.stage_options(ws, RunOptions()))
+    params = train_stage.stage_params(ws, train_stage.stage_options(ws, RunOptions()))
     assert params["engine"] is None and params["device"] == "auto"
-    assert set(params) == {*train.PARAM_KEYS, "device"}
+    assert set(params) == {*train_stage.PARAM_KEYS, "device"}
     f = features.stage_options(ws, RunOptions(device="cpu"))
     assert f.device == "cpu"
     assert features.stage_params(ws, f) == {"onnx_dir": str(ws.base_model_dir)}
@@ -63,12 +66,12 @@ def test_vendor_outputs_name_the_expected_checkout(
 ) -> None:
     """No checkout: the stage is stale on the path voicelab vendor sync would create."""
     where = tmp_path / "no-checkout"
-    monkeypatch.setenv(vendor.COSYVOICE_DIR_ENV, str(where))
-    assert vendor.stage_outputs(tmp_workspace, RunOptions()) == [
+    monkeypatch.setenv(vendor_runtime.COSYVOICE_DIR_ENV, str(where))
+    assert vendor_stage.stage_outputs(tmp_workspace, RunOptions()) == [
         where / "cosyvoice" / "bin" / "train.py"
     ]
-    monkeypatch.delenv(vendor.COSYVOICE_DIR_ENV)
-    expected = vendor.cosyvoice_expected_dir()
+    monkeypatch.delenv(vendor_runtime.COSYVOICE_DIR_ENV)
+    expected = vendor_runtime.cosyvoice_expected_dir()
     assert expected.name == "CosyVoice" and "nonexistent" not in str(expected)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from voicelab import train as tr
+from voicelab.stages import train as tr
 from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
@@ -50,10 +50,10 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """24 espeak clips of one speaker, packed with the tiny model's stand-ins."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-    from voicelab.records import Utt
+    from voicelab.blocks.kaldi import write_kaldi_dir
+    from voicelab.blocks.records import Utt
+    from voicelab.stages.features import FeaturesOptions, run_features
+    from voicelab.stages.pack import PackOptions, run_pack
     from voicelab.upstream.tinymodel import build_tiny_model
 
     espeak = shutil.which("espeak-ng")

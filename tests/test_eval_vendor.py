@@ -23,8 +23,8 @@ pytestmark = pytest.mark.vendor
 pytest.importorskip("speechmos", reason="the eval extra is not installed: pip install '.[eval]'")
 
 from test_export_vendor import _fake_run  # noqa: E402
-from voicelab.kaldi import write_kaldi_dir  # noqa: E402
-from voicelab.records import Utt  # noqa: E402
+from voicelab.blocks.kaldi import write_kaldi_dir  # noqa: E402
+from voicelab.blocks.records import Utt  # noqa: E402
 from voicelab.workspace import Workspace  # noqa: E402
 
 BARE = "<|endofprompt|>"  # keeps the random tiny LLM's takes short (see test_synth_vendor)

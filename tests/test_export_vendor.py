@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from voicelab.export import ExportOptions, run_export
+from voicelab.stages.export import ExportOptions, run_export
 from voicelab.workspace import Workspace
 
 pytestmark = pytest.mark.vendor

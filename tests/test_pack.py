@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 
 from speech_corpus import LONG_UTT, write_kaldi
-from voicelab import features as feat
-from voicelab import pack
+from voicelab.blocks.kaldi import read_split
 from voicelab.errors import StageError
-from voicelab.kaldi import read_split
+from voicelab.stages import features as feat
+from voicelab.stages import pack
 from voicelab.workspace import Workspace
 
 
 def expected_schema():  # type: ignore[no-untyped-def]
     """Upstream's columns and arrow types (docs: cosyvoice3-upstream.md section 1.4), written
-    out independently of voicelab.pack."""
+    out independently of voicelab.stages.pack."""
     import pyarrow as pa
 
     return pa.schema(
@@ -269,7 +269,7 @@ def test_upstream_data_pipeline_reads_our_shards(
     import torchaudio
     from hyperpyyaml import load_hyperpyyaml
 
-    from voicelab.onnxrt import create_session
+    from voicelab.blocks.onnxrt import create_session
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()

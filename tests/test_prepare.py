@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab import prepare as P
+from voicelab.blocks.kaldi import read_kaldi_dir, write_kaldi_dir
+from voicelab.blocks.qc import QcOptions
+from voicelab.blocks.records import Segment, Utt
 from voicelab.errors import InputError, StageError
-from voicelab.kaldi import read_kaldi_dir, write_kaldi_dir
 from voicelab.paths import has_whitespace
-from voicelab.qc import QcOptions
-from voicelab.records import Segment, Utt
+from voicelab.stages import prepare as P
 from voicelab.state import load_record
 from voicelab.testing.corpus import Corpus, build_corpus
 from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
@@ -510,7 +510,7 @@ def test_options_from_workspace(tmp_path: Path) -> None:
 
 def test_audio_metrics_stay_cheap_for_silence_inside() -> None:
     # A segment with a long inner pause keeps a sane speech ratio (no division by zero).
-    from voicelab import qc
+    from voicelab.blocks import qc
 
     m = qc.text_metrics("", 3.0)
     assert m == {"text_chars": 0, "text_tokens": 0}
@@ -594,7 +594,7 @@ def test_snr_borderline_kept_flagged_and_summary_says_how_to_keep(
     # Issue 15 item 9, end to end: clean AISHELL read speech is kept; a borderline noisy clip
     # is kept with a 'noisy' flag (first in review.tsv); a very noisy one is excluded, and the
     # summary says how to keep it.
-    from voicelab import audio as au
+    from voicelab.blocks import audio as au
     from voicelab.errors import EnvironmentProblem
     from voicelab.testing.mandarin import aishell_clips
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from voicelab.kaldi import read_kaldi_dir, write_kaldi_dir
-from voicelab.records import Clip, PackedUtt, Segment, Utt, read_segments
+from voicelab.blocks.kaldi import read_kaldi_dir, write_kaldi_dir
+from voicelab.blocks.records import Clip, PackedUtt, Segment, Utt, read_segments
 
 
 def test_segment_row_round_trip() -> None:

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from voicelab import train as tr
+from voicelab.blocks.records import PackedUtt
 from voicelab.errors import ConfigError
-from voicelab.records import PackedUtt
+from voicelab.stages import train as tr
+from voicelab.stages.train import supervise
 from voicelab.upstream import train_config as tc
 from voicelab.workspace import Workspace
 
@@ -628,7 +629,7 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
             break
         time.sleep(0.05)
     child = int(pidfile.read_text())
-    tr._stop(proc)
+    supervise._stop(proc)
     assert proc.poll() is not None
     for _ in range(100):
         try:
@@ -658,7 +659,9 @@ def test_engine_stop_line_is_the_cli_error_and_hint(tmp_path: Path) -> None:
         " continue with --resume --memory checkpointing+8bit\n",
         "utf-8",
     )
-    assert tr._failure(log, 3).endswith(
+    assert supervise.failure(log, 3).endswith(
         "out of GPU memory in mode 8bit with one utterance per batch"
     )
-    assert tr._failure_hint(log).endswith("continue with --resume --memory checkpointing+8bit")
+    assert supervise.failure_hint(log).endswith(
+        "continue with --resume --memory checkpointing+8bit"
+    )

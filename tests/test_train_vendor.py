@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from voicelab import train as tr
+from voicelab.errors import ConfigError
+from voicelab.stages import train as tr
 from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
@@ -58,10 +59,10 @@ def _speak(text: str, out: Path, speed: int) -> None:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Workspace:
     """A workspace with packed train/dev data: 24 train and 4 dev clips of one speaker."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-    from voicelab.records import Utt
+    from voicelab.blocks.kaldi import write_kaldi_dir
+    from voicelab.blocks.records import Utt
+    from voicelab.stages.features import FeaturesOptions, run_features
+    from voicelab.stages.pack import PackOptions, run_pack
 
     root = tmp_path_factory.mktemp("train-vendor")
     ws = Workspace.init(root / "ws", "spk1")
@@ -147,7 +148,7 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
         pytest.skip("needs the llm run of the test above")
     first = (run / "epoch_0_whole.pt").stat().st_mtime_ns
     init = (run / "init.pt").stat().st_mtime_ns
-    with pytest.raises(tr.ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         tr.run_train(ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3))
     res = tr.run_train(
         ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3, resume=True)

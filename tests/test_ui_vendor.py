@@ -29,7 +29,7 @@ from ui_browser import (
     wait,
     wait_job,
 )
-from voicelab import train as tr
+from voicelab.stages import train as tr
 from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
@@ -47,10 +47,10 @@ SENTENCES = (
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A workspace on the tiny model with packed data: espeak-ng clips of one speaker."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-    from voicelab.records import Utt
+    from voicelab.blocks.kaldi import write_kaldi_dir
+    from voicelab.blocks.records import Utt
+    from voicelab.stages.features import FeaturesOptions, run_features
+    from voicelab.stages.pack import PackOptions, run_pack
     from voicelab.upstream.tinymodel import build_tiny_model
 
     need_browser()

@@ -53,7 +53,7 @@ SECTIONS: dict[str, Section] = {
         ),
         Section(
             "prepare",
-            "voicelab.prepare:PrepareOptions",
+            "voicelab.stages.prepare:PrepareOptions",
             (
                 "asr",
                 "whisper_model",
@@ -70,28 +70,30 @@ SECTIONS: dict[str, Section] = {
             ),
             extra={"instruct": str},
         ),
-        Section("prepare.qc", "voicelab.qc:QcOptions", doc="QC thresholds (every field)"),
+        Section("prepare.qc", "voicelab.blocks.qc:QcOptions", doc="QC thresholds (every field)"),
         Section(
             "features",
-            "voicelab.features:FeaturesOptions",
+            "voicelab.stages.features:FeaturesOptions",
             ("device", "onnx_dir", "threads", "token_batch"),
         ),
         Section(
             "pack",
-            "voicelab.pack:PackOptions",
+            "voicelab.stages.pack:PackOptions",
             ("utts_per_shard", "num_workers", "gpus", "jobs"),
             rename={"gpus": "num_gpus"},
         ),
         # Every TrainOptions field but those marked run_only (resume, dry_run ...).
-        Section("train", "voicelab.train:TrainOptions"),
-        Section("train_flow", "voicelab.train:TrainOptions", doc="flow overrides"),
-        Section("export", "voicelab.export:ExportOptions", ("llm_select", "flow_select", "name")),
+        Section("train", "voicelab.stages.train.options:TrainOptions"),
+        Section("train_flow", "voicelab.stages.train.options:TrainOptions", doc="flow overrides"),
+        Section(
+            "export", "voicelab.stages.export:ExportOptions", ("llm_select", "flow_select", "name")
+        ),
         Section(
             "audition",
-            "voicelab.audition:AuditionOptions",
+            "voicelab.stages.audition:AuditionOptions",
             ("sentences", "compare", "blind", "preset", "speed", "fp16", "seed", "text_frontend"),
         ),
-        Section("download", "voicelab.download:DownloadOptions", ("source", "endpoint", "rl")),
+        Section("download", "voicelab.models.stage:DownloadOptions", ("source", "endpoint", "rl")),
         Section("model", None, extra={"base_dir": str}),
         Section(
             "run",

@@ -10,8 +10,8 @@ vendor checkout and the base model download) exports:
   options resolve (:func:`resolve`), which of them shape its outputs (``params``) and which files
   must exist after it (``outputs``).
 
-The runner (:mod:`voicelab.pipeline`) alone records state and decides skip/redo; a stage knows
-nothing of it. Options resolve by one rule: defaults < ``voicelab.toml`` < this run's flags.
+The runner (:mod:`voicelab.runner.pipeline`) alone records state and decides skip/redo; a stage
+knows nothing of it. Options resolve by one rule: defaults < ``voicelab.toml`` < this run's flags.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def _seconds(path: str) -> float | None:
 
 
 def dev_lines(ws: Workspace) -> list[EvalLine]:
+    from voicelab.blocks.kaldi import read_split
     from voicelab.evaluation.metrics import scoring_language
-    from voicelab.kaldi import read_split
 
     d = ws.split_dir("dev")
     if not (d / "wav.scp").is_file():
@@ -83,8 +83,8 @@ def dev_lines(ws: Workspace) -> list[EvalLine]:
 
 
 def fixed_lines() -> list[EvalLine]:
-    from voicelab.audition import DEFAULT_SENTENCES
     from voicelab.evaluation.metrics import scoring_language
+    from voicelab.stages.audition import DEFAULT_SENTENCES
 
     texts = dict(DEFAULT_SENTENCES)
     return [EvalLine(i, texts[i], scoring_language(texts[i]), "fixed") for i in FIXED_IDS]
@@ -146,7 +146,7 @@ def load_set(
 
 def train_clips(ws: Workspace, n: int = CENTROID_CLIPS, seed: int = 0) -> list[tuple[str, str]]:
     """``(wav, text)`` of up to ``n`` training clips (seeded), for the speaker centroid."""
-    from voicelab.kaldi import read_split
+    from voicelab.blocks.kaldi import read_split
 
     d = ws.split_dir("train")
     if not (d / "wav.scp").is_file():

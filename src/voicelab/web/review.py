@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from voicelab import qc
+from voicelab.blocks import qc
 from voicelab.errors import InputError
 from voicelab.fsutil import atomic_write_text
-from voicelab.prepare import REVIEW_COLUMNS, read_review
+from voicelab.stages.prepare import REVIEW_COLUMNS, read_review
 from voicelab.workspace import Workspace
 
 PENDING_NAME = "review.pending.tsv"
