@@ -31,7 +31,6 @@ from voicelab.models.ttsfrd import TtsfrdResult, download_ttsfrd
 from voicelab.models.verify import VerifyReport, verify_model_dir
 
 
-# ---- CosyVoice 3 ---------------------------------------------------------------------------------
 @dataclass
 class DownloadResult:
     model_dir: Path

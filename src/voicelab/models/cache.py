@@ -43,7 +43,6 @@ def modelscope_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "modelscope"
 
 
-# ---- Hugging Face cache (faster-whisper) ----------------------------------------------------
 def whisper_repo(model: str) -> str:
     """faster-whisper's repository for a size name (``large-v3``) or a repo id."""
     if "/" in model:
@@ -213,7 +212,6 @@ def download_whisper(
     return after.snapshot  # type: ignore[return-value]
 
 
-# ---- ModelScope cache (FunASR) -----------------------------------------------------------------
 def modelscope_repo_dirs(repo: str, cache_dir: Path | None = None) -> list[Path]:
     """Folders where the installed (or an older) modelscope client may have cached ``repo``."""
     base = cache_dir or modelscope_cache_dir()

@@ -38,7 +38,6 @@ SKIP_REMOTE = {".gitattributes"}
 INTERNAL_DIRS = {".cache", "._____temp", ".msc", ".mdl", ".mv"}
 
 
-# ---- the expected file set -----------------------------------------------------------------
 @dataclass(frozen=True)
 class FileSpec:
     """One file a model dir should hold. ``size``/hashes are None where unknown."""
@@ -172,7 +171,6 @@ FUNASR_DEFAULT = ("paraformer-zh", "fsmn-vad", "ct-punc")
 FUNASR_REQUIRED = ("model.pt", "config.yaml", "configuration.json")
 
 
-# ---- pinned hashes of code-like files ---------------------------------------------------------
 def pins_of(catalogue: Mapping[str, FileSpec]) -> dict[str, str]:
     """The code-like files a catalogue pins, with their sha256."""
     return {r: s.sha256 for r, s in catalogue.items() if r in PINNED_FILES and s.sha256}

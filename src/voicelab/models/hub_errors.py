@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from voicelab.errors import EnvironmentProblem, ModelError, VoiceLabError
 from voicelab.models.catalogue import HF_MIRROR
 
-# ---- hub errors -> one line ------------------------------------------------------------------
 _NET_ERRORS = {
     "ConnectError",
     "ConnectTimeout",

@@ -34,7 +34,6 @@ def other_source_hint(fetcher: Fetcher, what: str) -> str:
     return f"{what}: try the other --source"
 
 
-# ---- sources, endpoints, user config -----------------------------------------------------------
 def resolve_source(
     source: str | None = None, endpoint: str | None = None
 ) -> tuple[str, str | None]:
@@ -108,7 +107,6 @@ def ms_endpoint(endpoint: str | None = None) -> str:
     return value.rstrip("/")
 
 
-# ---- fetchers --------------------------------------------------------------------------------
 class Fetcher(Protocol):
     """Where files come from. ``remote_manifest()`` lists the repo's files with sizes and hashes
     (raising the client's error when offline); ``fetch(path)`` puts one file at

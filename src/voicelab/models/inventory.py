@@ -31,7 +31,6 @@ from voicelab.models.verify import verify_model_dir, voice_base
 from voicelab.workspace import Workspace
 
 
-# ---- listing ----------------------------------------------------------------------------------
 @dataclass
 class ModelInfo:
     name: str

@@ -12,9 +12,6 @@ from voicelab.models.base import download_cosyvoice3
 from voicelab.workspace import BASE_MODEL_NAME, Workspace
 
 
-# ---------------------------------------------------------------------------------------------
-# The stage contract (voicelab.contract): the base model (or the tiny one with --tiny)
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class DownloadOptions:
     source: str | None = None  # modelscope | huggingface (default: the user's choice, else ...)

@@ -44,7 +44,6 @@ from voicelab.models.verify import (
 log = logging.getLogger(__name__)
 
 
-# ---- sync: verify, fetch only what is bad, record ------------------------------------------
 @dataclass
 class SyncResult:
     model_dir: Path
@@ -224,7 +223,6 @@ def _write_manifest(
     )
 
 
-# ---- the RL LLM switch -------------------------------------------------------------------------
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -18,7 +18,6 @@ from voicelab.models.hubs import Fetcher, make_fetcher, resolve_source
 from voicelab.models.sync import sync_model_dir
 
 
-# ---- ttsfrd ---------------------------------------------------------------------------------
 @dataclass
 class TtsfrdResult:
     dir: Path

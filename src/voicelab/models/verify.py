@@ -32,7 +32,6 @@ from voicelab.models.catalogue import (
 log = logging.getLogger(__name__)
 
 
-# ---- verification ----------------------------------------------------------------------------
 @dataclass
 class FileCheck:
     path: str

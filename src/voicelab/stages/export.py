@@ -57,6 +57,7 @@ from voicelab.stages.checkpoints import (
     save_state_dict,
     select,
 )
+from voicelab.upstream.artifacts import is_stale
 from voicelab.upstream.model_files import BLANKEN, BLANKEN_FILES, INFERENCE_FILES, SPK2INFO
 from voicelab.workspace import Workspace
 
@@ -67,7 +68,6 @@ BLANKEN_REQUIRED = BLANKEN_FILES
 STATE_FILES = ("llm.pt", "flow.pt", "hift.pt")
 
 PROVENANCE = "voicelab.json"
-FLOW_ONNX = "flow.decoder.estimator.fp32.onnx"
 DOWNLOAD_MANIFEST = ".voicelab-manifest.json"  # written by voicelab download
 EMBED_DIM = 192
 # Files up to this size are identified by sha256; larger ones (weights, ONNX) by size and mtime:
@@ -125,14 +125,6 @@ class ExportResult:
 # ---- helpers --------------------------------------------------------------------------------
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
-
-
-def is_stale(rel: str, new_flow: bool) -> bool:
-    """Derived files upstream would silently reuse although they were made from the old weights."""
-    first = rel.split("/", 1)[0]
-    if first == "vllm" or rel.endswith(".plan"):
-        return True
-    return new_flow and rel == FLOW_ONNX
 
 
 def base_files(base_dir: Path) -> list[str]:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicelab.blocks.records import PackedUtt, Shard
 from voicelab.upstream import train_config as tc
 
-if TYPE_CHECKING:
-    pass
-
-
 REQUIRED_COLUMNS = ("utt", "audio_data", "text", "speech_token", "utt_embedding", "spk_embedding")
 
 
-# ------------------------------------------------------------------------------------------------
-# Data facts (parquet) and upstream's filter rules
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class FilterRules:
     """Upstream ``processor.filter`` settings (lengths in 10 ms frames, text in tokens)."""

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicelab.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 from voicelab.stages.train.options import TrainOptions
 from voicelab.stages.train.rundirs import RunPlan
 

@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-
-
-# ------------------------------------------------------------------------------------------------
-# Log parsing
-# ------------------------------------------------------------------------------------------------
 TRAIN_LINE = re.compile(r"\b(TRAIN|CV) Batch (\d+)/(\d+) (.*?)\s*rank (\d+)\s*$")
 
 CV_LINE = re.compile(r"Epoch (\d+) Step (\d+) CV info lr (\S+) (.*)$")

@@ -44,9 +44,6 @@ from voicelab.vendor.submodules import sync_submodules
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# sync
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class SyncResult:
     name: str
@@ -354,9 +351,6 @@ def sync(
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# link
-# ---------------------------------------------------------------------------------------------
 def link(name: str, path: str | os.PathLike[str], root: Path | None = None) -> VendorState:
     """Use an existing checkout at ``path`` for ``name`` (a symlink under vendor/)."""
     root = root or find_root()

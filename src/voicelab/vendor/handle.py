@@ -32,9 +32,6 @@ from voicelab.vendor.manifest import (
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# runtime handle
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class VendorRuntime:
     """What later stages need to run upstream code: the checkout, import paths, environment."""

@@ -31,9 +31,6 @@ PARTIAL_SUFFIX = ".partial"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
-# ---------------------------------------------------------------------------------------------
-# manifest
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class SubmoduleSpec:
     """A submodule that must be present. ``short`` is the name ``--url SHORT=URL`` uses."""

@@ -26,9 +26,6 @@ from voicelab.vendor.manifest import VendorSpec, load_manifest, vendor_dir
 from voicelab.vendor.sources import Sources, file_urls_allowed, make_sources
 
 
-# ---------------------------------------------------------------------------------------------
-# pin
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class PinResult:
     name: str

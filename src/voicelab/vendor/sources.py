@@ -33,9 +33,6 @@ _GITHUB_PREFIXES = (
 _SCP_RE = re.compile(r"^[\w.+-]+@[\w.-]+:")
 
 
-# ---------------------------------------------------------------------------------------------
-# sources: mirrors and URL overrides
-# ---------------------------------------------------------------------------------------------
 def is_local_url(url: str) -> bool:
     """A local path or ``file://`` URL (as opposed to https/ssh/git or ``user@host:path``)."""
     if url.startswith("file://"):

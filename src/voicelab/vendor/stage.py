@@ -25,9 +25,6 @@ from voicelab.vendor.manifest import COSYVOICE, load_manifest
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# The stage contract (voicelab.contract): the checkout at its pin
-# ---------------------------------------------------------------------------------------------
 def stage_params(ws: Workspace, opts: RunOptions) -> dict[str, Any]:
     return {"commit": load_manifest().get(COSYVOICE).commit}
 

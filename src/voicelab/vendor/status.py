@@ -22,9 +22,6 @@ from voicelab.vendor.git import GitFailed, changed_files, git_exe, head_of
 from voicelab.vendor.manifest import VendorSpec, load_manifest, partial_dir, vendor_dir
 
 
-# ---------------------------------------------------------------------------------------------
-# status
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class SubmoduleState:
     short: str

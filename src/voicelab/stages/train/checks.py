@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from voicelab.vendor import VendorRuntime
     from voicelab.workspace import Workspace
 from voicelab.stages.train.data import estimate_text_tokens, has_instruct, read_list, read_shards
-from voicelab.stages.train.gpus import MAX_CPU_PARAMS, Gpu, memory_needed, model_params, query_gpus
+from voicelab.stages.train.gpus import Gpu, memory_needed, model_params, query_gpus
 from voicelab.stages.train.options import Problem
 from voicelab.upstream.data_rules import FilterRules, batches_per_rank, dynamic_batches
+from voicelab.upstream.launcher import MAX_CPU_PARAMS  # the launcher refuses more on a CPU
 
 #: Python modules upstream's training imports (the ``train`` extra).
 TRAIN_MODULES = (
@@ -48,9 +49,6 @@ TRAIN_MODULES = (
 )
 
 
-# ------------------------------------------------------------------------------------------------
-# Preflight
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class Facts:
     """What preflight learned, for the launch and the ETA."""

@@ -6,16 +6,12 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from voicelab.blocks.records import TOKEN_RATE, PackedUtt, Shard
 from voicelab.fsutil import (
     read_user_text,
 )
 from voicelab.upstream import train_config as tc
-
-if TYPE_CHECKING:
-    pass
 from voicelab.upstream.data_rules import REQUIRED_COLUMNS
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")

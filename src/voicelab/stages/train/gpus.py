@@ -7,16 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from voicelab.upstream import train_config as tc
-
-if TYPE_CHECKING:
-    pass
-
-
-#: Largest model trained on a CPU (parameters); the tiny model's llm has 10.7 M.
-MAX_CPU_PARAMS = 50_000_000
 
 #: Memory model (bytes): weights + grads + Adam moments in fp32, activations per batch frame, and
 #: the CUDA context and allocator slack. Calibrated with benchmarks/bench_train.py on an H100
@@ -28,9 +20,6 @@ ACT_BYTES_PER_FRAME = {"llm": 3_800_000, "flow": 3_000_000}
 CUDA_OVERHEAD = 1 << 30
 
 
-# ------------------------------------------------------------------------------------------------
-# GPUs
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class Gpu:
     index: int

@@ -7,20 +7,13 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from voicelab.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 from voicelab.stages.train.options import TrainOptions
 from voicelab.stages.train.rundirs import RunPlan
 from voicelab.upstream.train_flags import upstream_args
 
 
-# ------------------------------------------------------------------------------------------------
-# Launch command
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class Launch:
     argv: list[str]

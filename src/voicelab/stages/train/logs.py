@@ -9,10 +9,8 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
 from voicelab.upstream.train_log_format import (
     CV_LINE,
     EPOCH_LINE,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicelab.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 from voicelab.stages.train.gpus import query_gpus
 
 MODELS = ("llm", "flow")
@@ -19,9 +16,6 @@ ENGINES = ("torch_ddp", "deepspeed")
 #: ``voicelab``: VoiceLab's engine (voicelab.upstream.engine); ``upstream``: upstream's train.py.
 TRAINERS = ("voicelab", "upstream")
 
-# ------------------------------------------------------------------------------------------------
-# Options and results
-# ------------------------------------------------------------------------------------------------
 # Options of one run only: never kept in voicelab.toml (voicelab.config).
 RUN_ONLY = {"run_only": True}
 

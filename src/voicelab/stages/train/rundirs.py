@@ -17,9 +17,6 @@ from voicelab.stages.train.options import TrainOptions
 
 CHECKPOINT_LOG = "train_log.jsonl"
 
-# ------------------------------------------------------------------------------------------------
-# Run directories
-# ------------------------------------------------------------------------------------------------
 _WHOLE = re.compile(r"^epoch_(\d+)_whole\.pt$")
 
 _STEPCK = re.compile(r"^epoch_(\d+)_step_(\d+)\.pt$")

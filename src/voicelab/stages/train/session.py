@@ -49,9 +49,6 @@ from voicelab.upstream.train_flags import deepspeed_json
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------------
-# The stage
-# ------------------------------------------------------------------------------------------------
 def base_checkpoint(ws: Workspace, model: str) -> Path:
     return ws.base_model_dir / f"{model}.pt"
 

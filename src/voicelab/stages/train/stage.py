@@ -14,9 +14,6 @@ from voicelab.stages.train.options import TrainOptions, section_of
 from voicelab.stages.train.rundirs import run_has_content, run_name
 from voicelab.stages.train.session import run_train
 
-# ------------------------------------------------------------------------------------------------
-# The stage contract (voicelab.contract): train_llm and train_flow
-# ------------------------------------------------------------------------------------------------
 Options = TrainOptions
 
 # The options recorded for skip/redo (a change retrains); as 0.1 recorded them.

@@ -14,13 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicelab.memory import MemoryPlan
 from voicelab.signals import stop_on_signals, stopped_by
-
-if TYPE_CHECKING:
-    pass
 from voicelab.stages.train.launch import Launch
 from voicelab.stages.train.logs import LogParser, Progress, read_train_log
 from voicelab.stages.train.options import TrainResult
