@@ -8,7 +8,8 @@ import pytest
 
 from voicelab.contract import RunOptions, StageResult, resolve
 from voicelab.runner.pipeline import default_stages, run_stage
-from voicelab.stages import features, pack, train
+from voicelab.stages import pack, train
+from voicelab.stages.features import stage as features_stage
 from voicelab.stages.train import stage as train_stage
 from voicelab.vendor import handle as vendor_runtime
 from voicelab.vendor import stage as vendor_stage
@@ -49,9 +50,9 @@ def test_params_keep_their_recorded_names(tmp_workspace: Workspace) -> None:
     params = train_stage.stage_params(ws, train_stage.stage_options(ws, RunOptions()))
     assert params["engine"] is None and params["device"] == "auto"
     assert set(params) == {*train_stage.PARAM_KEYS, "device"}
-    f = features.stage_options(ws, RunOptions(device="cpu"))
+    f = features_stage.stage_options(ws, RunOptions(device="cpu"))
     assert f.device == "cpu"
-    assert features.stage_params(ws, f) == {"onnx_dir": str(ws.base_model_dir)}
+    assert features_stage.stage_params(ws, f) == {"onnx_dir": str(ws.base_model_dir)}
 
 
 def test_every_default_stage_declares_the_contract() -> None:

@@ -20,6 +20,7 @@ from voicelab.blocks.fbank import num_whisper_frames, whisper_log_mel
 from voicelab.blocks.onnxrt import CPU, create_session
 from voicelab.errors import ModelError
 from voicelab.stages import features as feat
+from voicelab.stages.features import frontend
 from voicelab.state import load_record
 from voicelab.workspace import Workspace
 
@@ -79,7 +80,7 @@ def test_padding_rule_for_every_utterance(ws: Workspace, onnx_dir: Path, speech_
             if utt == LONG_UTT:
                 continue
             x, sr = sf.read(wav, dtype="float32")
-            n24 = len(feat._resample(x, sr, 24000))
+            n24 = len(frontend._resample(x, sr, 24000))
             padded = math.ceil(n24 / 960) * 960
             assert len(tok[utt]) == padded // 960, utt
             mel_frames_24k = padded // 480  # the flow's mel: hop 480 at 24 kHz
@@ -168,14 +169,15 @@ def test_missing_model_is_a_one_line_error(ws: Workspace, tmp_path: Path) -> Non
 _CHILD = """
 import sys, time
 from voicelab.stages import features
+from voicelab.stages.features import cache, jobs
 from voicelab.workspace import Workspace
-features.CACHE_SAVE_SECONDS = 0.05
-real = features._compute
+cache.CACHE_SAVE_SECONDS = 0.05
+real = jobs._compute
 def slowed(models, jobs):  # the real computation, made slow enough to be interrupted
     out = real(models, jobs)
     time.sleep(0.3)
     return out
-features._compute = slowed
+jobs._compute = slowed
 ws = Workspace.open(sys.argv[1])
 features.run_features(ws, features.FeaturesOptions(onnx_dir=sys.argv[2], device="cpu", threads=1))
 print("finished")
