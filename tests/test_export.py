@@ -472,10 +472,10 @@ def test_base_identity_uses_download_verified_digests(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from voicelab.fsutil import quick_fingerprint
-    from voicelab.stages import export
+    from voicelab.stages.export import base as export_base
 
     base = ws.base_model_dir
-    monkeypatch.setattr(export, "HASH_LIMIT", 4096)  # make llm.pt/flow.pt count as large files
+    monkeypatch.setattr(export_base, "HASH_LIMIT", 4096)  # make llm.pt/flow.pt count as large files
     manifest = {
         "repo": "FunAudioLLM/Fun-CosyVoice3-0.5B-2512",
         "source": "hf",
