@@ -8,8 +8,9 @@ import pytest
 
 from voicelab.contract import RunOptions, StageResult, resolve
 from voicelab.runner.pipeline import default_stages, run_stage
-from voicelab.stages import pack, train
+from voicelab.stages import train
 from voicelab.stages.features import stage as features_stage
+from voicelab.stages.pack import stage as pack_stage
 from voicelab.stages.train import stage as train_stage
 from voicelab.vendor import handle as vendor_runtime
 from voicelab.vendor import stage as vendor_stage
@@ -38,9 +39,9 @@ def test_flow_falls_back_to_train_and_pack_to_train(tmp_workspace: Workspace) ->
     flow = train_stage.stage_options(ws, RunOptions(), model="flow")
     assert (flow.keep, flow.epochs, flow.resume, flow.new) == (2, 7, False, False)
     assert train_stage.stage_options(ws, RunOptions()).epochs is None  # llm: [train] only
-    p = pack.stage_options(ws, RunOptions())
-    assert p.num_gpus == 2 and pack.stage_params(ws, p)["gpus"] == 2
-    p = pack.stage_options(ws, RunOptions(overrides={"pack": {"gpus": 1}}))
+    p = pack_stage.stage_options(ws, RunOptions())
+    assert p.num_gpus == 2 and pack_stage.stage_params(ws, p)["gpus"] == 2
+    p = pack_stage.stage_options(ws, RunOptions(overrides={"pack": {"gpus": 1}}))
     assert p.num_gpus == 1
 
 
