@@ -53,7 +53,7 @@ EXPORT_AGAIN = "export again; the previous voice is kept"
 
 
 def write_fail(e: OSError, what: Path) -> ModelError:
-    from voicelab.stages.checkpoints import _enospc
+    from voicelab.stages.checkpoints.weights import _enospc
 
     if _enospc(e):
         return ModelError(
