@@ -36,7 +36,6 @@ from voicelab.stages.audition import (
 )
 from voicelab.stages.synth import (
     BASE_FILES,
-    SPK2INFO,
     SayOptions,
     Weights,
     check_model_dir,
@@ -48,6 +47,7 @@ from voicelab.stages.synth import (
     resolve_model_dir,
     resolve_weights,
 )
+from voicelab.upstream.model_files import SPK2INFO
 from voicelab.workspace import Workspace
 
 TRAIN = "You are a helpful assistant.<|endofprompt|>"
