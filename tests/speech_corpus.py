@@ -102,6 +102,12 @@ def write_kaldi(ws: Workspace, rows: dict[str, list[tuple[str, str, str, str]]])
 SPEECH_CACHE = "features-speech-v1"  # bump when the corpus above changes
 
 
+def tiny_model_dir() -> Path:
+    """Where the vendor tests keep the tiny model (one folder for all of them: one test's
+    ``tiny-cosyvoice3`` must not be another's parent folder)."""
+    return Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3" / "Fun-CosyVoice3-0.5B"
+
+
 def packed_workspace(
     root: Path,
     sentences: tuple[str, ...] | list[str],
@@ -124,7 +130,7 @@ def packed_workspace(
     espeak = shutil.which("espeak-ng")
     if not espeak:
         pytest.skip("espeak-ng is not installed")
-    tiny = build_tiny_model(Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3")
+    tiny = build_tiny_model(tiny_model_dir())
     ws = Workspace.init(root / "ws", "spk1")
     ws.set_option("model", "base_dir", str(tiny))
     clips = root / "clips"

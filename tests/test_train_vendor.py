@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from speech_corpus import packed_workspace
+from speech_corpus import packed_workspace, tiny_model_dir
 from voicelab.errors import ConfigError
 from voicelab.stages import train as tr
 from voicelab.workspace import Workspace
@@ -35,17 +35,11 @@ SENTENCES = (
 )
 
 
-def _cache() -> Path:
-    import os
-
-    return Path(os.environ["VOICELAB_TEST_CACHE"])
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> Path:
     from voicelab.upstream.tinymodel import build_tiny_model
 
-    return build_tiny_model(_cache() / "tiny-cosyvoice3")
+    return build_tiny_model(tiny_model_dir())
 
 
 @pytest.fixture(scope="module")
