@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from voicelab.asr import AsrOptions, load_transcriber
+from voicelab.blocks.asr import AsrOptions, load_transcriber
 from voicelab.errors import VoiceLabError
 
 SENTENCES = [

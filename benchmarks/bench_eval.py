@@ -64,7 +64,8 @@ def build_workspace(work: Path, base: Path, lines: int) -> Any:
     import torch
     from bench_train import WORDS
 
-    from voicelab.kaldi import Utt, write_kaldi_dir
+    from voicelab.blocks.kaldi import write_kaldi_dir
+    from voicelab.blocks.records import Utt
     from voicelab.workspace import Workspace
 
     root = work / "ws"

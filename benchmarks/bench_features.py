@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from voicelab import fbank
-from voicelab import features as feat
+from voicelab.blocks import fbank
+from voicelab.stages import features as feat
 
 TEXTS = [
     "The birch canoe slid on the smooth planks.",

@@ -82,7 +82,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from voicelab import memory as mem
-    from voicelab.train import TOKEN_RATE
+    from voicelab.stages.train import TOKEN_RATE
     from voicelab.upstream import memory_modes as mm
     from voicelab.upstream import memory_train as mt
     from voicelab.workspace import Workspace

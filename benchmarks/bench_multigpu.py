@@ -270,7 +270,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from voicelab import train as tr
+    from voicelab.stages import train as tr
     from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.vendor import cosyvoice_runtime
     from voicelab.workspace import Workspace

@@ -26,8 +26,8 @@ from pathlib import Path
 
 
 def _intake_one(args: tuple[str, str, str]) -> tuple[float, int, int]:
-    from voicelab import prepare as P
-    from voicelab import qc, vad
+    from voicelab.blocks import qc, vad
+    from voicelab.stages import prepare as P
 
     path, prefix, clips = args
     rec = P.intake_source(Path(path), prefix, Path(clips), vad.SegmentOptions(), whole=False)
@@ -40,7 +40,7 @@ def _warm() -> None:
     # Load onnxruntime and the VAD session before timing (once per worker process).
     import numpy as np
 
-    from voicelab import vad
+    from voicelab.blocks import vad
 
     vad.speech_probs(np.zeros(16000, np.float32))
 
@@ -94,8 +94,8 @@ def _warm_noop(_: int) -> None:
 
 
 def bench_asr(clips: Path, n: int) -> list[dict]:
-    from voicelab import audio as au
-    from voicelab.asr import AsrOptions, load_transcriber
+    from voicelab.blocks import audio as au
+    from voicelab.blocks.asr import AsrOptions, load_transcriber
 
     out = []
     segs = sorted(clips.glob("*.wav"))[:n]

@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from voicelab.tts_text import plan_utterance
+    from voicelab.blocks.tts_text import plan_utterance
     from voicelab.vendor import cosyvoice_runtime
     from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
 

@@ -143,7 +143,7 @@ def build_data(ws: Any, minutes: float, shards: int, seed: int = 0) -> dict[str,
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from voicelab.pack import parquet_schema
+    from voicelab.stages.pack import parquet_schema
     from voicelab.workspace import DEFAULT_INSTRUCT
 
     rng = random.Random(seed)
@@ -295,7 +295,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from voicelab import train as tr
+    from voicelab.stages import train as tr
     from voicelab.upstream import train_config as tc
     from voicelab.vendor import cosyvoice_runtime
     from voicelab.workspace import Workspace

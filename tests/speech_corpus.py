@@ -100,3 +100,49 @@ def write_kaldi(ws: Workspace, rows: dict[str, list[tuple[str, str, str, str]]])
 
 
 SPEECH_CACHE = "features-speech-v1"  # bump when the corpus above changes
+
+
+def tiny_model_dir() -> Path:
+    """Where the vendor tests keep the tiny model (one folder for all of them: one test's
+    ``tiny-cosyvoice3`` must not be another's parent folder)."""
+    return Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3" / "Fun-CosyVoice3-0.5B"
+
+
+def packed_workspace(
+    root: Path,
+    sentences: tuple[str, ...] | list[str],
+    speeds: tuple[int, ...],
+    dev_every: int,
+    dev_at: int,
+    gpus: int,
+) -> Workspace:
+    """A workspace on the tiny model with packed data, for the vendor tests: espeak-ng clips of
+    one speaker (``spk1``), every sentence at every speed; clip ``i`` goes to dev when
+    ``i % dev_every == dev_at``. Features and pack run for real (pack for ``gpus`` processes,
+    one DataLoader worker each)."""
+    from voicelab.blocks.kaldi import write_kaldi_dir
+    from voicelab.blocks.records import Utt
+    from voicelab.stages.features import FeaturesOptions, run_features
+    from voicelab.stages.pack import PackOptions, run_pack
+    from voicelab.upstream.tinymodel import build_tiny_model
+    from voicelab.workspace import DEFAULT_INSTRUCT
+
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        pytest.skip("espeak-ng is not installed")
+    tiny = build_tiny_model(tiny_model_dir())
+    ws = Workspace.init(root / "ws", "spk1")
+    ws.set_option("model", "base_dir", str(tiny))
+    clips = root / "clips"
+    clips.mkdir()
+    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
+    for i, (speed, text) in enumerate((s, t) for s in speeds for t in sentences):
+        wav = clips / f"c{i:02d}.wav"
+        subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(wav), text], check=True)
+        split = "dev" if i % dev_every == dev_at else "train"
+        utts[split].append(Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT))
+    for split, items in utts.items():
+        write_kaldi_dir(ws.split_dir(split), items)
+    run_features(ws, FeaturesOptions(device="cpu"))
+    run_pack(ws, PackOptions(num_workers=1, num_gpus=gpus))
+    return ws

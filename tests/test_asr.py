@@ -16,17 +16,17 @@ import pytest
 import soundfile as sf
 import soxr
 
-from voicelab.asr import (
+from voicelab.blocks.asr import (
     AsrOptions,
     AsrResult,
     default_prompt,
     load_transcriber,
     strip_sensevoice_tags,
 )
+from voicelab.blocks.textnorm import to_simplified
 from voicelab.errors import ConfigError, EnvironmentProblem, ModelError, VoiceLabError
 from voicelab.fsutil import hash_obj
 from voicelab.testing.whisper import whisper_base_dir
-from voicelab.textnorm import to_simplified
 
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog.",
@@ -171,7 +171,7 @@ def test_broken_local_model_folder_is_reported_never_deleted(model_dir: Path, tm
 _LOAD_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-from voicelab.asr import AsrOptions, load_transcriber
+from voicelab.blocks.asr import AsrOptions, load_transcriber
 from voicelab.errors import VoiceLabError
 try:
     t = load_transcriber(AsrOptions(model="base", device="cpu"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab import audio as au
+from voicelab.blocks import audio as au
 from voicelab.testing.corpus import Corpus, build_corpus
 
 
@@ -148,7 +148,7 @@ def test_damaged_aac_does_not_hang(damaged: dict[str, Path]) -> None:
     # ffmpeg writes ~400 KB of errors for this file: a stderr pipe read only at the end fills
     # and both processes wait forever. A child process, so a regression fails instead of hanging.
     code = (
-        "import sys\nfrom voicelab import audio as au\n"
+        "import sys\nfrom voicelab.blocks import audio as au\n"
         "try:\n    au.load_for_intake(sys.argv[1])\n"
         "except au.AudioError as e:\n    print(e.reason)\n"
     )

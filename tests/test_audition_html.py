@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab.audition import (
+from voicelab.blocks.tts_text import HYPE_INSTRUCT
+from voicelab.errors import ConfigError, InputError, ModelError, WorkspaceError
+from voicelab.stages.audition import (
     GRID,
     Page,
     PageSentence,
@@ -32,10 +34,8 @@ from voicelab.audition import (
     unblind,
     write_page,
 )
-from voicelab.errors import ConfigError, InputError, ModelError, WorkspaceError
-from voicelab.synth import (
+from voicelab.stages.synth import (
     BASE_FILES,
-    SPK2INFO,
     SayOptions,
     Weights,
     check_model_dir,
@@ -47,7 +47,7 @@ from voicelab.synth import (
     resolve_model_dir,
     resolve_weights,
 )
-from voicelab.tts_text import HYPE_INSTRUCT
+from voicelab.upstream.model_files import SPK2INFO
 from voicelab.workspace import Workspace
 
 TRAIN = "You are a helpful assistant.<|endofprompt|>"

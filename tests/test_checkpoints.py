@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from tmpfs_mount import mounted_tmpfs
-from voicelab import checkpoints as ck
 from voicelab.errors import ConfigError, ModelError
+from voicelab.stages import checkpoints as ck
 
 SHAPES = {
     "llm.model.model.embed_tokens.weight": (64, 16),
@@ -293,7 +293,7 @@ MEASURE = r"""
 import sys
 from pathlib import Path
 import torch
-from voicelab.checkpoints import average, save_state_dict
+from voicelab.stages.checkpoints import average, save_state_dict
 
 def vm(key):
     for line in open("/proc/self/status"):
@@ -339,7 +339,7 @@ def test_averaging_streams_one_checkpoint_at_a_time(tmp_path: Path) -> None:
 
 
 def test_bare_steps_rule_is_refused() -> None:
-    from voicelab.checkpoints import parse_rule
+    from voicelab.stages.checkpoints import parse_rule
 
     with pytest.raises(ConfigError):
         parse_rule("steps:100")

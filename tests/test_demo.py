@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from voicelab.demo import DEMO_MARKER, default_workspace, demo_root, next_steps, plan_demo
 from voicelab.errors import WorkspaceError
+from voicelab.runner.demo import DEMO_MARKER, default_workspace, demo_root, next_steps, plan_demo
 from voicelab.workspace import Workspace
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from voicelab import download as dl
+from voicelab import models as dl
 from voicelab.errors import EnvironmentProblem, ModelError, VoiceLabError
+from voicelab.models import catalogue, ttsfrd
 from voicelab.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -497,8 +498,8 @@ def test_ttsfrd_zip_size_capped(tmp_path, monkeypatch):
             zf.writestr(name, b"\0" * (3 << 20))
     assert (d / "resource.zip").stat().st_size < 100_000
     with pytest.raises(ModelError, match="unpacks to more than"):
-        dl._safe_unzip(d / "resource.zip", tmp_path / "out", max_bytes=4 << 20)
-    monkeypatch.setattr(dl._safe_unzip, "__defaults__", (4 << 20,))
+        ttsfrd._safe_unzip(d / "resource.zip", tmp_path / "out", max_bytes=4 << 20)
+    monkeypatch.setattr(ttsfrd._safe_unzip, "__defaults__", (4 << 20,))
     with pytest.raises(ModelError, match="unpacks to more than"):
         dl.unpack_ttsfrd_resource(d)
     assert not (d / "resource").exists() and not (d / ".resource.tmp").exists()
@@ -706,7 +707,7 @@ def test_cli_from_dir_and_check(tmp_path, remote, expected, monkeypatch):
     from voicelab.cli.main import cli
 
     # The CLI checks against the catalogue; here that is the stand-in files' (pins included).
-    monkeypatch.setattr(dl, "COSYVOICE3_FILES", expected)
+    monkeypatch.setattr(catalogue, "COSYVOICE3_FILES", expected)
 
     # A model dir verified on another machine (its manifest carries the expected hashes).
     other = tmp_path / "other"

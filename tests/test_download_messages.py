@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from voicelab import download as dl
+from voicelab import models as dl
+from voicelab.models import catalogue as known_models
 
 
 @pytest.fixture
@@ -95,8 +96,8 @@ def test_from_dir_errors_never_suggest_another_source(tmp_path: Path, monkeypatc
         rel: dl.FileSpec(rel, len(data), hashlib.sha256(data).hexdigest())
         for rel, data in {**files, "llm.pt": b"L" * 5}.items()
     }
-    monkeypatch.setattr(dl, "COSYVOICE3_FILES", catalogue)
-    monkeypatch.setattr(dl, "COSYVOICE3_REQUIRED", tuple(catalogue))
+    monkeypatch.setattr(known_models, "COSYVOICE3_FILES", catalogue)
+    monkeypatch.setattr(known_models, "COSYVOICE3_REQUIRED", tuple(catalogue))
     out = run(cli, ["download", "cosyvoice3", "--from-dir", str(folder), "--dest",
                     str(tmp_path / "m2")])  # fmt: skip
     line = out.exception.one_line()

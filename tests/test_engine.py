@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from voicelab import train as tr
 from voicelab.errors import ConfigError
+from voicelab.stages import train as tr
 from voicelab.upstream.engine import batching, checkpoint, data
 from voicelab.workspace import Workspace
 

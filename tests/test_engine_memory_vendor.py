@@ -131,7 +131,7 @@ def test_mode_trains_resumes_exactly_and_saves_plain_checkpoints(
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
     if "lora" in mode:  # the merged llm.pt of a voice that upstream's CosyVoice3 loads
-        from voicelab.export import ExportOptions, run_export
+        from voicelab.stages.export import ExportOptions, run_export
         from voicelab.vendor import cosyvoice_runtime
 
         res = run_export(ws, ExportOptions(name="engine-lora", no_flow=True, overwrite=True))

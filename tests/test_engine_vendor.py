@@ -16,19 +16,17 @@ Run with::
 from __future__ import annotations
 
 import copy
-import os
 import random
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from voicelab import train as tr
-from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
+from speech_corpus import packed_workspace
+from voicelab.stages import train as tr
+from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -49,32 +47,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """24 espeak clips of one speaker, packed with the tiny model's stand-ins."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-    from voicelab.upstream.tinymodel import build_tiny_model
-
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        pytest.skip("espeak-ng is not installed")
-    tiny = build_tiny_model(Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3")
-    root = tmp_path_factory.mktemp("engine-vendor")
-    ws = Workspace.init(root / "ws", "spk1")
-    ws.set_option("model", "base_dir", str(tiny))
-    clips = root / "clips"
-    clips.mkdir()
-    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
-    for i, (speed, text) in enumerate((s, t) for s in (140, 175, 210) for t in SENTENCES):
-        wav = clips / f"c{i:02d}.wav"
-        subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(wav), text], check=True)
-        utts["dev" if i % 7 == 3 else "train"].append(
-            Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT)
-        )
-    for split, items in utts.items():
-        write_kaldi_dir(ws.split_dir(split), items)
-    run_features(ws, FeaturesOptions(device="cpu"))
-    run_pack(ws, PackOptions(num_workers=1, num_gpus=2))
-    return ws
+    return packed_workspace(tmp_path_factory.mktemp("engine-vendor"), SENTENCES, (140, 175, 210),
+                            dev_every=7, dev_at=3, gpus=2)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from test_export import make_ws
-from voicelab import checkpoints as ck
 from voicelab.errors import ConfigError, ModelError
 from voicelab.evaluation.results import TABLE, read_table, write_table
 from voicelab.evaluation.sets import eval_root
-from voicelab.export import run_export
+from voicelab.stages import checkpoints as ck
+from voicelab.stages.export import run_export
 from voicelab.workspace import Workspace
 
 BASE = {"candidate": "base", "kind": "base", "err": 0.10, "sim": 0.55, "mos": 3.0, "lines": 4}

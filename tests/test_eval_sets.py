@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from voicelab.blocks.kaldi import write_kaldi_dir
+from voicelab.blocks.records import Utt
 from voicelab.errors import WorkspaceError
 from voicelab.evaluation import sets
-from voicelab.kaldi import Utt, write_kaldi_dir
 from voicelab.workspace import Workspace
 
 

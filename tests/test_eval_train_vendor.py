@@ -39,8 +39,8 @@ def test_early_stop_stops_the_real_trainer_at_a_checkpoint(packed: Workspace) ->
     """The stop signal ends upstream's trainer (its process group) right after the epoch whose
     evaluation decided it; evaluations here are stand-in rows that never beat the base model,
     so patience 1 stops after the first evaluated epoch."""
-    from voicelab import train as tr
     from voicelab.evaluation.during_training import TrainingEvaluator, ready_epochs
+    from voicelab.stages import train as tr
 
     ws = packed
     base = {"candidate": "base", "kind": "base", "err": 0.1, "sim": 0.5, "mos": 3.0}

@@ -9,7 +9,6 @@ machinery (table, per-line files, audio, resume, report, choice), not the voice.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from click.testing import CliRunner
 pytestmark = pytest.mark.vendor
 pytest.importorskip("speechmos", reason="the eval extra is not installed: pip install '.[eval]'")
 
+from speech_corpus import tiny_model_dir  # noqa: E402
 from test_export_vendor import _fake_run  # noqa: E402
-from voicelab.kaldi import Utt, write_kaldi_dir  # noqa: E402
+from voicelab.blocks.kaldi import write_kaldi_dir  # noqa: E402
+from voicelab.blocks.records import Utt  # noqa: E402
 from voicelab.workspace import Workspace  # noqa: E402
 
 BARE = "<|endofprompt|>"  # keeps the random tiny LLM's takes short (see test_synth_vendor)
@@ -47,8 +48,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     from voicelab.upstream.tinymodel import build_tiny_model
     from voicelab.vendor import cosyvoice_runtime
 
-    cache = Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3"
-    base = build_tiny_model(cache / "Fun-CosyVoice3-0.5B", cosyvoice_runtime())
+    base = build_tiny_model(tiny_model_dir(), cosyvoice_runtime())
     root = tmp_path_factory.mktemp("evalws")
     ws = Workspace.init(root / "ws", "spk1")
     ws.set_option("model", "base_dir", str(base))

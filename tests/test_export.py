@@ -20,10 +20,10 @@ import yaml
 from click.testing import CliRunner
 
 from tmpfs_mount import mounted_tmpfs
-from voicelab import checkpoints as ck
 from voicelab.errors import ModelError, VoiceLabError
-from voicelab.export import ExportOptions, check_dir, run_export, verify_voice_dir
 from voicelab.fsutil import sha256_file
+from voicelab.stages import checkpoints as ck
+from voicelab.stages.export import ExportOptions, check_dir, run_export, verify_voice_dir
 from voicelab.state import load_record
 from voicelab.workspace import Workspace
 
@@ -471,11 +471,11 @@ def test_report_listing_marks_locked_chosen_and_exported(ws: Workspace) -> None:
 def test_base_identity_uses_download_verified_digests(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from voicelab import export
     from voicelab.fsutil import quick_fingerprint
+    from voicelab.stages.export import base as export_base
 
     base = ws.base_model_dir
-    monkeypatch.setattr(export, "HASH_LIMIT", 4096)  # make llm.pt/flow.pt count as large files
+    monkeypatch.setattr(export_base, "HASH_LIMIT", 4096)  # make llm.pt/flow.pt count as large files
     manifest = {
         "repo": "FunAudioLLM/Fun-CosyVoice3-0.5B-2512",
         "source": "hf",

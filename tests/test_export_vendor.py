@@ -10,7 +10,6 @@ without the ``onnx_path`` variable (its modules read it at import).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from voicelab.export import ExportOptions, run_export
+from speech_corpus import tiny_model_dir
+from voicelab.stages.export import ExportOptions, run_export
 from voicelab.workspace import Workspace
 
 pytestmark = pytest.mark.vendor
@@ -74,8 +74,7 @@ def test_exported_voice_loads_in_upstream(tmp_path: Path) -> None:
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()
-    cache = Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3"
-    base = build_tiny_model(cache / "Fun-CosyVoice3-0.5B", rt)
+    base = build_tiny_model(tiny_model_dir(), rt)
     ws = Workspace.init(tmp_path / "ws", "spk1")
     ws.set_option("model", "base_dir", str(base))
     ws.split_dir("train").mkdir(parents=True)

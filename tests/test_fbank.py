@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicelab import fbank as F
+from voicelab.blocks import fbank as F
 
 FBANK_ATOL = 2e-3
 LOGMEL_ATOL = 1e-4

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from speech_corpus import LONG_UTT, write_kaldi
-from voicelab import features as feat
+from voicelab.blocks.fbank import num_whisper_frames, whisper_log_mel
+from voicelab.blocks.onnxrt import CPU, create_session
 from voicelab.errors import ModelError
-from voicelab.fbank import num_whisper_frames, whisper_log_mel
-from voicelab.onnxrt import CPU, create_session
+from voicelab.stages import features as feat
+from voicelab.stages.features import frontend
 from voicelab.state import load_record
 from voicelab.workspace import Workspace
 
@@ -79,7 +80,7 @@ def test_padding_rule_for_every_utterance(ws: Workspace, onnx_dir: Path, speech_
             if utt == LONG_UTT:
                 continue
             x, sr = sf.read(wav, dtype="float32")
-            n24 = len(feat._resample(x, sr, 24000))
+            n24 = len(frontend._resample(x, sr, 24000))
             padded = math.ceil(n24 / 960) * 960
             assert len(tok[utt]) == padded // 960, utt
             mel_frames_24k = padded // 480  # the flow's mel: hop 480 at 24 kHz
@@ -167,15 +168,16 @@ def test_missing_model_is_a_one_line_error(ws: Workspace, tmp_path: Path) -> Non
 
 _CHILD = """
 import sys, time
-from voicelab import features
+from voicelab.stages import features
+from voicelab.stages.features import cache, jobs
 from voicelab.workspace import Workspace
-features.CACHE_SAVE_SECONDS = 0.05
-real = features._compute
+cache.CACHE_SAVE_SECONDS = 0.05
+real = jobs._compute
 def slowed(models, jobs):  # the real computation, made slow enough to be interrupted
     out = real(models, jobs)
     time.sleep(0.3)
     return out
-features._compute = slowed
+jobs._compute = slowed
 ws = Workspace.open(sys.argv[1])
 features.run_features(ws, features.FeaturesOptions(onnx_dir=sys.argv[2], device="cpu", threads=1))
 print("finished")
@@ -227,7 +229,7 @@ def test_m4a_in_a_users_wav_scp(ws: Workspace, onnx_dir: Path, tmp_path: Path) -
 
     import soundfile as sf
 
-    from voicelab import audio as au
+    from voicelab.blocks import audio as au
 
     d = ws.split_dir("train")
     lines = (d / "wav.scp").read_text().splitlines()
@@ -249,7 +251,7 @@ def test_m4a_in_a_users_wav_scp(ws: Workspace, onnx_dir: Path, tmp_path: Path) -
 def test_utf8_bom_in_users_lists(ws: Workspace, onnx_dir: Path, tmp_path: Path) -> None:
     # Issue 15 item 11: Notepad's BOM must not become part of the first id (a phantom speaker
     # '\ufeffspkA' in spk2embedding.pt and the parquet).
-    from voicelab.train import read_list
+    from voicelab.stages.train import read_list
 
     d = ws.split_dir("train")
     for name in ("wav.scp", "text", "utt2spk", "instruct"):

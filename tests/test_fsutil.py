@@ -34,7 +34,7 @@ def test_link_or_copy_links(tmp_path: Path) -> None:
 
 
 def test_jsonl_cache_survives_a_torn_last_line(tmp_path: Path) -> None:
-    from voicelab.prepare import JsonlCache
+    from voicelab.stages.prepare import JsonlCache
 
     path = tmp_path / "cache.jsonl"
     c = JsonlCache(path)
@@ -90,7 +90,7 @@ def test_torch_save_is_byte_reproducible(tmp_path: Path) -> None:
     # Issue 15 item 15: torch.save names the zip's folder after the file it writes; a random
     # temp name made every .pt differ although the tensors were the same.
     torch = pytest.importorskip("torch")
-    from voicelab.features import _save_pt
+    from voicelab.stages.features.build import _save_pt
 
     obj = {"spk": [0.5] * 192, "utt": torch.arange(10)}
     a = _save_pt(obj, tmp_path / "a" / "spk2embedding.pt").read_bytes()

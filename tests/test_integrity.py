@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from voicelab import download as dl
+from voicelab import models as dl
 from voicelab.errors import ModelError
 
 FILES = {

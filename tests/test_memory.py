@@ -146,7 +146,7 @@ def test_oom_hint_names_the_next_mode() -> None:
 # ---- voicelab train: preflight and launch ---------------------------------------------------
 def test_train_plans_from_the_gpus_and_preflight_reports_a_misfit(tmp_path) -> None:
     from test_train import make_base, make_split, run_preflight, sentences, whats
-    from voicelab import train as tr
+    from voicelab.stages import train as tr
     from voicelab.workspace import Workspace
 
     ws = Workspace.init(tmp_path / "ws", "spk1")
@@ -191,7 +191,7 @@ def test_launch_passes_the_mode_to_the_launcher(tmp_path) -> None:
     argv = launch(ws, tmp_path, max_vram=7.5).argv
     assert "--memory" not in argv and argv[argv.index("--max-vram") + 1] == "7.5"
     assert argv.index("--max-vram") < argv.index("--")  # the launcher's option, not train.py's
-    from voicelab import train as tr
+    from voicelab.stages import train as tr
 
     opts = tr.TrainOptions()
     plan = tr.RunPlan(ws.exp_dir("llm"), ws.tensorboard_dir("llm"), ws.base_model_dir, None, None)

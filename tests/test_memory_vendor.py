@@ -183,7 +183,7 @@ def test_lora_merges_into_a_plain_llm_that_upstream_loads_and_say_speaks(
     from click.testing import CliRunner
 
     from voicelab.cli.main import cli
-    from voicelab.export import ExportOptions, run_export
+    from voicelab.stages.export import ExportOptions, run_export
     from voicelab.upstream import memory_modes as mm
     from voicelab.upstream import memory_train as mt
 
@@ -315,7 +315,7 @@ def test_upstream_trainer_runs_the_modes_and_saves_plain_checkpoints(
 ) -> None:
     """``voicelab train --memory ...`` with upstream's trainer: the launcher applies the modes
     (checkpointing, LoRA, bitsandbytes' optimizer) and every checkpoint is a plain llm.pt."""
-    from voicelab import train as tr
+    from voicelab.stages import train as tr
 
     ws, base = setup["ws"], setup["base"]
     opts = tr.TrainOptions(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from test_train_vendor import packed, tiny_model  # noqa: F401  (module fixtures)
-from voicelab import train as tr
+from voicelab.stages import train as tr
 from voicelab.upstream.launcher import SEEN_UTTS_ENV, read_seen_utts
 from voicelab.workspace import Workspace
 

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 
 from speech_corpus import LONG_UTT, write_kaldi
-from voicelab import features as feat
-from voicelab import pack
+from voicelab.blocks.kaldi import read_split
 from voicelab.errors import StageError
+from voicelab.stages import features as feat
+from voicelab.stages import pack
 from voicelab.workspace import Workspace
 
 
 def expected_schema():  # type: ignore[no-untyped-def]
     """Upstream's columns and arrow types (docs: cosyvoice3-upstream.md section 1.4), written
-    out independently of voicelab.pack."""
+    out independently of voicelab.stages.pack."""
     import pyarrow as pa
 
     return pa.schema(
@@ -192,8 +193,8 @@ def test_windows_paths_in_wav_scp_are_mapped(tmp_path: Path) -> None:
     (d / "wav.scp").write_text("u1 C:\\AIGC\\数据集\\xuan\\a.wav\nu2 D:/x/b.wav\n")
     (d / "text").write_text("u1 hello\nu2 world\n")
     (d / "utt2spk").write_text("u1 xuan\nu2 xuan\n")
-    utts = feat.read_split(d)
-    assert [u.wav for u in utts] == ["/mnt/c/AIGC/数据集/xuan/a.wav", "/mnt/d/x/b.wav"]
+    utts = read_split(d)
+    assert [str(u.wav) for u in utts] == ["/mnt/c/AIGC/数据集/xuan/a.wav", "/mnt/d/x/b.wav"]
 
 
 def test_schema_equals_what_pandas_writes(ws: Workspace, tmp_path: Path) -> None:
@@ -268,7 +269,7 @@ def test_upstream_data_pipeline_reads_our_shards(
     import torchaudio
     from hyperpyyaml import load_hyperpyyaml
 
-    from voicelab.onnxrt import create_session
+    from voicelab.blocks.onnxrt import create_session
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()

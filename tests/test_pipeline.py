@@ -3,7 +3,7 @@
 import pytest
 
 from voicelab.errors import ConfigError
-from voicelab.pipeline import RunOptions, Stage, run_pipeline, select, stage_states
+from voicelab.runner.pipeline import RunOptions, Stage, run_pipeline, select, stage_states
 from voicelab.workspace import Workspace
 
 
@@ -18,7 +18,7 @@ def _graph(ws: Workspace, calls: list[str]) -> list[Stage]:
 
         return Stage(
             name=name,
-            deps=deps,
+            inputs=deps,
             params=lambda ws, o: {k: o.get(ws, name, k, 0) for k in keys},
             run=run,
             outputs=lambda ws, o: [out],
@@ -155,7 +155,7 @@ def test_status_command_lists_every_stage(tmp_workspace: Workspace) -> None:
     from click.testing import CliRunner
 
     from voicelab.cli.main import cli
-    from voicelab.stages import STAGE_NAMES
+    from voicelab.runner.pipeline import STAGE_NAMES
 
     res = CliRunner().invoke(cli, ["-w", str(tmp_workspace.root), "status"])
     assert res.exit_code == 0, res.output
@@ -167,7 +167,7 @@ def test_status_command_lists_every_stage(tmp_workspace: Workspace) -> None:
 
 
 def test_run_options_remember_the_last_run(tmp_workspace: Workspace) -> None:
-    from voicelab.stages import run_options, save_run_options
+    from voicelab.runner.pipeline import run_options, save_run_options
 
     save_run_options(tmp_workspace, run_options(tmp_workspace, train_flow=True, tiny=True))
     again = run_options(Workspace.open(tmp_workspace.root))
@@ -176,7 +176,7 @@ def test_run_options_remember_the_last_run(tmp_workspace: Workspace) -> None:
 
 
 def test_stage_names_and_order() -> None:
-    from voicelab.stages import STAGE_NAMES, default_stages
+    from voicelab.runner.pipeline import STAGE_NAMES, default_stages
 
     assert STAGE_NAMES == [
         "vendor",

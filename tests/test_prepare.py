@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab import prepare as P
+from voicelab.blocks.kaldi import read_kaldi_dir, write_kaldi_dir
+from voicelab.blocks.qc import QcOptions
+from voicelab.blocks.records import Segment, Utt
 from voicelab.errors import InputError, StageError
-from voicelab.kaldi import Utt, read_kaldi_dir, write_kaldi_dir
 from voicelab.paths import has_whitespace
-from voicelab.qc import QcOptions
+from voicelab.stages import prepare as P
 from voicelab.state import load_record
 from voicelab.testing.corpus import Corpus, build_corpus
 from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
@@ -85,8 +86,8 @@ def main_run(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus, whisper_d
     return ws, result, src
 
 
-def _by_source(result: P.PrepareResult, name: str) -> dict:
-    return next(s for s in result.segments if Path(s["source"]).name == name)
+def _by_source(result: P.PrepareResult, name: str) -> Segment:
+    return next(s for s in result.segments if Path(s.source).name == name)
 
 
 def _letters(text: str) -> str:
@@ -116,12 +117,12 @@ def test_bad_files_reported_with_reasons(main_run, corpus: Corpus) -> None:
         corpus.hard["silence"].name: "silent",
     }
     narrow = _by_source(result, corpus.hard["narrowband"].name)
-    assert narrow["status"] == "excluded"
-    assert [r["code"] for r in narrow["reasons"]] == ["low_sample_rate"]
-    assert narrow["reasons"][0]["value"] == 8000
+    assert narrow.status == "excluded"
+    assert [r["code"] for r in narrow.reasons] == ["low_sample_rate"]
+    assert narrow.reasons[0]["value"] == 8000
     clipped = _by_source(result, corpus.hard["clipped"].name)
-    assert clipped["status"] == "excluded" and clipped["reasons"][0]["code"] == "clipping"
-    assert clipped["asr"] is None and narrow["asr"] is None  # excluded before ASR: no time spent
+    assert clipped.status == "excluded" and clipped.reasons[0]["code"] == "clipping"
+    assert clipped.asr is None and narrow.asr is None  # excluded before ASR: no time spent
     for code in ("zero_length", "corrupt", "silent", "low_sample_rate", "clipping"):
         assert result.by_reason[code] == 1
 
@@ -131,12 +132,12 @@ def test_formats_accepted_and_transcribed(main_run, corpus: Corpus) -> None:
     cers = {}
     for kind in ("stereo", "mp3", "flac", "m4a", "unicode_path"):
         seg = _by_source(result, corpus.hard[kind].name)
-        assert seg["status"] == "kept", (kind, seg["reasons"])
-        cers[kind] = cer(corpus.clip(kind).text, seg["text"])
+        assert seg.status == "kept", (kind, seg.reasons)
+        cers[kind] = cer(corpus.clip(kind).text, seg.text)
     for clip in (corpus.clips[0], corpus.clips[6]):
         seg = _by_source(result, clip.path.name)
-        assert seg["status"] == "kept"
-        cers[clip.path.name] = cer(clip.text, seg["text"])
+        assert seg.status == "kept"
+        cers[clip.path.name] = cer(clip.text, seg.text)
     print("CER per clip:", {k: round(v, 3) for k, v in cers.items()})
     assert all(v <= CER_BOUND for v in cers.values()), cers
     assert result.asr_calls == 7
@@ -145,15 +146,15 @@ def test_formats_accepted_and_transcribed(main_run, corpus: Corpus) -> None:
 def test_unicode_path_survives(main_run, corpus: Corpus) -> None:
     ws, result, _ = main_run
     seg = _by_source(result, corpus.hard["unicode_path"].name)
-    assert "说话人 一" in seg["source"] and Path(seg["source"]).is_file()
-    assert not has_whitespace(seg["utt"]) and "片段" in seg["utt"]
-    assert not has_whitespace(seg["wav"]) and Path(seg["wav"]).is_file()
-    assert Path(seg["wav"]).parent == ws.prepare_dir / "clips"
+    assert "说话人 一" in seg.source and Path(seg.source).is_file()
+    assert not has_whitespace(seg.utt) and "片段" in seg.utt
+    assert not has_whitespace(seg.wav) and Path(seg.wav).is_file()
+    assert Path(seg.wav).parent == ws.prepare_dir / "clips"
 
 
 def test_kaldi_dirs_well_formed(main_run) -> None:
     ws, result, _ = main_run
-    kept = {s["utt"] for s in result.segments if s["status"] == "kept"}
+    kept = {s.utt for s in result.segments if s.status == "kept"}
     seen: set[str] = set()
     for split in ("train", "dev"):
         d = ws.split_dir(split)
@@ -210,10 +211,10 @@ def test_rerun_and_qc_change_redo_no_asr(main_run, tmp_path: Path, whisper_dir: 
     intake_lines = (ws.prepare_dir / "intake.jsonl").read_text().count("\n")
     again = P.run_prepare(ws, _asr(whisper_dir))
     assert again.asr_calls == 0 and again.intake_audio_seconds == 0.0
-    assert [s["text"] for s in again.segments] == [s["text"] for s in first.segments]
+    assert [s.text for s in again.segments] == [s.text for s in first.segments]
     assert (ws.prepare_dir / "intake.jsonl").read_text().count("\n") == intake_lines
     # A stricter threshold: the faster half of the kept segments is excluded, nothing redone.
-    rates = sorted(s["qc"]["chars_per_second"] for s in first.segments if s["status"] == "kept")
+    rates = sorted(s.qc["chars_per_second"] for s in first.segments if s.status == "kept")
     limit = rates[len(rates) // 2]
     strict = P.run_prepare(ws, _asr(whisper_dir, qc_opts=QcOptions(max_chars_per_second=limit)))
     assert strict.asr_calls == 0 and strict.intake_audio_seconds == 0.0
@@ -233,8 +234,8 @@ def test_review_round_trip(main_run, tmp_path: Path, whisper_dir: Path, corpus: 
     by_id = {r[0]: r for r in rows[1:]}
     kept_ids = sorted(i for i, r in by_id.items() if r[3] == "1")
     fix_id, drop_id = kept_ids[0], kept_ids[1]
-    clipped_id = _by_source(res, corpus.hard["clipped"].name)["utt"]
-    narrow_id = _by_source(res, corpus.hard["narrowband"].name)["utt"]
+    clipped_id = _by_source(res, corpus.hard["clipped"].name).utt
+    narrow_id = _by_source(res, corpus.hard["narrowband"].name).utt
     by_id[fix_id][2] = "A corrected transcript."
     by_id[drop_id][3] = "0"
     by_id[clipped_id][3] = "1"  # soft reason: a person may keep it (it gets transcribed now)
@@ -277,7 +278,7 @@ def test_limit_on_long_recording(tmp_path: Path, corpus: Corpus, whisper_dir: Pa
     assert res.projected_seconds > 0
     assert any("--limit" in ln and "would take about" in ln for ln in res.summary_lines())
     for seg, sentence in zip(res.segments, corpus.long_sentences, strict=False):
-        assert cer(sentence, seg["text"]) <= CER_BOUND, (sentence, seg["text"])
+        assert cer(sentence, seg.text) <= CER_BOUND, (sentence, seg.text)
     # The whole recording was segmented at intake: within bounds, cut in the inserted pauses.
     rec = json.loads((ws.prepare_dir / "intake.jsonl").read_text().splitlines()[-1])
     segs = rec["segments"]
@@ -333,10 +334,10 @@ def test_transcripts_import(tmp_path: Path, corpus: Corpus, fmt: str) -> None:
     ws = Workspace.init(tmp_path / "ws", "spk1", str(src))
     res = P.run_prepare(ws, P.PrepareOptions(asr="transcripts", transcripts=list_file))
     assert res.asr_calls == 0 and not (ws.prepare_dir / "asr_cache.jsonl").exists()
-    assert res.kept == 3, [s["reasons"] for s in res.segments]
-    got = {Path(s["source"]).name: s["text"] for s in res.segments}
+    assert res.kept == 3, [s.reasons for s in res.segments]
+    got = {Path(s.source).name: s.text for s in res.segments}
     assert got == texts
-    assert all(s["qc"]["avg_logprob"] is None for s in res.segments)
+    assert all(s.qc["avg_logprob"] is None for s in res.segments)
 
 
 def test_transcripts_missing(tmp_path: Path, corpus: Corpus) -> None:
@@ -445,18 +446,18 @@ def test_source_ids_unique_and_readable(tmp_path: Path) -> None:
 
 
 def test_split_dev_by_source() -> None:
-    kept = [{"utt": f"s_{i:02d}_{j:04d}", "source_rel": f"{i:02d}.wav"} for i in range(40)
+    kept = [Segment(f"s_{i:02d}_{j:04d}", source_rel=f"{i:02d}.wav") for i in range(40)
             for j in range(5)]  # fmt: skip
     dev = P.split_dev(kept, 0.05)
     assert 8 <= len(dev) <= 15
     sources = {u.rsplit("_", 1)[0] for u in dev}
     assert all(f"{s}_{j:04d}" in dev for s in sources for j in range(5))  # whole recordings
     assert P.split_dev(list(reversed(kept)), 0.05) == dev  # deterministic
-    big = [{"utt": f"u{i:05d}", "source_rel": f"{i}.wav"} for i in range(5000)]
+    big = [Segment(f"u{i:05d}", source_rel=f"{i}.wav") for i in range(5000)]
     assert len(P.split_dev(big, 0.05)) == 50
-    few = [{"utt": f"u{i}", "source_rel": f"{i}.wav"} for i in range(20)]
+    few = [Segment(f"u{i}", source_rel=f"{i}.wav") for i in range(20)]
     assert len(P.split_dev(few, 0.05)) == 2
-    one = [{"utt": f"u{i:03d}", "source_rel": "long.wav"} for i in range(30)]
+    one = [Segment(f"u{i:03d}", source_rel="long.wav") for i in range(30)]
     assert len(P.split_dev(one, 0.05)) == 2  # a single recording still gets a dev set
     assert P.split_dev(one[:1], 0.05) == set()
 
@@ -509,7 +510,7 @@ def test_options_from_workspace(tmp_path: Path) -> None:
 
 def test_audio_metrics_stay_cheap_for_silence_inside() -> None:
     # A segment with a long inner pause keeps a sane speech ratio (no division by zero).
-    from voicelab import qc
+    from voicelab.blocks import qc
 
     m = qc.text_metrics("", 3.0)
     assert m == {"text_chars": 0, "text_tokens": 0}
@@ -593,7 +594,7 @@ def test_snr_borderline_kept_flagged_and_summary_says_how_to_keep(
     # Issue 15 item 9, end to end: clean AISHELL read speech is kept; a borderline noisy clip
     # is kept with a 'noisy' flag (first in review.tsv); a very noisy one is excluded, and the
     # summary says how to keep it.
-    from voicelab import audio as au
+    from voicelab.blocks import audio as au
     from voicelab.errors import EnvironmentProblem
     from voicelab.testing.mandarin import aishell_clips
 
@@ -620,13 +621,13 @@ def test_snr_borderline_kept_flagged_and_summary_says_how_to_keep(
         (src / f"{name}.txt").write_text(clip.text, encoding="utf-8")
     ws = Workspace.init(tmp_path / "ws", "spk1", str(src))
     res = P.run_prepare(ws, P.PrepareOptions(asr="transcripts", review=True))
-    by_src = {Path(s["source"]).stem: s for s in res.segments}
+    by_src = {Path(s.source).stem: s for s in res.segments}
     for path, _ in aishell:
         s = by_src[path.stem]
-        assert s["status"] == "kept" and not s["flags"], (s["reasons_text"], s["qc"]["snr_db"])
-    assert by_src["border"]["status"] == "kept"
-    assert [f["code"] for f in by_src["border"]["flags"]] == ["noisy"]
-    assert by_src["noisy"]["status"] == "excluded" and by_src["noisy"]["reasons_text"].startswith(
+        assert s.status == "kept" and not s.flags, (s.reasons_text, s.qc["snr_db"])
+    assert by_src["border"].status == "kept"
+    assert [f["code"] for f in by_src["border"].flags] == ["noisy"]
+    assert by_src["noisy"].status == "excluded" and by_src["noisy"].reasons_text.startswith(
         "low_snr("
     )
     rows = list(csv.DictReader((ws.prepare_dir / "qc.tsv").open(encoding="utf-8"), delimiter="\t"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicelab import audio as au
-from voicelab import qc, vad
+from voicelab.blocks import audio as au
+from voicelab.blocks import qc, vad
 from voicelab.testing.corpus import Corpus, build_corpus
 
 

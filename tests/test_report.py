@@ -8,8 +8,8 @@ from urllib.parse import unquote
 import numpy as np
 import soundfile as sf
 
-from voicelab.pipeline import RunOptions, Stage, run_pipeline
-from voicelab.report import build_report
+from voicelab.runner.pipeline import RunOptions, Stage, run_pipeline
+from voicelab.runner.report import build_report
 from voicelab.workspace import Workspace
 
 
@@ -194,7 +194,7 @@ def test_plots_have_ticks_and_units() -> None:
 
 
 def test_audition_refreshes_the_report(tmp_workspace: Workspace) -> None:
-    from voicelab.report import refresh_after_audition
+    from voicelab.runner.report import refresh_after_audition
 
     build_report(tmp_workspace)
     aud = tmp_workspace.reports_dir / "audition-20270101-000000"

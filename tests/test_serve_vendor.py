@@ -281,9 +281,9 @@ def test_key_and_time_limit_off_localhost(workspace) -> None:
 def test_cancel_stops_upstream_llm(workspace) -> None:
     """Engine.cancel ends upstream's LLM thread at its next token (streamed or not) and leaves no
     per-request state in the model for the next job."""
+    from voicelab.blocks.tts_text import plan_utterance
     from voicelab.serve.engine import Cancelled, Engine, Job
     from voicelab.serve.voices import find_voices
-    from voicelab.tts_text import plan_utterance
 
     voice = find_voices(workspace.pretrained_dir)[0]
     engine = Engine([voice])

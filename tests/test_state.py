@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from voicelab.pipeline import RunOptions, Stage, run_pipeline, stage_states
+from voicelab.runner.pipeline import RunOptions, Stage, run_pipeline, stage_states
 from voicelab.state import load_record
 from voicelab.workspace import Workspace
 
@@ -125,7 +125,7 @@ def _holder(root: Path) -> subprocess.Popen[str]:
     code = (
         "import sys, time\n"
         "from voicelab.cli.main import main\n"
-        "import voicelab.stages as st\n"
+        "import voicelab.runner.pipeline as st\n"
         "def slow(ws, o):\n"
         "    print('holding', flush=True)\n"
         "    time.sleep(60)\n"

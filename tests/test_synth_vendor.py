@@ -46,7 +46,7 @@ def voice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth(voice_dir: Path):
-    from voicelab.synth import Synthesizer
+    from voicelab.stages.synth import Synthesizer
 
     # As if left over from training (upstream's variable is lower case).
     os.environ["onnx_path"] = str(voice_dir / "no-such-dir")  # noqa: SIM112
@@ -67,7 +67,7 @@ def _check_wav(path: Path, min_seconds: float = 0.5) -> np.ndarray:
 
 
 def test_say_zh_and_en(synth, tmp_path: Path) -> None:
-    from voicelab.tts_text import plan_utterance
+    from voicelab.blocks.tts_text import plan_utterance
 
     for text in ("你好，3点见。", "Hi, at 3 pm."):
         utt = plan_utterance(text, BARE)
@@ -82,9 +82,9 @@ def test_say_zh_and_en(synth, tmp_path: Path) -> None:
 def test_llm_ckpt_and_bad_ckpt(synth, voice_dir: Path, tmp_path: Path) -> None:
     import torch
 
+    from voicelab.blocks.tts_text import plan_utterance
     from voicelab.errors import ModelError
-    from voicelab.synth import Weights
-    from voicelab.tts_text import plan_utterance
+    from voicelab.stages.synth import Weights
 
     state = torch.load(voice_dir / "llm.pt", map_location="cpu", weights_only=True)
     ckpt = tmp_path / "epoch_3_whole.pt"
@@ -134,8 +134,8 @@ def test_say_command(voice_dir: Path, tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_stream(synth, tmp_path: Path) -> None:
     """--stream: the file grows chunk by chunk; each chunk is flushed as it arrives."""
-    from voicelab.synth import StreamingWav
-    from voicelab.tts_text import plan_utterance
+    from voicelab.blocks.tts_text import plan_utterance
+    from voicelab.stages.synth import StreamingWav
 
     out = tmp_path / "stream.wav"
     writer = StreamingWav(out, synth.sample_rate)
@@ -156,7 +156,7 @@ def test_stream(synth, tmp_path: Path) -> None:
 
 def test_say_bad_speaker(voice_dir: Path, tmp_path: Path) -> None:
     from voicelab.errors import ModelError
-    from voicelab.synth import SayOptions, run_say
+    from voicelab.stages.synth import SayOptions, run_say
 
     with pytest.raises(ModelError) as e:
         run_say(
@@ -176,7 +176,7 @@ class _Audio(HTMLParser):
 
 
 def test_audition_compare(voice_dir: Path, tmp_path: Path) -> None:
-    from voicelab.audition import AuditionOptions, run_audition
+    from voicelab.stages.audition import AuditionOptions, run_audition
     from voicelab.workspace import Workspace
 
     # A workspace whose voice was trained with the bare marker: neutral = that instruct, and

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from voicelab.textnorm import (
+from voicelab.blocks.textnorm import (
     count_units,
     detect_language,
     hallucination_flags,

@@ -54,7 +54,7 @@ def _fake_tiny(d: Path) -> None:
 
 def _check_tiny_workspace(ws_root: Path, base: Path) -> None:
     from voicelab.doctor import check_model
-    from voicelab.download import list_models, verify_model_dir
+    from voicelab.models import list_models, verify_model_dir
     from voicelab.workspace import Workspace
 
     ws = Workspace.init(ws_root, "demo", options={"model": {"base_dir": str(base)}})

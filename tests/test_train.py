@@ -13,8 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from voicelab import train as tr
+from voicelab.blocks.records import PackedUtt
 from voicelab.errors import ConfigError
+from voicelab.stages import train as tr
+from voicelab.stages.train import supervise
 from voicelab.upstream import train_config as tc
 from voicelab.workspace import Workspace
 
@@ -259,13 +261,13 @@ def test_preflight_dev_filtered_empty(ws: Workspace) -> None:
 
 def test_filter_rules_mirror_upstream() -> None:
     r = tr.FilterRules.from_config(values())
-    assert r.keeps(tr.Utt("a", 2.0, 5, 50))
-    assert not r.keeps(tr.Utt("a", 0.9, 5, 23))  # < 1 s
-    assert not r.keeps(tr.Utt("a", 61, 5, 1525))  # > 60 s
-    assert not r.keeps(tr.Utt("a", 2.0, 0, 50))  # no text tokens
-    assert not r.keeps(tr.Utt("a", 2.0, 201, 50))  # > 200 text tokens
-    assert not r.keeps(tr.Utt("a", 2.0, 5, 0))  # no speech tokens
-    assert not r.keeps(tr.Utt("a", 1.5, 160, 38))  # > 1 text token per 10 ms
+    assert r.keeps(PackedUtt("a", 2.0, 5, 50))
+    assert not r.keeps(PackedUtt("a", 0.9, 5, 23))  # < 1 s
+    assert not r.keeps(PackedUtt("a", 61, 5, 1525))  # > 60 s
+    assert not r.keeps(PackedUtt("a", 2.0, 0, 50))  # no text tokens
+    assert not r.keeps(PackedUtt("a", 2.0, 201, 50))  # > 200 text tokens
+    assert not r.keeps(PackedUtt("a", 2.0, 5, 0))  # no speech tokens
+    assert not r.keeps(PackedUtt("a", 1.5, 160, 38))  # > 1 text token per 10 ms
     assert tr.estimate_text_tokens("你好，世界") == 5
     assert tr.estimate_text_tokens("hello world") == 3
 
@@ -416,7 +418,7 @@ def test_dynamic_batches_like_upstream() -> None:
 
 
 def test_batches_per_rank_follow_sharding() -> None:
-    shard = tr.Shard(Path("s"), [tr.Utt(str(i), 3.0, 8, 75) for i in range(6)])
+    shard = tr.Shard(Path("s"), [PackedUtt(str(i), 3.0, 8, 75) for i in range(6)])
     rules = tr.FilterRules()
     # 6 clips x 150 frames per shard; 2 shards, 2 ranks -> each rank reads one shard.
     assert tr.batches_per_rank([shard, shard], rules, 450, world=2, workers=1) == [2, 2]
@@ -631,7 +633,7 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
             break
         time.sleep(0.05)
     child = int(pidfile.read_text())
-    tr._stop(proc)
+    supervise._stop(proc)
     assert proc.poll() is not None
     for _ in range(100):
         try:
@@ -661,7 +663,9 @@ def test_engine_stop_line_is_the_cli_error_and_hint(tmp_path: Path) -> None:
         " continue with --resume --memory checkpointing+8bit\n",
         "utf-8",
     )
-    assert tr._failure(log, 3).endswith(
+    assert supervise.failure(log, 3).endswith(
         "out of GPU memory in mode 8bit with one utterance per batch"
     )
-    assert tr._failure_hint(log).endswith("continue with --resume --memory checkpointing+8bit")
+    assert supervise.failure_hint(log).endswith(
+        "continue with --resume --memory checkpointing+8bit"
+    )

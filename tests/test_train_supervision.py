@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from voicelab.locks import LockBusy, group_alive
+from voicelab.stages.train import run_lock
 from voicelab.state import load_record
-from voicelab.train import run_lock
 from voicelab.workspace import Workspace
 
 # "torchrun": a worker in its process group, and progress lines until it is stopped.
@@ -34,14 +34,18 @@ TRAINER = (
 PARENT = """
 import os, sys
 from pathlib import Path
-from voicelab import state, train
+from voicelab import state
+from voicelab.stages import train
+from voicelab.stages.train import supervise
 from voicelab.workspace import Workspace
 
 ws, run_dir = Workspace.open(sys.argv[1]), Path(sys.argv[2])
 run_dir.mkdir(parents=True, exist_ok=True)
 launch = train.Launch([sys.executable, "-c", sys.argv[3]], dict(os.environ), None)
 with train.run_lock(run_dir) as lock, state.stage_run(ws, "train_llm", {}, {}) as rec:
-    train._run(launch, run_dir, "llm", 2, 10, 1, -1, on_start=lambda g: lock.update(pgid=g))
+    supervise.supervise(
+        launch, run_dir, "llm", 2, 10, 1, -1, on_start=lambda g: lock.update(pgid=g)
+    )
 """
 
 

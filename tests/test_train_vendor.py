@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from voicelab import train as tr
-from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
+from speech_corpus import packed_workspace, tiny_model_dir
+from voicelab.errors import ConfigError
+from voicelab.stages import train as tr
+from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 
@@ -35,50 +35,19 @@ SENTENCES = (
 )
 
 
-def _cache() -> Path:
-    import os
-
-    return Path(os.environ["VOICELAB_TEST_CACHE"])
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> Path:
     from voicelab.upstream.tinymodel import build_tiny_model
 
-    return build_tiny_model(_cache() / "tiny-cosyvoice3")
-
-
-def _speak(text: str, out: Path, speed: int) -> None:
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        pytest.skip("espeak-ng is not installed")
-    subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(out), text], check=True)
+    return build_tiny_model(tiny_model_dir())
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Workspace:
     """A workspace with packed train/dev data: 24 train and 4 dev clips of one speaker."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-
-    root = tmp_path_factory.mktemp("train-vendor")
-    ws = Workspace.init(root / "ws", "spk1")
-    ws.set_option("model", "base_dir", str(tiny_model))
-    clips = root / "clips"
-    clips.mkdir()
-    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
-    for i, (speed, text) in enumerate((s, t) for s in (140, 175, 210) for t in SENTENCES):
-        wav = clips / f"c{i:02d}.wav"
-        _speak(text, wav, speed)
-        split = "dev" if i % 7 == 3 else "train"
-        utts[split].append(Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT))
-    for split, items in utts.items():
-        write_kaldi_dir(ws.split_dir(split), items)
-    run_features(ws, FeaturesOptions(device="cpu"))
     # 2 shards per worker per process for the 2-process run below.
-    run_pack(ws, PackOptions(num_workers=1, num_gpus=2))
-    return ws
+    return packed_workspace(tmp_path_factory.mktemp("train-vendor"), SENTENCES, (140, 175, 210),
+                            dev_every=7, dev_at=3, gpus=2)  # fmt: skip
 
 
 def _rows(ws: Workspace, model: str) -> list[dict]:
@@ -146,7 +115,7 @@ def test_resume_continues_at_next_epoch(packed: Workspace) -> None:
         pytest.skip("needs the llm run of the test above")
     first = (run / "epoch_0_whole.pt").stat().st_mtime_ns
     init = (run / "init.pt").stat().st_mtime_ns
-    with pytest.raises(tr.ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         tr.run_train(ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3))
     res = tr.run_train(
         ws, "llm", tr.TrainOptions(trainer="upstream", device="cpu", epochs=3, resume=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from voicelab.errors import ConfigError, InputError
-from voicelab.textnorm import count_units
-from voicelab.tts_text import (
+from voicelab.blocks.textnorm import count_units
+from voicelab.blocks.tts_text import (
     HYPE_INSTRUCT,
     MARKER,
     normalize_instruct,
@@ -16,6 +15,7 @@ from voicelab.tts_text import (
     split_input,
     strip_markers,
 )
+from voicelab.errors import ConfigError, InputError
 
 TRAIN = "You are a helpful assistant.<|endofprompt|>"
 

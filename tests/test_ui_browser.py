@@ -27,7 +27,7 @@ from ui_browser import (
     wait,
     wait_job,
 )
-from voicelab.kaldi import read_kaldi_dir
+from voicelab.blocks.kaldi import read_kaldi_dir
 from voicelab.paths import to_local_path
 from voicelab.workspace import Workspace
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicelab.audition import key_path
 from voicelab.console import track
 from voicelab.errors import InputError
 from voicelab.fsutil import atomic_write_json
-from voicelab.prepare import read_review
+from voicelab.stages.audition import key_path
+from voicelab.stages.prepare import read_review
 from voicelab.web import listening, review
 from voicelab.web.jobs import JobBusy, JobManager
 from voicelab.workspace import Workspace

@@ -9,15 +9,12 @@ Run with::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from speech_corpus import packed_workspace
 from ui_browser import (
     audio_duration,
     chromium,
@@ -29,8 +26,8 @@ from ui_browser import (
     wait,
     wait_job,
 )
-from voicelab import train as tr
-from voicelab.workspace import DEFAULT_INSTRUCT, Workspace
+from voicelab.stages import train as tr
+from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 
@@ -47,32 +44,9 @@ SENTENCES = (
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A workspace on the tiny model with packed data: espeak-ng clips of one speaker."""
-    from voicelab.features import FeaturesOptions, run_features
-    from voicelab.kaldi import Utt, write_kaldi_dir
-    from voicelab.pack import PackOptions, run_pack
-    from voicelab.upstream.tinymodel import build_tiny_model
-
     need_browser()
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        pytest.skip("espeak-ng is not installed")
-    tiny = build_tiny_model(Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3")
-    root = tmp_path_factory.mktemp("ui-vendor")
-    ws = Workspace.init(root / "ws", "spk1")
-    ws.set_option("model", "base_dir", str(tiny))
-    clips = root / "clips"
-    clips.mkdir()
-    utts: dict[str, list[Utt]] = {"train": [], "dev": []}
-    for i, (speed, text) in enumerate((s, t) for s in (150, 200) for t in SENTENCES):
-        wav = clips / f"c{i:02d}.wav"
-        subprocess.run([espeak, "-v", "en-us", "-s", str(speed), "-w", str(wav), text], check=True)
-        split = "dev" if i % 6 == 2 else "train"
-        utts[split].append(Utt(f"spk1_{i:03d}", wav, text, "spk1", DEFAULT_INSTRUCT))
-    for split, items in utts.items():
-        write_kaldi_dir(ws.split_dir(split), items)
-    run_features(ws, FeaturesOptions(device="cpu"))
-    run_pack(ws, PackOptions(num_workers=1, num_gpus=1))
-    return ws
+    return packed_workspace(tmp_path_factory.mktemp("ui-vendor"), SENTENCES, (150, 200),
+                            dev_every=6, dev_at=2, gpus=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from voicelab import audio as au
-from voicelab import vad
+from voicelab.blocks import audio as au
+from voicelab.blocks import vad
 from voicelab.errors import ConfigError
 from voicelab.testing.corpus import Corpus, build_corpus
 

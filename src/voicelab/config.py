@@ -36,17 +36,11 @@ class Section:
 
     name: str
     options: str | None  # "module:Class"; None: the types are given in ``extra``
-    keys: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # empty: every field not marked run_only
     extra: dict[str, type] = field(default_factory=dict)  # keys that are not Options fields
     rename: dict[str, str] = field(default_factory=dict)  # toml key -> Options field
     doc: str = ""
 
-
-TRAIN_KEYS = (
-    "device", "gpus", "gpu_ids", "engine", "amp", "epochs", "batch_frames", "accum_grad", "lr",
-    "num_workers", "prefetch", "save_per_step", "log_interval", "cpus", "master_port", "timeout",
-    "memory", "max_vram", "trainer", "keep", "compile",
-)  # fmt: skip
 
 SECTIONS: dict[str, Section] = {
     s.name: s
@@ -59,7 +53,7 @@ SECTIONS: dict[str, Section] = {
         ),
         Section(
             "prepare",
-            "voicelab.prepare:PrepareOptions",
+            "voicelab.stages.prepare:PrepareOptions",
             (
                 "asr",
                 "whisper_model",
@@ -76,27 +70,30 @@ SECTIONS: dict[str, Section] = {
             ),
             extra={"instruct": str},
         ),
-        Section("prepare.qc", "voicelab.qc:QcOptions", doc="QC thresholds (every field)"),
+        Section("prepare.qc", "voicelab.blocks.qc:QcOptions", doc="QC thresholds (every field)"),
         Section(
             "features",
-            "voicelab.features:FeaturesOptions",
+            "voicelab.stages.features:FeaturesOptions",
             ("device", "onnx_dir", "threads", "token_batch"),
         ),
         Section(
             "pack",
-            "voicelab.pack:PackOptions",
+            "voicelab.stages.pack:PackOptions",
             ("utts_per_shard", "num_workers", "gpus", "jobs"),
             rename={"gpus": "num_gpus"},
         ),
-        Section("train", "voicelab.train:TrainOptions", TRAIN_KEYS),
-        Section("train_flow", "voicelab.train:TrainOptions", TRAIN_KEYS, doc="flow overrides"),
-        Section("export", "voicelab.export:ExportOptions", ("llm_select", "flow_select", "name")),
+        # Every TrainOptions field but those marked run_only (resume, dry_run ...).
+        Section("train", "voicelab.stages.train.options:TrainOptions"),
+        Section("train_flow", "voicelab.stages.train.options:TrainOptions", doc="flow overrides"),
+        Section(
+            "export", "voicelab.stages.export:ExportOptions", ("llm_select", "flow_select", "name")
+        ),
         Section(
             "audition",
-            "voicelab.audition:AuditionOptions",
+            "voicelab.stages.audition:AuditionOptions",
             ("sentences", "compare", "blind", "preset", "speed", "fp16", "seed", "text_frontend"),
         ),
-        Section("download", None, extra={"source": str, "endpoint": str, "rl": bool}),
+        Section("download", "voicelab.models.stage:DownloadOptions", ("source", "endpoint", "rl")),
         Section("model", None, extra={"base_dir": str}),
         Section(
             "run",
@@ -211,7 +208,7 @@ def section_keys(name: str) -> dict[str, Key]:
     cls = getattr(importlib.import_module(module), cls_name)
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
-    wanted = sec.keys or tuple(by_name)
+    wanted = sec.keys or tuple(n for n, f in by_name.items() if not f.metadata.get("run_only"))
     for key in wanted:
         f = by_name[sec.rename.get(key, key)]
         out[key] = Key(name, key, _base_type(hints[f.name]), _default(f))

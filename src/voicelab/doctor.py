@@ -219,7 +219,7 @@ def check_onnxruntime(
     installed: set[str] | None = None, providers: list[str] | None = None
 ) -> Check:
     """Which ORT providers *actually* load: a real session on a tiny model for each."""
-    from voicelab.onnxrt import probe_providers
+    from voicelab.blocks.onnxrt import probe_providers
 
     dists = installed if installed is not None else _dists()
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
@@ -321,7 +321,7 @@ def check_vendor(root: Path | None = None) -> list[Check]:
 
 def check_model(ws: Workspace) -> Check:
     try:
-        from voicelab.download import verify_model_dir
+        from voicelab.models import verify_model_dir
     except ImportError:
         return Check("base model", "skip", "download support not installed", required=False)
     model_dir = ws.base_model_dir

@@ -1,8 +1,8 @@
 """Stage records: what each stage consumed, produced and reported, for skip/redo and status.
 
 One record per stage: ``<workspace>/.voicelab/state/<stage>.json``. The runner
-(:func:`voicelab.pipeline.run_stage`) owns it: status, times, error and the options the stage ran
-with (``options``), whether the stage was started by ``voicelab run`` or by its own command
+(:func:`voicelab.runner.pipeline.run_stage`) owns it: status, times, error and the options the stage
+ran with (``options``), whether the stage was started by ``voicelab run`` or by its own command
 (``prepare``, ``features``, ``pack``). Inside, the stage adds what only it knows with
 :func:`stage_run`: the hash of its inputs (file fingerprints) and of its parameters, its figures
 and outputs; :func:`staleness` lets it skip work whose inputs and parameters are unchanged.

@@ -11,7 +11,7 @@ from voicelab.console import echo
 
 if TYPE_CHECKING:
     from voicelab.evaluation.during_training import TrainingEvaluator
-    from voicelab.train import TrainOptions
+    from voicelab.stages.train import TrainOptions
     from voicelab.workspace import Workspace
 
 
@@ -61,7 +61,7 @@ def evaluate(ctx: Ctx, **kw: object) -> None:
       voicelab eval --run 20260101-120000   # resume an interrupted run
     """
     from voicelab.evaluation.run import EvalOptions, run_eval
-    from voicelab.report import build_report
+    from voicelab.runner.report import build_report
 
     ws = ctx.workspace()
     kw["fixed"] = not kw.pop("no_fixed")
@@ -108,7 +108,7 @@ def train_with_eval(
     """``voicelab train --eval-every K --early-stop P`` (voicelab.evaluation.during_training)."""
     from voicelab.errors import ConfigError
     from voicelab.evaluation.during_training import TrainingEvaluator
-    from voicelab.train import run_train
+    from voicelab.stages.train import run_train
 
     if model != "llm" or not every:
         raise ConfigError(

@@ -61,9 +61,9 @@ def checkpoints(
       voicelab checkpoints flow --select best-cv:2
       voicelab checkpoints --lock 6              # export and say use epoch 6 from now on
     """
-    from voicelab.checkpoints import default_rule, evaluated, run_checkpoints, select
     from voicelab.errors import ConfigError, VoiceLabError
-    from voicelab.export import set_lock
+    from voicelab.stages.checkpoints import default_rule, evaluated, run_checkpoints, select
+    from voicelab.stages.export import set_lock
 
     ws = ctx.workspace(write=lock is not None or unlock)  # --lock writes voicelab.toml
     if lock is not None and unlock:
@@ -165,8 +165,8 @@ def export(
 
     if check:
         from voicelab.errors import VoiceLabError
-        from voicelab.export import check_dir
         from voicelab.fsutil import read_json
+        from voicelab.stages.export import check_dir
 
         target = to_local_path(check)
         base = None
@@ -181,7 +181,7 @@ def export(
         echo(f"ok: {target} ({', '.join(rep.checked)}; speakers: {', '.join(rep.speakers)})")
         return
 
-    from voicelab.export import ExportOptions, run_export
+    from voicelab.stages.export import ExportOptions, run_export
 
     ws = ctx.workspace()
     res = run_export(

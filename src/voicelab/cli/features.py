@@ -1,4 +1,4 @@
-"""``voicelab features`` and ``voicelab pack``."""
+"""``voicelab features``: speaker embeddings and speech tokens, run alone through the runner."""
 
 from __future__ import annotations
 
@@ -53,53 +53,14 @@ def features(
     is recomputed; an interrupted run resumes.
     """
     flags = {"device": device, "onnx_dir": onnx_dir, "threads": threads, "token_batch": token_batch}
-    _run_alone(ctx, "features", flags, force)
+    run_alone(ctx, "features", flags, force)
 
 
-@click.command("pack")
-@click.option(
-    "--utts-per-shard",
-    type=int,
-    metavar="N",
-    help="Utterances per parquet shard (upstream's --num_utts_per_parquet). Default: enough "
-    "shards for 2 per DataLoader worker per GPU.",
-)
-@click.option(
-    "--num-workers",
-    type=int,
-    metavar="N",
-    help="DataLoader workers training will use per GPU (default: [train] num_workers, else 4).",
-)
-@click.option(
-    "--gpus", type=int, metavar="N", help="GPUs training will use (default: [train] gpus, else 1)."
-)
-@click.option("--jobs", type=int, metavar="N", help="Shards written in parallel (default: cores).")
-@click.option("--force", is_flag=True, help="Rewrite every shard even when inputs are unchanged.")
-@pass_ctx
-def pack(
-    ctx: Ctx,
-    utts_per_shard: int | None,
-    num_workers: int | None,
-    gpus: int | None,
-    jobs: int | None,
-    force: bool,
-) -> None:
-    """Parquet shards and data.list for train and dev, in upstream's format."""
-    flags = {
-        "utts_per_shard": utts_per_shard,
-        "num_workers": num_workers,
-        "gpus": gpus,
-        "jobs": jobs,
-    }
-    _run_alone(ctx, "pack", flags, force)
-
-
-def _run_alone(ctx: Ctx, stage: str, flags: dict[str, object], force: bool) -> None:
+def run_alone(ctx: Ctx, stage: str, flags: dict[str, object], force: bool) -> None:
     """Check the flags (before anything is written), run ``stage`` alone through the runner,
     recorded as ``voicelab run`` records it, and print its summary."""
     from voicelab import config
-    from voicelab.pipeline import RunOptions
-    from voicelab.stages import run_stage
+    from voicelab.runner.pipeline import RunOptions, run_stage
 
     given = config.check_flags(stage, flags)
     ws = ctx.workspace()
@@ -110,4 +71,4 @@ def _run_alone(ctx: Ctx, stage: str, flags: dict[str, object], force: bool) -> N
     echo(run.result.summary())
 
 
-commands = [features, pack]
+commands = [features]

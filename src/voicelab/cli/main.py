@@ -27,11 +27,13 @@ COMMAND_MODULES = (
     "voicelab.cli.vendor",  # vendor sync|status|link|pin
     "voicelab.cli.models",  # download, models
     "voicelab.cli.prepare",  # prepare
-    "voicelab.cli.features",  # features, pack
-    "voicelab.cli.training",  # train
+    "voicelab.cli.features",  # features
+    "voicelab.cli.pack",  # pack
+    "voicelab.cli.train",  # train, tensorboard
     "voicelab.cli.export",  # checkpoints, export
-    "voicelab.cli.speak",  # say, audition
-    "voicelab.cli.pipeline",  # run, status, demo, report
+    "voicelab.cli.synth",  # say
+    "voicelab.cli.audition",  # audition
+    "voicelab.cli.runner",  # run, status, demo, report
     "voicelab.cli.evaluate",  # eval
     "voicelab.cli.ui",  # ui
     "voicelab.cli.serve",  # serve

@@ -85,7 +85,7 @@ def cosyvoice3(
       voicelab download cosyvoice3 --check       # verify hashes offline
       voicelab download cosyvoice3 --from-dir /mnt/d/Fun-CosyVoice3-0.5B   # offline machine
     """
-    from voicelab import download as dl
+    from voicelab import models as dl
 
     ws = ctx.workspace(must_exist=False)
     model_dir = to_local_path(dest) if dest else ws.base_model_dir
@@ -134,7 +134,7 @@ def whisper(
     A broken cache ("Cannot load the target vocabulary") is detected and only the broken files
     are fetched again.
     """
-    from voicelab import download as dl
+    from voicelab import models as dl
 
     if save and endpoint:
         echo(f"saved download settings in {dl.save_download_settings('huggingface', endpoint)}")
@@ -163,7 +163,7 @@ def funasr(
     models: tuple[str, ...], endpoint: str | None, revision: str, cache_dir: str | None
 ) -> None:
     """FunASR models into the ModelScope cache (MODELSCOPE_CACHE), where funasr finds them."""
-    from voicelab import download as dl
+    from voicelab import models as dl
 
     cache = to_local_path(cache_dir) if cache_dir else None
     for name in models or dl.FUNASR_DEFAULT:
@@ -177,7 +177,7 @@ def funasr(
 @pass_ctx
 def models(ctx: Ctx, as_json: bool, no_caches: bool) -> None:
     """What models are present: base model, voices (and their base), ttsfrd, ASR caches."""
-    from voicelab import download as dl
+    from voicelab import models as dl
 
     ws = ctx.workspace(must_exist=False)
     infos = dl.list_models(ws, caches=not no_caches)

@@ -90,8 +90,7 @@ def prepare(
     """
     from voicelab import config
     from voicelab.paths import to_local_path
-    from voicelab.pipeline import RunOptions
-    from voicelab.stages import run_stage
+    from voicelab.runner.pipeline import RunOptions, run_stage
     from voicelab.workspace import check_source_dir
 
     given = config.check_flags(

@@ -37,7 +37,7 @@ Row = dict[str, Any]
 
 def ready_epochs(ws: Workspace) -> list[int]:
     """Epochs whose ``epoch_N_whole.pt`` is complete (its yaml, written after it, exists)."""
-    from voicelab.synth import epoch_checkpoint, epochs_on_disk
+    from voicelab.stages.synth import epoch_checkpoint, epochs_on_disk
 
     return [e for e in epochs_on_disk(ws) if epoch_checkpoint(ws, e).with_suffix(".yaml").is_file()]
 
@@ -90,7 +90,7 @@ class TrainingEvaluator:
 
     def _identity(self, epoch: int) -> str:
         from voicelab.fsutil import quick_fingerprint
-        from voicelab.synth import epoch_checkpoint
+        from voicelab.stages.synth import epoch_checkpoint
 
         try:
             return quick_fingerprint(epoch_checkpoint(self.ws, epoch))

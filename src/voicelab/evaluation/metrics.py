@@ -34,7 +34,7 @@ _SPACES = re.compile(r"\s+")
 # ---- intelligibility ------------------------------------------------------------------------
 def scoring_language(text: str) -> str:
     """``zh`` (scored by characters) or ``en`` (scored by words) for a reference text."""
-    from voicelab.textnorm import detect_language
+    from voicelab.blocks.textnorm import detect_language
 
     return "zh" if detect_language(text) in ("zh", "ja", "ko") else "en"
 
@@ -42,7 +42,7 @@ def scoring_language(text: str) -> str:
 def normalize_for_scoring(text: str, lang: str) -> str:
     """Text as the error rate compares it: normalized numbers, lower case, no punctuation;
     zh without blanks (CER counts characters), en words separated by one blank."""
-    from voicelab.textnorm import normalize
+    from voicelab.blocks.textnorm import normalize
 
     t = normalize(text, lang).lower().replace("'", "")
     t = _PUNCT.sub(" ", t)
@@ -82,7 +82,7 @@ class Asr:
     def __init__(
         self, model: str, device: str = "auto", funasr_zh: bool = False, beam_size: int = 5
     ) -> None:
-        from voicelab.asr import AsrOptions, load_transcriber
+        from voicelab.blocks.asr import AsrOptions, load_transcriber
 
         # No prompt: it would bias the transcript toward well-formed text.
         self._opts = AsrOptions(model=model, device=device, initial_prompt="", beam_size=beam_size)
@@ -151,10 +151,10 @@ def centroid(embeddings: list[np.ndarray]) -> np.ndarray:
 
 class CampplusEncoder:
     """CAM++ (``campplus.onnx``, the embedding CosyVoice itself uses) on kaldi fbank with CMN,
-    the front end of :mod:`voicelab.features`."""
+    the front end of :mod:`voicelab.stages.features`."""
 
     def __init__(self, path: Path, device: str = "auto") -> None:
-        from voicelab.onnxrt import create_session
+        from voicelab.blocks.onnxrt import create_session
 
         if not path.is_file():
             raise ModelError(
@@ -165,7 +165,7 @@ class CampplusEncoder:
         self.name = f"campplus ({path.name})"
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        from voicelab import fbank
+        from voicelab.blocks import fbank
 
         x16 = fbank.resample(np.asarray(audio, dtype=np.float32), sample_rate, ASR_RATE)
         feat = fbank.cmn(fbank.kaldi_fbank(x16))
@@ -190,7 +190,7 @@ class ResemblyzerEncoder:
 
         wav = preprocess_wav(np.asarray(audio, dtype=np.float32), source_sr=sample_rate)
         if len(wav) < 1600:  # its silence trimming left almost nothing: use the audio as is
-            from voicelab import fbank
+            from voicelab.blocks import fbank
 
             wav = fbank.resample(np.asarray(audio, dtype=np.float32), sample_rate, 16000)
         return unit(self._enc.embed_utterance(wav))
@@ -223,7 +223,7 @@ class Dnsmos:
             from speechmos import dnsmos as _dnsmos
         except ImportError as e:
             raise EnvironmentProblem(f"speechmos is not installed ({e})", EVAL_HINT) from e
-        from voicelab.onnxrt import create_session
+        from voicelab.blocks.onnxrt import create_session
 
         models = Path(_dnsmos.__file__).parent / "dnsmos_models"
         self._model = _dnsmos.DNSMOS.__new__(_dnsmos.DNSMOS)
@@ -263,7 +263,7 @@ def duration_ratio(seconds: float, reference_seconds: float | None) -> float:
 
 
 def to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    from voicelab import fbank
+    from voicelab.blocks import fbank
 
     a = np.asarray(audio, dtype=np.float32)
     return a if sample_rate == ASR_RATE else fbank.resample(a, sample_rate, ASR_RATE)

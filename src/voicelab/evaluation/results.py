@@ -14,7 +14,7 @@ from voicelab.evaluation.sets import eval_root
 from voicelab.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
-    from voicelab.checkpoints import Checkpoint
+    from voicelab.stages.checkpoints import Checkpoint
     from voicelab.workspace import Workspace
 
 TABLE = "metrics.tsv"

@@ -33,7 +33,7 @@ from voicelab.fsutil import atomic_write_json, link_or_copy, read_json
 from voicelab.paths import safe_name, to_local_path
 
 if TYPE_CHECKING:
-    from voicelab.synth import Synthesizer, Weights
+    from voicelab.stages.synth import Synthesizer, Weights
     from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class EvalResult:
 
 # ---- candidates -----------------------------------------------------------------------------
 def parse_epochs(ws: Workspace, spec: str) -> list[int]:
-    from voicelab.synth import epochs_on_disk
+    from voicelab.stages.synth import epochs_on_disk
 
     have = epochs_on_disk(ws)
     spec = spec.strip().lower()
@@ -105,7 +105,7 @@ def parse_epochs(ws: Workspace, spec: str) -> list[int]:
 
 
 def plan_candidates(ws: Workspace, opts: EvalOptions) -> list[Candidate]:
-    from voicelab.synth import Weights, epoch_checkpoint
+    from voicelab.stages.synth import Weights, epoch_checkpoint
 
     out: list[Candidate] = []
     epochs_spec = opts.epochs
@@ -143,7 +143,7 @@ def plan_candidates(ws: Workspace, opts: EvalOptions) -> list[Candidate]:
 def model_dir(ws: Workspace) -> Path:
     """The exported voice when complete; else ``eval/model``: the base model's files linked,
     plus a spk2info.pt of this speaker's embedding (as export writes it)."""
-    from voicelab.synth import check_model_dir
+    from voicelab.stages.synth import check_model_dir
 
     try:
         check_model_dir(ws.voice_dir)
@@ -152,8 +152,8 @@ def model_dir(ws: Workspace) -> Path:
         pass
     import torch
 
-    from voicelab.checkpoints import load_state_dict, save_state_dict
-    from voicelab.export import base_files, check_base_dir
+    from voicelab.stages.checkpoints import load_state_dict, save_state_dict
+    from voicelab.stages.export import base_files, check_base_dir
     from voicelab.upstream.model_files import SPK2INFO
 
     base = ws.base_model_dir
@@ -179,7 +179,7 @@ def speak_zero_shot(
     """upstream's ``inference_zero_shot`` segment by segment (the base-model baseline)."""
     import torch
 
-    from voicelab.synth import set_seed
+    from voicelab.stages.synth import set_seed
     from voicelab.upstream.launcher import fix_torchaudio_load
 
     fix_torchaudio_load()  # upstream reads the prompt wav with torchaudio.load (torchcodec)
@@ -250,8 +250,8 @@ def synthesize(
     ws: Workspace, opts: EvalOptions, run_dir: Path, cands: list[Candidate], lines: list[EvalLine]
 ) -> dict[str, float]:
     """Speak every line not yet spoken; returns synthesis seconds per candidate (this call)."""
-    from voicelab.synth import Synthesizer, write_wav
-    from voicelab.tts_text import plan_utterance
+    from voicelab.blocks.tts_text import plan_utterance
+    from voicelab.stages.synth import Synthesizer, write_wav
 
     for c in cands:
         if c.kind == "real":
@@ -363,7 +363,7 @@ class Scorer:
 
 
 def _load(path: Path) -> tuple[np.ndarray, int]:
-    from voicelab.features import load_audio
+    from voicelab.stages.features import load_audio
 
     return load_audio(path)
 

@@ -65,8 +65,8 @@ def _seconds(path: str) -> float | None:
 
 
 def dev_lines(ws: Workspace) -> list[EvalLine]:
+    from voicelab.blocks.kaldi import read_split
     from voicelab.evaluation.metrics import scoring_language
-    from voicelab.features import read_split
 
     d = ws.split_dir("dev")
     if not (d / "wav.scp").is_file():
@@ -75,14 +75,16 @@ def dev_lines(ws: Workspace) -> list[EvalLine]:
     for u in read_split(d):
         if u.text.strip() and Path(u.wav).is_file():
             out.append(
-                EvalLine(u.utt, u.text, scoring_language(u.text), "dev", u.wav, _seconds(u.wav))
+                EvalLine(
+                    u.utt, u.text, scoring_language(u.text), "dev", str(u.wav), _seconds(u.wav)
+                )
             )
     return out
 
 
 def fixed_lines() -> list[EvalLine]:
-    from voicelab.audition import DEFAULT_SENTENCES
     from voicelab.evaluation.metrics import scoring_language
+    from voicelab.stages.audition import DEFAULT_SENTENCES
 
     texts = dict(DEFAULT_SENTENCES)
     return [EvalLine(i, texts[i], scoring_language(texts[i]), "fixed") for i in FIXED_IDS]
@@ -144,7 +146,7 @@ def load_set(
 
 def train_clips(ws: Workspace, n: int = CENTROID_CLIPS, seed: int = 0) -> list[tuple[str, str]]:
     """``(wav, text)`` of up to ``n`` training clips (seeded), for the speaker centroid."""
-    from voicelab.features import read_split
+    from voicelab.blocks.kaldi import read_split
 
     d = ws.split_dir("train")
     if not (d / "wav.scp").is_file():
@@ -153,7 +155,7 @@ def train_clips(ws: Workspace, n: int = CENTROID_CLIPS, seed: int = 0) -> list[t
     if not utts:
         raise WorkspaceError(f"the training split at {d} has no readable clips", None)
     picked = random.Random(seed).sample(utts, min(n, len(utts)))
-    return [(u.wav, u.text) for u in sorted(picked, key=lambda u: u.utt)]
+    return [(str(u.wav), u.text) for u in sorted(picked, key=lambda u: u.utt)]
 
 
 def prompt_clip(ws: Workspace) -> tuple[str, str]:

@@ -1,8 +1,8 @@
 """What a speech request may ask for, and the errors it gets otherwise (OpenAI's shape).
 
 Every check gives a 4xx with a message that says what to change; the text itself goes through
-``voicelab say``'s rules (:mod:`voicelab.tts_text`): normalization, splitting and the instruct +
-``<|endofprompt|>`` prefix on every segment; a blank line starts a new utterance.
+``voicelab say``'s rules (:mod:`voicelab.blocks.tts_text`): normalization, splitting and the
+instruct + ``<|endofprompt|>`` prefix on every segment; a blank line starts a new utterance.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def check_body(server: Server, body: SpeechRequest) -> None:
 
 def plan(server: Server, body: SpeechRequest) -> list[Any]:
     """Utterances by ``say``'s rules (a blank line starts a new one)."""
-    from voicelab.tts_text import plan_texts, resolve_instruct, split_input
+    from voicelab.blocks.tts_text import plan_texts, resolve_instruct, split_input
 
     instruct = resolve_instruct(server.config.instruct, body.preset, body.instruct)
     utts = plan_texts(split_input(body.input, "paragraph"), instruct)

@@ -1,7 +1,7 @@
 """One loaded model per base, one synthesis at a time, behind a bounded queue.
 
-Each :class:`Engine` owns a :class:`voicelab.synth.Synthesizer` for the voices of one base model
-and a single worker thread: requests run one after another (the GPU is one device, and
+Each :class:`Engine` owns a :class:`voicelab.stages.synth.Synthesizer` for the voices of one base
+model and a single worker thread: requests run one after another (the GPU is one device, and
 upstream's model keeps per-call state that concurrent calls would share), each with its own
 seed, so one request's audio cannot end up in another's answer. At most ``max_queue``
 requests wait; one more is refused at once (:class:`QueueFull`, the HTTP layer's 503) rather
@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from voicelab.blocks.tts_text import Utterance
 from voicelab.errors import ModelError, VoiceLabError
 from voicelab.serve.voices import Voice
-from voicelab.synth import SAMPLE_RATE, Weights
-from voicelab.tts_text import Utterance
+from voicelab.stages.synth import SAMPLE_RATE, Weights
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Engine:
     # ---- loading ------------------------------------------------------------------------
     def load(self) -> None:
         """Load the model (slow; the server calls it in a background thread)."""
-        from voicelab.synth import Synthesizer, read_speakers
+        from voicelab.stages.synth import Synthesizer, read_speakers
         from voicelab.upstream.serving import register_speaker
 
         first = self.voices[0]

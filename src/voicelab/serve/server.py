@@ -52,7 +52,7 @@ class Server:
     def load_all(self) -> None:
         for engine in self.engines.values():
             engine.load()
-        from voicelab.tts_text import plan_texts
+        from voicelab.blocks.tts_text import plan_texts
 
         # wetext builds its zh/en normalizers on first use (seconds): not in the first request.
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from voicelab.errors import ConfigError, WorkspaceError
 from voicelab.fsutil import read_json
-from voicelab.synth import PROVENANCE
+from voicelab.stages.synth import PROVENANCE
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
         exists = w.config_file.is_file()
         out: dict[str, Any] = {"root": str(w.root), "exists": exists}
         if exists:
-            from voicelab.synth import epochs_on_disk
+            from voicelab.stages.synth import epochs_on_disk
 
             out.update(
                 speaker=w.config.speaker,
@@ -198,7 +198,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     @app.post("/api/prepare")
     def prepare(body: PrepareBody) -> dict[str, Any]:
         from voicelab.paths import to_local_path
-        from voicelab.prepare import options_from_workspace, run_prepare
+        from voicelab.stages.prepare import options_from_workspace, run_prepare
 
         w = open_ws(body.ws)
         wav_dir = _blank(body.wav_dir)
@@ -249,7 +249,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
 
     @app.post("/api/review/apply")
     def apply(body: WsBody) -> dict[str, Any]:
-        from voicelab.prepare import options_from_workspace, run_prepare
+        from voicelab.stages.prepare import options_from_workspace, run_prepare
 
         w = open_ws(body.ws)
         path = review.pending_path(w)
@@ -267,7 +267,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     # ---- Train ---------------------------------------------------------------------------------
     @app.post("/api/train")
     def train(body: TrainBody) -> dict[str, Any]:
-        from voicelab.train import (
+        from voicelab.stages.train import (
             TrainOptions,
             resolve_trainer,
             result_dict,
@@ -322,7 +322,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     # ---- Checkpoints & listening ---------------------------------------------------------------
     @app.get("/api/checkpoints")
     def checkpoints(ws: str = "", model: str = "llm") -> dict[str, Any]:
-        from voicelab.checkpoints import default_rule, list_checkpoints
+        from voicelab.stages.checkpoints import default_rule, list_checkpoints
 
         w = open_ws(ws)
         if model not in ("llm", "flow"):
@@ -336,7 +336,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
 
     @app.post("/api/lock")
     def lock(body: LockBody) -> dict[str, Any]:
-        from voicelab.export import set_lock
+        from voicelab.stages.export import set_lock
 
         w = open_ws(body.ws)
         set_lock(w, body.epoch)
@@ -344,7 +344,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
 
     @app.post("/api/export")
     def export(body: ExportBody) -> dict[str, Any]:
-        from voicelab.export import ExportOptions, run_export
+        from voicelab.stages.export import ExportOptions, run_export
 
         w = open_ws(body.ws)
         opts = ExportOptions(
@@ -367,8 +367,8 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
 
     @app.post("/api/audition")
     def audition(body: AuditionBody) -> dict[str, Any]:
-        from voicelab.audition import AuditionOptions, run_audition
         from voicelab.fsutil import atomic_write_text
+        from voicelab.stages.audition import AuditionOptions, run_audition
 
         w = open_ws(body.ws)
         sentences = None
@@ -379,11 +379,11 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                                seed=body.seed)  # fmt: skip
 
         def work(_: Job) -> dict[str, Any]:
-            from voicelab.stages import voice_hint
+            from voicelab.runner.pipeline import voice_hint
 
             with voice_hint(w):
                 res = run_audition(w, opts)
-            from voicelab.report import refresh_after_audition
+            from voicelab.runner.report import refresh_after_audition
 
             refresh_after_audition(w, res.report_dir)
             return {"report": res.report_dir.name, "takes": res.takes, "variants": res.variants}
@@ -415,8 +415,8 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
     # ---- Speak ---------------------------------------------------------------------------------
     @app.post("/api/say")
     def say(body: SayBody) -> dict[str, Any]:
-        from voicelab.synth import SayOptions, check_options, describe, run_say
-        from voicelab.tts_text import read_texts
+        from voicelab.blocks.tts_text import read_texts
+        from voicelab.stages.synth import SayOptions, check_options, describe, run_say
 
         w = open_ws(body.ws)
         texts = read_texts(body.text, None, False)  # the CLI's own reading and messages
@@ -427,7 +427,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
         check_options(opts)
 
         def work(_: Job) -> dict[str, Any]:
-            from voicelab.stages import voice_hint
+            from voicelab.runner.pipeline import voice_hint
 
             with voice_hint(w):
                 res = run_say(w, texts, opts)

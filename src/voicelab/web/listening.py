@@ -4,7 +4,7 @@ Reports are what ``voicelab audition`` writes (``reports/audition-*/audition.jso
 ``audio/``). A blind report's votes are kept in the workspace as
 ``reports/<report>.choices.json``, the same ``{"report", "choices": {sentence: letter}}`` file
 the static page offers as a download, so ``voicelab audition --unblind`` reads it too; the
-tally comes from :func:`voicelab.audition.run_unblind` once every sentence has a vote.
+tally comes from :func:`voicelab.stages.audition.run_unblind` once every sentence has a vote.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from voicelab.audition import run_unblind
 from voicelab.errors import InputError
 from voicelab.fsutil import atomic_write_json, read_json
+from voicelab.stages.audition import run_unblind
 from voicelab.workspace import Workspace
 
 _TAKE_RE = re.compile(r"^(?P<sid>.+)__(?P<letter>[A-Z])\.wav$")

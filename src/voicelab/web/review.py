@@ -10,14 +10,14 @@ share one mechanism (``review_overrides.json``) and never disagree.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from voicelab import qc
+from voicelab.blocks import qc
+from voicelab.blocks.records import Segment, read_segments
 from voicelab.errors import InputError
 from voicelab.fsutil import atomic_write_text
-from voicelab.prepare import REVIEW_COLUMNS, read_review
+from voicelab.stages.prepare import REVIEW_COLUMNS, read_review
 from voicelab.workspace import Workspace
 
 PENDING_NAME = "review.pending.tsv"
@@ -27,12 +27,17 @@ def pending_path(ws: Workspace) -> Path:
     return ws.prepare_dir / PENDING_NAME
 
 
-def read_manifest(ws: Workspace) -> list[dict[str, Any]]:
+def read_manifest(ws: Workspace) -> list[Segment]:
     """segments.jsonl rows, or [] before the first prepare."""
-    path = ws.prepare_dir / "segments.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return read_segments(ws.prepare_dir / "segments.jsonl")
+
+
+def _reasons_text(s: Segment) -> str:
+    """``low_snr(12.58<15)``; rows of 0.1 kept only the codes."""
+    try:
+        return qc.describe(s.reasons)
+    except (KeyError, TypeError):
+        return s.reasons_text
 
 
 def read_pending(ws: Workspace) -> dict[str, dict[str, str]]:
@@ -47,21 +52,19 @@ def segment_rows(ws: Workspace) -> list[dict[str, Any]]:
     pending = read_pending(ws)
     rows = []
     for s in read_manifest(ws):
-        edit = pending.get(s["utt"])
-        reasons = s.get("reasons") or []
         rows.append(
             {
-                "id": s["utt"],
-                "status": s["status"],
-                "split": s.get("split"),
-                "text": s.get("text") or "",
-                "reasons": [r["code"] for r in reasons],
-                "reasons_text": qc.describe(reasons),
-                "risk": s.get("risk", 0.0),
-                "duration": (s.get("qc") or {}).get("duration"),
-                "source": s.get("source_rel"),
-                "reviewed": bool(s.get("review")),
-                "pending": edit,
+                "id": s.utt,
+                "status": s.status,
+                "split": s.split,
+                "text": s.text,
+                "reasons": s.reason_codes,
+                "reasons_text": _reasons_text(s),
+                "risk": s.risk,
+                "duration": s.qc.get("duration"),
+                "source": s.source_rel or None,
+                "reviewed": bool(s.review),
+                "pending": pending.get(s.utt),
             }
         )
     return rows
@@ -71,8 +74,8 @@ def clip_path(ws: Workspace, utt: str) -> Path:
     """The audio of segment ``utt`` (only files of prepare's clips folder are served)."""
     clips = (ws.prepare_dir / "clips").resolve()
     for s in read_manifest(ws):
-        if s["utt"] == utt:
-            wav = Path(s["wav"]).resolve()
+        if s.utt == utt:
+            wav = Path(s.wav).resolve()
             if wav.parent == clips and wav.is_file():
                 return wav
             break
@@ -81,14 +84,14 @@ def clip_path(ws: Workspace, utt: str) -> Path:
 
 def edit(ws: Workspace, utt: str, text: str | None = None, keep: bool | None = None) -> dict:
     """Record one edit (new text and/or keep) of segment ``utt`` in the pending review file."""
-    seg = next((s for s in read_manifest(ws) if s["utt"] == utt), None)
+    seg = next((s for s in read_manifest(ws) if s.utt == utt), None)
     if seg is None:
         raise InputError(f"unknown segment {utt!r}", "reload the list: prepare may have rerun")
     pending = read_pending(ws)
     row = pending.get(utt) or {
         "id": utt,
-        "text": seg.get("text") or "",
-        "keep": "1" if seg["status"] == "kept" else "0",
+        "text": seg.text,
+        "keep": "1" if seg.kept else "0",
     }
     if text is not None:
         clean = " ".join(text.replace("\t", " ").split())
@@ -109,7 +112,7 @@ def discard(ws: Workspace) -> None:
 def prune(ws: Workspace) -> int:
     """Drop pending edits of segments a new prepare run no longer has; returns how many."""
     pending = read_pending(ws)
-    live = {s["utt"] for s in read_manifest(ws)}
+    live = {s.utt for s in read_manifest(ws)}
     gone = [utt for utt in pending if utt not in live]
     for utt in gone:
         del pending[utt]
@@ -122,12 +125,10 @@ def prune(ws: Workspace) -> int:
 
 
 def _write_pending(ws: Workspace, pending: dict[str, dict[str, str]]) -> Path:
-    by_id = {s["utt"]: s for s in read_manifest(ws)}
+    by_id = {s.utt: s for s in read_manifest(ws)}
     lines = ["\t".join(REVIEW_COLUMNS)]
     for utt, row in pending.items():
-        s = by_id.get(utt, {})
-        risk = f"{float(s.get('risk', 0.0)):.3f}"
-        reasons = qc.describe(s.get("reasons") or [])
-        lines.append("\t".join([utt, str(s.get("wav", "")), row["text"], row["keep"], risk,
-                                reasons]))  # fmt: skip
+        s = by_id.get(utt) or Segment(utt)
+        risk = f"{s.risk:.3f}"
+        lines.append("\t".join([utt, s.wav, row["text"], row["keep"], risk, _reasons_text(s)]))
     return atomic_write_text(pending_path(ws), "\n".join(lines) + "\n")

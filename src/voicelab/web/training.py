@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from voicelab.fsutil import quick_fingerprint
-from voicelab.train import (
+from voicelab.stages.train import (
     CHECKPOINT_LOG,
     FilterRules,
     Progress,

@@ -5,8 +5,8 @@ checkpoints, exact resume.
 
 Log lines are upstream's formats (``TRAIN Batch e/b loss ... rank r``, ``Epoch e Step s CV info
 ...``, ``[Rank 0] Checkpoint: save to checkpoint ...``, ``start step s start epoch e``) so that
-:class:`voicelab.train.LogParser` is the one owner of ``train_log.jsonl``; TRAIN lines also carry
-``tokens_s`` (speech tokens per second).
+:class:`voicelab.stages.train.logs.LogParser` is the one owner of ``train_log.jsonl``; TRAIN
+lines also carry ``tokens_s`` (speech tokens per second).
 
 Hooks for memory modes: :class:`Hooks` (model construction, a pass over the built model, the
 optimizer, the checkpoint's state dict) in :class:`EngineArgs`; the step itself is
