@@ -41,10 +41,11 @@ back). ``step`` counts optimizer steps done; ``batch`` is the 1-based batch inde
 The package, by job: ``options`` (options, results, resolution), ``data`` (packed-data facts),
 ``gpus`` (GPUs and the memory model), ``rundirs`` (run dirs, resume, the run lock), ``launch``
 (torchrun's argv and environment), ``logs`` (train.log -> train_log.jsonl), ``checks`` (preflight),
-``session`` (``run_train``), ``supervise`` (the trainer's process group) and ``stage`` (the
-stage contract). Upstream knowledge is in :mod:`voicelab.upstream`: ``data_rules`` (filter and
-batch rules), ``train_flags`` (train.py's flags), ``train_log_format`` (its log lines),
-``train_config`` (the YAML). This module re-exports the names other packages use.
+``runconfig`` (a run's setup and its training YAML), ``session`` (``run_train``), ``supervise``
+(the trainer's process group) and ``stage`` (the stage contract). Upstream knowledge is in
+:mod:`voicelab.upstream`: ``data_rules`` (filter and batch rules), ``train_flags`` (train.py's
+flags), ``train_log_format`` (its log lines), ``train_config`` (the YAML). This module
+re-exports the names other packages use.
 """
 
 from voicelab.blocks.records import TOKEN_RATE, Shard

@@ -7,72 +7,136 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicelab.errors import ConfigError, StageError, VoiceLabError
-from voicelab.fsutil import (
-    atomic_write_json,
-    atomic_write_text,
-    quick_fingerprint,
-)
+from voicelab.fsutil import atomic_write_json, atomic_write_text, quick_fingerprint
 from voicelab.memory import MemoryPlan
-from voicelab.upstream import train_config as tc
-
-if TYPE_CHECKING:
-    from voicelab.workspace import Workspace
-from voicelab.stages.train.checks import preflight
-from voicelab.stages.train.data import default_epochs, read_shards
-from voicelab.stages.train.gpus import Gpu, default_batch_frames, model_params, query_gpus, visible
+from voicelab.stages.train.checks import Facts, preflight
+from voicelab.stages.train.data import read_shards
+from voicelab.stages.train.gpus import Gpu, model_params, query_gpus, visible
 from voicelab.stages.train.launch import Launch, build_launch
 from voicelab.stages.train.logs import read_train_log, summarize
-from voicelab.stages.train.options import (
-    ENGINES,
-    MODELS,
-    PreflightError,
-    TrainOptions,
-    TrainResult,
-    resolve_device,
-    resolve_trainer,
+from voicelab.stages.train.options import ENGINES, MODELS, PreflightError, TrainOptions, TrainResult
+from voicelab.stages.train.runconfig import (
+    RunConfig,
+    Setup,
+    base_checkpoint,
+    resolve_setup,
+    run_config,
 )
 from voicelab.stages.train.rundirs import (
     CHECKPOINT_LOG,
+    RunPlan,
     latest_checkpoint,
     plan_run,
     run_lock,
-    run_name,
 )
 from voicelab.stages.train.supervise import failure, failure_hint, supervise
-from voicelab.upstream.data_rules import FilterRules, batches_per_rank
+from voicelab.upstream import train_config as tc
+from voicelab.upstream.data_rules import FilterRules
 from voicelab.upstream.train_flags import deepspeed_json
+
+if TYPE_CHECKING:
+    from voicelab.locks import Lock
+    from voicelab.vendor import VendorRuntime
+    from voicelab.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def base_checkpoint(ws: Workspace, model: str) -> Path:
-    return ws.base_model_dir / f"{model}.pt"
+@dataclass(frozen=True)
+class _Run:
+    """A run resolved up to its launch: what preflight checks and the launch writes and starts."""
+
+    ws: Workspace
+    model: str
+    opts: TrainOptions
+    setup: Setup
+    base_ckpt: Path
+    cfg: RunConfig
+    mem_plan: MemoryPlan
+    plan: RunPlan
+
+    @property
+    def done_epoch(self) -> int:
+        """The last epoch a resumed run finished (-1: none)."""
+        return self.plan.resumed_epoch if self.plan.resumed_epoch is not None else -1
+
+    @property
+    def epochs_to_run(self) -> int:
+        return max(0, self.cfg.max_epoch - self.done_epoch - 1)
 
 
-def _explicit_overrides(opts: TrainOptions, section: dict[str, Any]) -> dict[tc.KeyPath, Any]:
-    """Config values chosen on the command line (or in voicelab.toml [train])."""
+def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> TrainResult:
+    """Train ``model`` (``llm`` or ``flow``) on the workspace's packed data."""
+    opts = opts or TrainOptions()
+    _check_choices(model, opts)
+    section = ws.config.section("train")
+    setup = resolve_setup(opts, section)
+    vendor, vendor_problem = _load_vendor()
+    base_ckpt = base_checkpoint(ws, model)
+    gpus = visible(query_gpus() if setup.device == "cuda" else [], opts.gpu_ids)
+    cfg = run_config(ws, model, opts, section, setup, vendor, gpus)
+    mem_plan, cfg = _fit_memory(ws, model, base_ckpt, opts, setup, gpus, cfg)
+    plan = plan_run(ws, model, setup.name, base_ckpt, opts, cfg.max_epoch)
+    run = _Run(ws, model, opts, setup, base_ckpt, cfg, mem_plan, plan)
+    facts, warnings = _preflight_or_raise(run, vendor, vendor_problem, gpus)
+    assert vendor is not None  # a missing vendor is a preflight problem
+    result = TrainResult(model, plan.run_dir, False, max_epoch=cfg.max_epoch, warnings=warnings)
+    if run.epochs_to_run == 0:
+        return _already_done(run, result)
+    if opts.dry_run:
+        return _dry_run(run, vendor, result)
+    return _launch(run, vendor, facts, result)
 
-    def given(value: Any, key: str) -> Any:
-        return value if value is not None else section.get(key)
 
-    pick = {
-        tc.MAX_EPOCH: given(opts.epochs, "epochs"),
-        tc.MAX_FRAMES: given(opts.batch_frames, "batch_frames"),
-        tc.ACCUM_GRAD: given(opts.accum_grad, "accum_grad"),
-        tc.LR: given(opts.lr, "lr"),
-        tc.SAVE_PER_STEP: given(opts.save_per_step, "save_per_step"),
-        tc.LOG_INTERVAL: given(opts.log_interval, "log_interval"),
-    }
-    out: dict[tc.KeyPath, Any] = {}
-    for k, v in pick.items():
-        if v is None:
-            continue
-        out[k] = float(v) if k == tc.LR else int(v)
-    return out
+def _check_choices(model: str, opts: TrainOptions) -> None:
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}", "use llm or flow")
+    if opts.engine not in ENGINES:
+        raise ConfigError(f"unknown --engine {opts.engine!r}", "use torch_ddp or deepspeed")
+
+
+def _load_vendor() -> tuple[VendorRuntime | None, str | None]:
+    """The vendor runtime, or why there is none (preflight reports it once, with its fix)."""
+    try:
+        from voicelab.vendor import cosyvoice_runtime
+
+        return cosyvoice_runtime(), None
+    except VoiceLabError as e:
+        return None, e.message
+
+
+def _fit_memory(
+    ws: Workspace,
+    model: str,
+    base_ckpt: Path,
+    opts: TrainOptions,
+    setup: Setup,
+    gpus: list[Gpu],
+    cfg: RunConfig,
+) -> tuple[MemoryPlan, RunConfig]:
+    """Memory mode and batch from the GPU's free memory (voicelab.memory); a split batch keeps
+    the tokens per optimizer step through accum_grad."""
+    device = setup.device
+    mem_plan = memory_plan_for(ws, model, base_ckpt, device, gpus, opts, cfg.max_frames, cfg.accum)
+    if mem_plan.has("offload") and device == "cuda" and setup.trainer != "voicelab":
+        # Upstream's GradScaler would unscale torchao's host gradient copies only.
+        raise ConfigError(
+            f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
+            "use --trainer voicelab, or --memory checkpointing+8bit (or lora for the llm)",
+        )
+    batch = (mem_plan.batch_frames, mem_plan.accum_grad)
+    if mem_plan.fits and batch != (cfg.max_frames, cfg.accum):
+        text = tc.apply_overrides(
+            cfg.text, {tc.MAX_FRAMES: batch[0], tc.ACCUM_GRAD: batch[1]}, source="memory plan"
+        )
+        values = tc.read_values(text)
+        cfg = replace(cfg, text=text, values=values, max_frames=batch[0], accum=batch[1])
+    return mem_plan, cfg
 
 
 def memory_plan_for(
@@ -110,272 +174,202 @@ def memory_plan_for(
     return plan
 
 
-def run_train(ws: Workspace, model: str, opts: TrainOptions | None = None) -> TrainResult:
-    """Train ``model`` (``llm`` or ``flow``) on the workspace's packed data."""
-    from voicelab import state
-    from voicelab.upstream.tinymodel import is_tiny_model
-
-    opts = opts or TrainOptions()
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}", "use llm or flow")
-    if opts.engine not in ENGINES:
-        raise ConfigError(f"unknown --engine {opts.engine!r}", "use torch_ddp or deepspeed")
-    section = ws.config.section("train")
-    trainer = resolve_trainer(opts, section)
-    name = run_name(trainer, opts.engine)
-    device = resolve_device(opts.device if opts.device != "auto" else section.get("device", "auto"))
-    nproc = int(opts.gpus or section.get("gpus") or 1)
-    if nproc < 1:
-        raise ConfigError("--gpus must be >= 1")
-    world = nproc * max(1, opts.nnodes)
-    amp = opts.amp if opts.amp is not None else bool(section.get("amp", device == "cuda"))
-    if device == "cpu" and amp:
-        raise ConfigError("--amp needs a GPU", "leave --amp off with --device cpu")
-    if device == "cpu" and opts.engine != "torch_ddp":
-        raise ConfigError("--device cpu supports --engine torch_ddp only")
-    workers = opts.num_workers if opts.num_workers is not None else section.get("num_workers")
-    num_workers = int(workers if workers is not None else (1 if device == "cpu" else 4))
-    prefetch = int(opts.prefetch or section.get("prefetch") or 2)
-
-    vendor, vendor_problem = None, None
-    try:
-        from voicelab.vendor import cosyvoice_runtime
-
-        vendor = cosyvoice_runtime()
-    except VoiceLabError as e:
-        vendor_problem = e.message  # preflight adds the one fix (it was printed twice)
-
-    base_dir = ws.base_model_dir
-    base_ckpt = base_checkpoint(ws, model)
-    tiny = is_tiny_model(base_dir)
-    gpus = query_gpus() if device == "cuda" else []
-    vis = visible(gpus, opts.gpu_ids)
-
-    # ---- config ---------------------------------------------------------------------------
-    settings = tc.SftSettings(qwen_pretrain_path=str(base_dir / "CosyVoice-BlankEN"))
-    base_yaml = base_dir / "cosyvoice3.yaml"
-    if base_yaml.is_file():
-        settings.dims = tc.model_dims(base_yaml.read_text("utf-8"))
-    if tiny:
-        settings.max_frames_in_batch = int(tc.TINY_DIMS[tc.MAX_FRAMES])
-    else:
-        # One workspace config serves llm and flow: sized for the llm, the larger of the two.
-        settings.max_frames_in_batch = default_batch_frames(
-            "llm",
-            model_params(base_checkpoint(ws, "llm")),
-            min((g.total for g in vis), default=None),
-        )
-    train_list = ws.data_list("train")
-    if train_list.is_file():
-        with contextlib.suppress(Exception):
-            shards, _ = read_shards(train_list)
-            settings.max_epoch = default_epochs(sum(u.seconds for s in shards for u in s.utts))
-            # About ten progress lines per epoch (upstream logs every log_interval batches).
-            est = batches_per_rank(
-                shards, FilterRules(), settings.max_frames_in_batch, world, num_workers
-            )
-            settings.log_interval = max(1, min(50, min(est) // 10))
-    cfg_warnings: list[str] = []
-    if vendor is not None:
-        upstream_text = (vendor.root / tc.UPSTREAM_YAML).read_text("utf-8")
-        cfg = tc.write_workspace_config(
-            ws.train_yaml, upstream_text, settings, f"vendor commit {vendor.commit[:12]}"
-        )
-        cfg_warnings += cfg.warnings
-        ws_text = cfg.text
-    elif ws.train_yaml.is_file():
-        ws_text = ws.train_yaml.read_text("utf-8")
-    else:
-        ws_text = ""
-    # A resumed run keeps its own config (epochs, batch frames ...) unless options say otherwise.
-    run_cfg = ws.exp_dir(model, name) / "train_config.yaml"
-    if opts.resume and run_cfg.is_file():
-        ws_text = run_cfg.read_text("utf-8")
-    explicit = _explicit_overrides(opts, section)
-    run_text = tc.run_config_text(ws_text, explicit) if ws_text else ""
-    values = tc.read_values(run_text) if run_text else {}
-    max_epoch = int(tc.as_number(tc.get_value(values, tc.MAX_EPOCH)) or tc.DEFAULT_EPOCHS)
-    max_frames = int(tc.as_number(tc.get_value(values, tc.MAX_FRAMES)) or tc.DEFAULT_MAX_FRAMES)
-    accum = int(tc.as_number(tc.get_value(values, tc.ACCUM_GRAD)) or 1)
-    lr = float(tc.as_number(tc.get_value(values, tc.LR)) or tc.DEFAULT_LR)
-    # Memory mode and batch from the GPU's free memory (voicelab.memory); a split batch keeps
-    # the tokens per optimizer step through accum_grad.
-    mem_plan = memory_plan_for(ws, model, base_ckpt, device, vis, opts, max_frames, accum)
-    if mem_plan.has("offload") and device == "cuda" and trainer != "voicelab":
-        # Upstream's GradScaler would unscale torchao's host gradient copies only.
-        raise ConfigError(
-            f"memory mode {mem_plan.mode} (optimizer on the CPU) needs VoiceLab's own trainer",
-            "use --trainer voicelab, or --memory checkpointing+8bit (or lora for the llm)",
-        )
-    if mem_plan.fits and (mem_plan.batch_frames, mem_plan.accum_grad) != (max_frames, accum):
-        run_text = tc.apply_overrides(
-            run_text,
-            {tc.MAX_FRAMES: mem_plan.batch_frames, tc.ACCUM_GRAD: mem_plan.accum_grad},
-            source="memory plan",
-        )
-        values = tc.read_values(run_text)
-        max_frames, accum = mem_plan.batch_frames, mem_plan.accum_grad
-
-    plan = plan_run(ws, model, name, base_ckpt, opts, max_epoch)
-    done_epoch = plan.resumed_epoch if plan.resumed_epoch is not None else -1
-    epochs_to_run = max(0, max_epoch - done_epoch - 1)
-
+def _preflight_or_raise(
+    run: _Run, vendor: VendorRuntime | None, vendor_problem: str | None, gpus: list[Gpu]
+) -> tuple[Facts, list[str]]:
+    """(facts, warnings) of preflight, the warnings logged; its problems raised as one error."""
+    device = run.setup.device
     problems, warnings, facts = preflight(
-        ws,
-        model,
+        run.ws,
+        run.model,
         vendor=vendor,
         vendor_problem=vendor_problem,
-        values=values,
+        values=run.cfg.values,
         device=device,
-        world=world,
-        local_procs=nproc,
-        num_workers=num_workers,
-        max_frames=max_frames,
-        base_ckpt=base_ckpt,
-        epochs_to_run=epochs_to_run,
-        engine=opts.engine,
-        gpus=vis,
-        memory_plan=mem_plan if device == "cuda" else None,
-        trainer=trainer,
-        keep=opts.keep,
+        world=run.setup.world,
+        local_procs=run.setup.nproc,
+        num_workers=run.setup.num_workers,
+        max_frames=run.cfg.max_frames,
+        base_ckpt=run.base_ckpt,
+        epochs_to_run=run.epochs_to_run,
+        engine=run.opts.engine,
+        gpus=gpus,
+        memory_plan=run.mem_plan if device == "cuda" else None,
+        trainer=run.setup.trainer,
+        keep=run.opts.keep,
     )
-    warnings = cfg_warnings + warnings
-    if plan.note:
-        warnings.append(plan.note)
+    warnings = run.cfg.warnings + warnings
+    if run.plan.note:
+        warnings.append(run.plan.note)
     for w in warnings:
         log.warning("%s", w)
     if problems:
         raise PreflightError(problems)
-    for line in mem_plan.lines:
+    for line in run.mem_plan.lines:
         log.info("%s", line)
-    assert vendor is not None
-    result = TrainResult(model, plan.run_dir, False, max_epoch=max_epoch, warnings=warnings)
-    if epochs_to_run == 0:
-        rows = read_train_log(plan.run_dir / CHECKPOINT_LOG)
-        _fill(result, rows, plan.run_dir)
-        log.info("%s: all %d epochs are done in %s", model, max_epoch, plan.run_dir)
-        return result
+    return facts, warnings
 
-    params = {
-        "model": model,
-        "device": device,
-        "world": world,
-        "engine": opts.engine,
-        "trainer": trainer,
-        "amp": amp,
-        "max_epoch": max_epoch,
-        "max_frames": max_frames,
-        "accum_grad": accum,
-        "lr": lr,
-        "num_workers": num_workers,
-        "config": tc.sha256_text(run_text)[:16],
-        "memory": mem_plan.mode,
-    }
-    inputs = [quick_fingerprint(p) for s in facts.train_shards + facts.dev_shards for p in [s.path]]
-    inputs.append(quick_fingerprint(base_ckpt))
 
-    def write_files(where: Path) -> Launch:
-        """train_config.yaml, the deepspeed JSON and launch.sh into ``where``."""
-        where.mkdir(parents=True, exist_ok=True)
-        config_path = where / "train_config.yaml"
-        atomic_write_text(config_path, run_text)
-        ds_path = None
-        if opts.engine == "deepspeed":
-            ds_path = where / "train_deepspeed.json"
-            grad_clip = float(tc.as_number(tc.get_value(values, tc.GRAD_CLIP)) or 5)
-            log_int = int(tc.as_number(tc.get_value(values, tc.LOG_INTERVAL)) or 100)
-            atomic_write_json(
-                ds_path, deepspeed_json(vendor.root, lr, accum, grad_clip, log_int, amp)
-            )
-        launch = build_launch(
-            python=sys.executable,
-            vendor_root=vendor.root,
-            base_env=vendor.env(),
-            model=model,
-            device=device,
-            nproc=nproc,
-            opts=opts,
-            config=config_path,
-            train_list=ws.data_list("train"),
-            cv_list=ws.data_list("dev"),
-            base_dir=base_dir,
-            plan=plan,
-            num_workers=num_workers,
-            prefetch=prefetch,
-            amp=amp,
-            ds_config=ds_path,
-            memory_mode=mem_plan.mode,
-            trainer=trainer,
-        )
-        launch_sh = where / "launch.sh"
-        atomic_write_text(launch_sh, launch.script())
-        launch_sh.chmod(0o755)
-        return launch
+def _already_done(run: _Run, result: TrainResult) -> TrainResult:
+    run_dir = run.plan.run_dir
+    _fill(result, read_train_log(run_dir / CHECKPOINT_LOG), run_dir)
+    log.info("%s: all %d epochs are done in %s", run.model, run.cfg.max_epoch, run_dir)
+    return result
 
-    if opts.dry_run:
-        # Nothing in the run dir is touched and no stage record is written: a preview only.
-        where = ws.configs_dir / f"dry-run-{model}"
-        result.argv = write_files(where).argv
-        result.run_dir = where
-        if plan.archive:
-            log.info("a real run would first move %s to %s", *plan.archive)
-        return result
 
+def _dry_run(run: _Run, vendor: VendorRuntime, result: TrainResult) -> TrainResult:
+    """A preview: the files go to configs/dry-run-<model>; the run dir and the stage record are
+    not touched."""
+    where = run.ws.configs_dir / f"dry-run-{run.model}"
+    result.argv = _write_files(run, vendor, where).argv
+    result.run_dir = where
+    if run.plan.archive:
+        log.info("a real run would first move %s to %s", *run.plan.archive)
+    return result
+
+
+def _launch(run: _Run, vendor: VendorRuntime, facts: Facts, result: TrainResult) -> TrainResult:
+    """Move a replaced run aside, write the run's files, supervise the trainer, record it all."""
+    from voicelab import state
+
+    run_dir = run.plan.run_dir
+    inputs, params = _record_inputs(run, facts), _record_params(run)
     with (
-        run_lock(plan.run_dir) as lock,
-        state.stage_run(ws, f"train_{model}", inputs, params) as rec,
+        run_lock(run_dir) as lock,
+        state.stage_run(run.ws, f"train_{run.model}", inputs, params) as rec,
     ):
-        if plan.archive:
-            src, dst = plan.archive
-            os.replace(src, dst)
-            tb_src = plan.tb_dir
-            if tb_src.exists():
-                os.replace(tb_src, tb_src.with_name(dst.name))
-            log.info("the previous run was moved to %s", dst)
-        plan.tb_dir.mkdir(parents=True, exist_ok=True)
-        launch = write_files(plan.run_dir)
+        _archive_previous(run.plan)
+        run.plan.tb_dir.mkdir(parents=True, exist_ok=True)
+        launch = _write_files(run, vendor, run_dir)
         result.argv = launch.argv
-        rec.outputs = [str(plan.run_dir / CHECKPOINT_LOG)]
-        batches = max(facts.batches) if facts.batches else 1
-        t0 = time.time()
-        rc = supervise(
-            launch,
-            plan.run_dir,
-            model,
-            max_epoch,
-            batches,
-            accum,
-            done_epoch,
-            on_start=lambda pgid: lock.update(pgid=pgid),
-        )
-        result.launched = True
-        result.seconds = time.time() - t0
-        rows = read_train_log(plan.run_dir / CHECKPOINT_LOG)
-        _fill(result, rows, plan.run_dir)
+        rec.outputs = [str(run_dir / CHECKPOINT_LOG)]
+        rc = _supervise(run, launch, facts, lock, result)
+        _fill(result, read_train_log(run_dir / CHECKPOINT_LOG), run_dir)
         if rc != 0:
-            raise StageError(
-                failure(plan.run_dir / "train.log", rc),
-                failure_hint(plan.run_dir / "train.log", mem_plan),
-            )
-        rec.figures.update(
-            {
-                "epochs": result.epochs_done,
-                "max_epoch": max_epoch,
-                "best_cv_loss": result.best_cv_loss,
-                "best_epoch": result.best_epoch,
-                "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
-                "run_dir": str(plan.run_dir),
-                "seconds": round(result.seconds, 1),
-                "device": device,
-                "world": world,
-            }
-        )
+            train_log = run_dir / "train.log"
+            raise StageError(failure(train_log, rc), failure_hint(train_log, run.mem_plan))
+        rec.figures.update(_figures(run, result))
         if result.last_checkpoint:
             rec.outputs.append(str(result.last_checkpoint))
     return result
 
 
+def _record_inputs(run: _Run, facts: Facts) -> list[str]:
+    """Fingerprints of the files the run reads: its shards and the base checkpoint."""
+    shards = facts.train_shards + facts.dev_shards
+    return [quick_fingerprint(s.path) for s in shards] + [quick_fingerprint(run.base_ckpt)]
+
+
+def _record_params(run: _Run) -> dict[str, Any]:
+    """The settings that shape the run's outputs (a change makes the stage stale)."""
+    setup, cfg = run.setup, run.cfg
+    return {
+        "model": run.model,
+        "device": setup.device,
+        "world": setup.world,
+        "engine": run.opts.engine,
+        "trainer": setup.trainer,
+        "amp": setup.amp,
+        "max_epoch": cfg.max_epoch,
+        "max_frames": cfg.max_frames,
+        "accum_grad": cfg.accum,
+        "lr": cfg.lr,
+        "num_workers": setup.num_workers,
+        "config": tc.sha256_text(cfg.text)[:16],
+        "memory": run.mem_plan.mode,
+    }
+
+
+def _archive_previous(plan: RunPlan) -> None:
+    """``--new``: the previous run (and its tensorboard dir) moves aside to its archive name."""
+    if not plan.archive:
+        return
+    src, dst = plan.archive
+    os.replace(src, dst)
+    if plan.tb_dir.exists():
+        os.replace(plan.tb_dir, plan.tb_dir.with_name(dst.name))
+    log.info("the previous run was moved to %s", dst)
+
+
+def _write_files(run: _Run, vendor: VendorRuntime, where: Path) -> Launch:
+    """train_config.yaml, the deepspeed JSON and launch.sh into ``where``."""
+    where.mkdir(parents=True, exist_ok=True)
+    config_path = where / "train_config.yaml"
+    atomic_write_text(config_path, run.cfg.text)
+    ds_path = _write_deepspeed_json(run, vendor, where) if run.opts.engine == "deepspeed" else None
+    setup = run.setup
+    launch = build_launch(
+        python=sys.executable,
+        vendor_root=vendor.root,
+        base_env=vendor.env(),
+        model=run.model,
+        device=setup.device,
+        nproc=setup.nproc,
+        opts=run.opts,
+        config=config_path,
+        train_list=run.ws.data_list("train"),
+        cv_list=run.ws.data_list("dev"),
+        base_dir=run.ws.base_model_dir,
+        plan=run.plan,
+        num_workers=setup.num_workers,
+        prefetch=setup.prefetch,
+        amp=setup.amp,
+        ds_config=ds_path,
+        memory_mode=run.mem_plan.mode,
+        trainer=setup.trainer,
+    )
+    launch_sh = where / "launch.sh"
+    atomic_write_text(launch_sh, launch.script())
+    launch_sh.chmod(0o755)
+    return launch
+
+
+def _write_deepspeed_json(run: _Run, vendor: VendorRuntime, where: Path) -> Path:
+    cfg = run.cfg
+    grad_clip = float(tc.as_number(tc.get_value(cfg.values, tc.GRAD_CLIP)) or 5)
+    log_int = int(tc.as_number(tc.get_value(cfg.values, tc.LOG_INTERVAL)) or 100)
+    ds_path = where / "train_deepspeed.json"
+    ds_json = deepspeed_json(vendor.root, cfg.lr, cfg.accum, grad_clip, log_int, run.setup.amp)
+    atomic_write_json(ds_path, ds_json)
+    return ds_path
+
+
+def _supervise(run: _Run, launch: Launch, facts: Facts, lock: Lock, result: TrainResult) -> int:
+    """The trainer's exit code; the lock records its process group (voicelab train stop)."""
+    batches = max(facts.batches) if facts.batches else 1
+    t0 = time.time()
+    rc = supervise(
+        launch,
+        run.plan.run_dir,
+        run.model,
+        run.cfg.max_epoch,
+        batches,
+        run.cfg.accum,
+        run.done_epoch,
+        on_start=lambda pgid: lock.update(pgid=pgid),
+    )
+    result.launched = True
+    result.seconds = time.time() - t0
+    return rc
+
+
+def _figures(run: _Run, result: TrainResult) -> dict[str, Any]:
+    """What status, the report and the web page show of the run."""
+    return {
+        "epochs": result.epochs_done,
+        "max_epoch": run.cfg.max_epoch,
+        "best_cv_loss": result.best_cv_loss,
+        "best_epoch": result.best_epoch,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "run_dir": str(run.plan.run_dir),
+        "seconds": round(result.seconds, 1),
+        "device": run.setup.device,
+        "world": run.setup.world,
+    }
+
+
 def _fill(result: TrainResult, rows: list[dict[str, Any]], run_dir: Path) -> None:
+    """The result's figures from the run's log rows and its newest checkpoint."""
     s = summarize(rows)
     last = latest_checkpoint(run_dir)
     result.epochs_done = (last[0] + 1) if last else 0
