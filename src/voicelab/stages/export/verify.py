@@ -3,6 +3,7 @@ the speaker, the YAML; and the lock on an epoch."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,6 @@ def verify_voice_dir(
     ``base_dir`` defaults to the one recorded in ``voicelab.json``; without a base, files are
     compared with the sizes recorded there.
     """
-    import torch
-
     model_dir = Path(model_dir)
     rep = VerifyReport(model_dir)
     if not model_dir.is_dir():
@@ -56,7 +55,15 @@ def verify_voice_dir(
         candidate = Path(prov["base_model"]["path"])
         base_dir = candidate if candidate.is_dir() else None
     speaker = speaker or prov.get("speaker")
+    _check_required(rep, model_dir)
+    _check_base_files(rep, model_dir, base_dir, recorded)
+    _check_state_dicts(rep, model_dir, base_dir, recorded)
+    _check_spk2info(rep, model_dir, speaker)
+    return rep
 
+
+def _check_required(rep: VerifyReport, model_dir: Path) -> None:
+    """The files upstream opens, and its text frontend's folder."""
     for f in REQUIRED_FILES:
         p = model_dir / f
         if not p.is_file():
@@ -72,7 +79,11 @@ def verify_voice_dir(
         ]
     rep.checked.append("required files")
 
-    # Every other base file, with its size (a truncated copy has another size).
+
+def _check_base_files(
+    rep: VerifyReport, model_dir: Path, base_dir: Path | None, recorded: dict[str, Any]
+) -> None:
+    """Every other base file, with its size (a truncated copy has another size)."""
     if base_dir is not None:
         expected = {rel: (base_dir / rel).stat().st_size for rel in base_files(base_dir)}
     else:
@@ -89,80 +100,113 @@ def verify_voice_dir(
     if expected:
         rep.checked.append("base files")
 
-    yaml_ref: dict[str, dict[str, Any]] | str | None = None
+
+def _check_state_dicts(
+    rep: VerifyReport, model_dir: Path, base_dir: Path | None, recorded: dict[str, Any]
+) -> None:
+    """Each weights file loads as a plain state dict with the keys and shapes of the base's (or,
+    without a base, of what the dir's cosyvoice3.yaml builds: worked out once, when needed)."""
+    yaml_ref = functools.cache(lambda: _yaml_reference(model_dir))
     for f in STATE_FILES:
         p = model_dir / f
         if not p.is_file() or p.stat().st_size == 0:
-            continue
-        try:
-            state = load_state_dict(p)
-        except ModelError as e:
-            rep.problems.append(f"{f} does not load ({e.message.split(': ', 1)[-1]})")
-            continue
-        meta = [k for k in META_KEYS if k in state]
-        odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if meta or odd:
-            rep.problems.append(f"{f} is not a plain state dict (has {(meta or odd)[0]!r})")
+            continue  # the required files' check reports it
+        state = _load_plain(rep, p)
+        if state is None:
             continue
         base_file = base_dir / f if base_dir is not None else None
         if base_file is not None and base_file.is_file():
             if not os.path.samefile(p, base_file):
-                try:
-                    check_against(state, load_state_dict(base_file), f, f"the base {f}")
-                except ModelError as e:
-                    rep.problems.append(e.message)
+                _against_base(rep, state, base_file)
         else:
-            # No base to compare with: the dir's own cosyvoice3.yaml says what fits.
-            if (
-                base_file is None
-                and f in recorded
-                and f not in ("llm.pt", "flow.pt")
-                and p.stat().st_size != int(recorded[f]["bytes"])
-            ):
+            if base_file is None and _size_differs(p, recorded):
                 rep.problems.append(f"{f} differs in size from the base")
-            if yaml_ref is None:
-                yaml_ref = _yaml_reference(model_dir)
-            if isinstance(yaml_ref, str):
-                if yaml_ref not in rep.problems:
-                    rep.problems.append(yaml_ref)
-            else:
-                try:
-                    check_against(state, yaml_ref[f.removesuffix(".pt")], f, "cosyvoice3.yaml")
-                except ModelError as e:
-                    rep.problems.append(e.message)
+            _against_yaml(rep, state, f, yaml_ref())
         del state
     rep.checked.append("state dicts")
 
+
+def _load_plain(rep: VerifyReport, p: Path) -> dict[str, Any] | None:
+    """The state dict in ``p`` if it loads and is a plain one (tensors only, no training meta
+    keys), else None with the problem noted."""
+    import torch
+
+    try:
+        state = load_state_dict(p)
+    except ModelError as e:
+        rep.problems.append(f"{p.name} does not load ({e.message.split(': ', 1)[-1]})")
+        return None
+    meta = [k for k in META_KEYS if k in state]
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if meta or odd:
+        rep.problems.append(f"{p.name} is not a plain state dict (has {(meta or odd)[0]!r})")
+        return None
+    return state
+
+
+def _against_base(rep: VerifyReport, state: dict[str, Any], base_file: Path) -> None:
+    f = base_file.name
+    try:
+        check_against(state, load_state_dict(base_file), f, f"the base {f}")
+    except ModelError as e:
+        rep.problems.append(e.message)
+
+
+def _size_differs(p: Path, recorded: dict[str, Any]) -> bool:
+    """Against the size ``voicelab.json`` recorded for the base; the new weights may differ."""
+    return (
+        p.name in recorded
+        and p.name not in ("llm.pt", "flow.pt")
+        and p.stat().st_size != int(recorded[p.name]["bytes"])
+    )
+
+
+def _against_yaml(
+    rep: VerifyReport, state: dict[str, Any], f: str, ref: dict[str, dict[str, Any]] | str
+) -> None:
+    """No base to compare with: the dir's own cosyvoice3.yaml says what fits."""
+    if isinstance(ref, str):  # it cannot be checked: say so once
+        if ref not in rep.problems:
+            rep.problems.append(ref)
+        return
+    try:
+        check_against(state, ref[f.removesuffix(".pt")], f, "cosyvoice3.yaml")
+    except ModelError as e:
+        rep.problems.append(e.message)
+
+
+def _check_spk2info(rep: VerifyReport, model_dir: Path, speaker: str | None) -> None:
+    """spk2info.pt, where ``inference_sft`` looks the speaker up, holds it with a good
+    embedding."""
     p = model_dir / SPK2INFO
     if not p.is_file():
         rep.problems.append(f"{SPK2INFO} missing (inference_sft would know no speaker)")
-    else:
-        try:
-            info = load_state_dict(p)
-        except ModelError as e:
-            rep.problems.append(f"{SPK2INFO} does not load ({e.message.split(': ', 1)[-1]})")
-            info = {}
-        for spk, entry in info.items():
-            if not isinstance(entry, dict):
-                rep.problems.append(f"{SPK2INFO}: entry {spk!r} is not a dict")
-                continue
-            emb = entry.get("embedding")
-            if emb is None:
-                continue  # a zero-shot entry (add_zero_shot_spk): not for inference_sft
-            if (
-                not isinstance(emb, torch.Tensor)
-                or tuple(emb.shape) != (1, EMBED_DIM)
-                or not (emb.is_floating_point())
-            ):
-                shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-                rep.problems.append(
-                    f"{SPK2INFO}: embedding of {spk!r} is {shape}, not a float (1, {EMBED_DIM})"
-                )
-        rep.speakers = sorted(map(str, info))
-        if speaker and info and speaker not in info:
-            rep.problems.append(f"{SPK2INFO} has no speaker {speaker!r}")
-        rep.checked.append(SPK2INFO)
-    return rep
+        return
+    try:
+        info = load_state_dict(p)
+    except ModelError as e:
+        rep.problems.append(f"{SPK2INFO} does not load ({e.message.split(': ', 1)[-1]})")
+        info = {}
+    rep.problems += [x for x in (_entry_problem(spk, e) for spk, e in info.items()) if x]
+    rep.speakers = sorted(map(str, info))
+    if speaker and info and speaker not in info:
+        rep.problems.append(f"{SPK2INFO} has no speaker {speaker!r}")
+    rep.checked.append(SPK2INFO)
+
+
+def _entry_problem(spk: Any, entry: Any) -> str | None:
+    import torch
+
+    if not isinstance(entry, dict):
+        return f"{SPK2INFO}: entry {spk!r} is not a dict"
+    emb = entry.get("embedding")
+    if emb is None:
+        return None  # a zero-shot entry (add_zero_shot_spk): not for inference_sft
+    is_tensor = isinstance(emb, torch.Tensor)
+    if is_tensor and tuple(emb.shape) == (1, EMBED_DIM) and emb.is_floating_point():
+        return None
+    shape = tuple(emb.shape) if is_tensor else type(emb).__name__
+    return f"{SPK2INFO}: embedding of {spk!r} is {shape}, not a float (1, {EMBED_DIM})"
 
 
 def _yaml_reference(model_dir: Path) -> dict[str, dict[str, Any]] | str:
