@@ -33,7 +33,7 @@ import numpy as np
 from voicelab.blocks.tts_text import Utterance
 from voicelab.errors import ModelError, VoiceLabError
 from voicelab.serve.voices import Voice
-from voicelab.stages.synth import SAMPLE_RATE, Weights
+from voicelab.stages.synth import SAMPLE_RATE, Spoken, Weights
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,6 @@ class Job:
     seed: int | None = None
     on_chunk: Callable[[np.ndarray], None] | None = None  # called in the worker thread
     cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class Result:
-    audio: np.ndarray
-    sample_rate: int
-    wall: float  # seconds of synthesis (queue time not included)
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-    @property
-    def rtf(self) -> float:
-        return self.wall / self.seconds if self.seconds > 0 else float("inf")
 
 
 def speaker_key(voice: Voice) -> str:
@@ -201,7 +186,7 @@ class Engine:
         """Requests waiting for the model (the running one not counted)."""
         return self._queue.waiting
 
-    def submit(self, job: Job) -> Future[Result]:
+    def submit(self, job: Job) -> Future[Spoken]:
         """Queue ``job``; :class:`QueueFull` when ``max_queue`` requests already wait."""
         try:
             return self._queue.submit(lambda: self._run(job))
@@ -226,7 +211,7 @@ class Engine:
             self.cancel(current)
 
     # ---- the worker ---------------------------------------------------------------------
-    def _run(self, job: Job) -> Result:
+    def _run(self, job: Job) -> Spoken:
         from voicelab.upstream.serving import drop_leftovers
 
         with self._lock:
@@ -254,7 +239,7 @@ class Engine:
         self.synth.use_weights(Weights(llm=part("llm"), flow=part("flow"), label=voice.name))
         self.synth.speaker = speaker_key(voice)
 
-    def _speak(self, job: Job) -> Result:
+    def _speak(self, job: Job) -> Spoken:
         def on_chunk(chunk: np.ndarray) -> None:
             if job.cancel.is_set():
                 raise Cancelled
@@ -273,7 +258,7 @@ class Engine:
         if job.cancel.is_set():
             raise Cancelled
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        return Result(audio, self.sample_rate, time.perf_counter() - start)
+        return Spoken(audio, self.sample_rate, time.perf_counter() - start)
 
 
 def _embedding(voice: Voice) -> Any:

@@ -24,7 +24,7 @@ from voicelab.serve.checks import (
     plan,
     ready_engine,
 )
-from voicelab.serve.engine import Cancelled, Engine, Job, QueueFull, Result
+from voicelab.serve.engine import Cancelled, Engine, Job, QueueFull, Spoken
 from voicelab.serve.server import Server
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ async def _wait(
     server: Server,
     engine: Engine,
     job: Job,
-    fut: asyncio.Future[Result],
+    fut: asyncio.Future[Spoken],
     request: Request,
     deadline: float,
-) -> Result:
+) -> Spoken:
     """The job's result; cancels it when the client goes away or time runs out."""
     while True:
         done, _ = await asyncio.wait({fut}, timeout=_POLL)
@@ -74,7 +74,7 @@ async def _wait(
             )
 
 
-def _result(fut: asyncio.Future[Result]) -> Result:
+def _result(fut: asyncio.Future[Spoken]) -> Spoken:
     """The job's result; a user-fixable failure (a broken checkpoint, ...) as a 500 that says
     what it was. Bugs stay bugs: the generic handler logs them."""
     try:
@@ -83,7 +83,7 @@ def _result(fut: asyncio.Future[Result]) -> Result:
         raise ApiError(500, e.one_line(), "synthesis_failed") from e
 
 
-def _submit(server: Server, engine: Engine, job: Job) -> asyncio.Future[Result]:
+def _submit(server: Server, engine: Engine, job: Job) -> asyncio.Future[Spoken]:
     try:
         return asyncio.wrap_future(engine.submit(job))
     except QueueFull as e:
@@ -95,7 +95,7 @@ def _submit(server: Server, engine: Engine, job: Job) -> asyncio.Future[Result]:
         ) from e
 
 
-def _observe(server: Server, arrived: float, first: float | None, result: Result) -> None:
+def _observe(server: Server, arrived: float, first: float | None, result: Spoken) -> None:
     if first is not None:
         server.metrics.first_chunk.observe(first - arrived)
     if result.seconds > 0:
