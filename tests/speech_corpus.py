@@ -108,6 +108,19 @@ def tiny_model_dir() -> Path:
     return Path(os.environ["VOICELAB_TEST_CACHE"]) / "tiny-cosyvoice3" / "Fun-CosyVoice3-0.5B"
 
 
+#: The vendor tests' corpus: short English sentences (no digits), spoken at several speeds.
+SENTENCES = (
+    "Good morning.",
+    "Please close the door.",
+    "The weather is lovely today.",
+    "She sells fresh bread at the corner market.",
+    "A quiet river runs behind the old stone house.",
+    "We walked along the beach until the sun went down.",
+    "My brother plays the piano every evening after dinner.",
+    "The library opens early on weekdays.",
+)
+
+
 def packed_workspace(
     root: Path,
     sentences: tuple[str, ...] | list[str],

@@ -24,23 +24,13 @@ from typing import Any
 
 import pytest
 
-from speech_corpus import packed_workspace
+from speech_corpus import SENTENCES, packed_workspace
 from voicelab.stages import train as tr
 from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 torch = pytest.importorskip("torch")
 
-SENTENCES = (
-    "Good morning.",
-    "Please close the door.",
-    "The weather is lovely today.",
-    "She sells fresh bread at the corner market.",
-    "A quiet river runs behind the old stone house.",
-    "We walked along the beach until the sun went down.",
-    "My brother plays the piano every evening after dinner.",
-    "The library opens early on weekdays.",
-)
 CPU = torch.device("cpu")
 
 

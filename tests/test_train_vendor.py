@@ -16,23 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from speech_corpus import packed_workspace, tiny_model_dir
+from speech_corpus import SENTENCES, packed_workspace, tiny_model_dir
 from voicelab.errors import ConfigError
 from voicelab.stages import train as tr
 from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
-
-SENTENCES = (
-    "Good morning.",
-    "Please close the door.",
-    "The weather is lovely today.",
-    "She sells fresh bread at the corner market.",
-    "A quiet river runs behind the old stone house.",
-    "We walked along the beach until the sun went down.",
-    "My brother plays the piano every evening after dinner.",
-    "The library opens early on weekdays.",
-)
 
 
 @pytest.fixture(scope="module")

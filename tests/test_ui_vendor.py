@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from speech_corpus import SENTENCES as CORPUS
 from speech_corpus import packed_workspace
 from ui_browser import (
     audio_duration,
@@ -31,14 +32,7 @@ from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
 
-SENTENCES = (
-    "Good morning.",
-    "Please close the door.",
-    "The weather is lovely today.",
-    "She sells fresh bread at the corner market.",
-    "A quiet river runs behind the old stone house.",
-    "My brother plays the piano every evening after dinner.",
-)
+SENTENCES = CORPUS[:5] + CORPUS[6:7]  # six of the vendor corpus, as before
 
 
 @pytest.fixture(scope="module")
