@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import build_base
+from bench_train import build_base, gpu_name
 
 TEXT = "The quick brown fox jumps over the lazy dog near the old stone bridge."
 SPK = "bench"
@@ -220,12 +219,7 @@ def main() -> None:
     # The exact text serve gives upstream (same normalization, instruct and marker).
     (tts_text,) = plan_utterance(TEXT, ws.instruct or DEFAULT_INSTRUCT).tts_texts
     report: dict[str, Any] = {
-        "gpu": subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip(),
+        "gpu": gpu_name(),
         "text": tts_text,
         "fp16": args.fp16,
         "requests_per_client": args.requests,

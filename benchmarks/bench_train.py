@@ -200,6 +200,22 @@ def build_data(ws: Any, minutes: float, shards: int, seed: int = 0) -> dict[str,
     return stats
 
 
+def first_visible_gpu() -> str:
+    """nvidia-smi's index of the GPU this process trains on (the first of
+    ``CUDA_VISIBLE_DEVICES``, else 0)."""
+    return (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+
+
+def gpu_name() -> str:
+    """``name, memory`` of the GPU the figures come from, as nvidia-smi gives it."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ""
+    query = [exe, "--query-gpu=name,memory.total", "--format=csv,noheader", "-i"]
+    out = subprocess.run([*query, first_visible_gpu()], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
 class GpuMonitor:
     """Peak ``memory.used`` and ``utilization.gpu`` samples of the GPU training runs on (the first
     of ``CUDA_VISIBLE_DEVICES``, else 0; nvidia-smi, every 0.5 s)."""
@@ -213,7 +229,7 @@ class GpuMonitor:
     def _run(self) -> None:
         exe = shutil.which("nvidia-smi")
         query = "--query-gpu=memory.used,utilization.gpu"
-        gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+        gpu = first_visible_gpu()
         while exe and not self._stop.is_set():
             try:
                 out = subprocess.run(
@@ -311,18 +327,7 @@ def main() -> None:
     stats = build_data(ws, args.minutes, shards=2 * workers)
     prep = time.time() - t0
     report: dict[str, Any] = {
-        "gpu": subprocess.run(
-            [
-                "nvidia-smi",
-                "--query-gpu=name,memory.total",
-                "--format=csv,noheader",
-                "-i",
-                (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0],
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip(),
+        "gpu": gpu_name(),
         "data": stats,
         "prepare_seconds": round(prep, 1),
         "models": {},
