@@ -22,6 +22,7 @@ import pytest
 
 # The espeak workspace and the runtime of the engine's vendor tests.
 from test_engine_vendor import packed, rt  # noqa: F401
+from test_memory_vendor import CHILD as LOAD_STRICT  # upstream's CosyVoice3 loads llm.pt strictly
 from voicelab.workspace import Workspace
 
 pytestmark = [pytest.mark.vendor, pytest.mark.slow]
@@ -38,22 +39,6 @@ MODES = [
     ("flow", "checkpointing+8bit"),
     ("flow", "offload"),
 ]
-
-
-#: Upstream's CosyVoice3 on a voice dir: its llm must hold exactly our llm.pt (strict keys).
-LOAD_STRICT = r"""
-import json, sys
-import torch
-from cosyvoice.cli.cosyvoice import CosyVoice3
-
-m = CosyVoice3(sys.argv[1])
-ours = torch.load(sys.argv[1] + "/llm.pt", weights_only=True)
-loaded = m.model.llm.state_dict()
-print("RESULT " + json.dumps({
-    "missing": sorted(set(loaded) - set(ours)), "unexpected": sorted(set(ours) - set(loaded)),
-    "differ": [k for k, v in ours.items() if k in loaded and not torch.equal(loaded[k].cpu(), v)],
-}))
-"""
 
 
 def _train_cli(ws: Workspace, kind: str, mode: str, *extra: str) -> Any:
