@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -55,6 +57,22 @@ def synth(voice_dir: Path):
     assert "onnx_path" not in os.environ  # popped before upstream was imported
     assert logging.getLogger().level == root_level  # upstream's basicConfig(DEBUG) undone
     return s
+
+
+def test_importing_upstream_prints_no_debug_lines() -> None:
+    """Upstream's ``basicConfig(level=DEBUG)`` at import must not put what libraries log while
+    the import runs (transformers imports torchao, which logs at DEBUG) on a user's console."""
+    code = (
+        "from voicelab.upstream.inference_fixes import import_cosyvoice3\n"
+        "import logging\n"
+        "import_cosyvoice3()\n"
+        "logging.getLogger('probe').debug('after the import')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+    )
+    debug = [x for x in proc.stderr.splitlines() if " DEBUG " in x]
+    assert not debug, debug
 
 
 def _check_wav(path: Path, min_seconds: float = 0.5) -> np.ndarray:

@@ -11,7 +11,9 @@ many lines), so the things upstream does at import time land in our process:
   ORT-CUDA is broken). It is removed from ``os.environ`` before the import.
 * ``cosyvoice/utils/file_utils.py`` calls ``logging.basicConfig(level=DEBUG)``: the root logger
   turns to DEBUG with a stream handler, so every library's debug output (and upstream's per-
-  segment info lines) floods the console. Root level and handlers are put back after the import.
+  segment info lines) floods the console, including what other libraries log while the import
+  runs (transformers imports torchao). A placeholder handler on the root logger during the
+  import makes that ``basicConfig`` a no-op; root level and handlers are put back after it.
 * ``CosyVoice2Model.tts`` doubles ``token_hop_len`` on the model instance on every streamed chunk
   and never resets it, so a second streamed utterance starts with a larger first chunk (later
   first audio): :func:`reset_stream_state` puts it back before each streamed utterance.
@@ -58,6 +60,10 @@ def _keep_root_logging() -> Iterator[None]:
         for name, lg in logging.root.manager.loggerDict.items()
         if isinstance(lg, logging.Logger)
     }
+    # basicConfig configures nothing while the root logger has a handler.
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
     try:
         yield
     finally:
