@@ -109,7 +109,7 @@ def tiny_model_dir() -> Path:
 
 
 #: The vendor tests' corpus: short English sentences (no digits), spoken at several speeds.
-SENTENCES = (
+VENDOR_SENTENCES = (
     "Good morning.",
     "Please close the door.",
     "The weather is lovely today.",

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from speech_corpus import SENTENCES, packed_workspace
+from speech_corpus import VENDOR_SENTENCES as SENTENCES
+from speech_corpus import packed_workspace
 from voicelab.stages import train as tr
 from voicelab.workspace import Workspace
 

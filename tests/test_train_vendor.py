@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from speech_corpus import SENTENCES, packed_workspace, tiny_model_dir
+from speech_corpus import VENDOR_SENTENCES as SENTENCES
+from speech_corpus import packed_workspace, tiny_model_dir
 from voicelab.errors import ConfigError
 from voicelab.stages import train as tr
 from voicelab.workspace import Workspace

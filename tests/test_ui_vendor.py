@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from speech_corpus import SENTENCES as CORPUS
+from speech_corpus import VENDOR_SENTENCES as CORPUS
 from speech_corpus import packed_workspace
 from ui_browser import (
     audio_duration,
