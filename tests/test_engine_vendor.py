@@ -220,6 +220,34 @@ def test_flow_loss_equals_upstream(rt: SimpleNamespace) -> None:
         assert max(_rel(g_mine[k], g_up[k]) for k in g_up) < 1e-4
 
 
+def test_fused_flow_pass_equals_upstreams_accumulation(rt: SimpleNamespace) -> None:
+    """Two flow batches as one pass (the engine's default for the flow): the mean of upstream's
+    two losses and the gradient of their accumulation, with both streaming draws met. Dropout
+    off (eval mode): the fused pass draws the DiT's dropout masks in another order."""
+    from voicelab.upstream.engine.loop import LossModule
+
+    net = _net(rt, "flow").eval()
+    group = [list(range(0, 4)), list(range(4, 9))]
+    seen: set[tuple[bool, ...]] = set()
+    for seed in range(1, 7):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        ups = [net(upstream_batch(rt, "flow", idx), CPU)["loss"] for idx in group]
+        (sum(ups) / 2).backward()
+        g_up = _grads(net)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        batch = ours(rt, "flow", net, quantum=1).make_fused(group)
+        seen.add(tuple(bool(b["streaming"]) for b in batch["parts"]))
+        mine = LossModule(net, "flow")(batch)
+        mine["loss"].backward()
+        g_mine = _grads(net)
+        assert _rel(mine["loss"].detach(), (sum(ups) / 2).detach()) < 1e-4
+        assert g_mine.keys() == g_up.keys()
+        assert max(_rel(g_mine[k], g_up[k]) for k in g_up) < 1e-4
+    assert {(True, False), (False, True)} & seen, seen  # streaming and not, in one pass
+
+
 # ------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------
@@ -428,3 +456,82 @@ def test_two_processes_gloo_share_each_epoch(
     saves = re.findall(r"\[Rank (\d+)\] Checkpoint: save to checkpoint (\S+)", log)
     assert {r for r, _ in saves} == {"0"}
     assert sorted(Path(p).name for _, p in saves) == ["epoch_0_whole.pt", "init.pt"]
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_compiled_blocks_give_the_eager_loss(rt: SimpleNamespace, kind: str) -> None:
+    """``--compile``: the blocks compiled in place (dynamic shapes, two batch shapes) give the
+    eager loss and gradients (fp32, relative 1e-4), and the state dict keys do not change."""
+    from voicelab.upstream.engine.loop import LossModule
+    from voicelab.upstream.engine.steps import compile_blocks, model_blocks, uncompile_blocks
+
+    net = _net(rt, kind).eval()  # no dropout: the compiled and eager passes draw alike
+    keys = list(net.state_dict())
+    feed = ours(rt, kind, net, quantum=1)
+    groups = [[0, 1, 2], [3, 4, 5, 6, 7]]
+
+    def run() -> list[tuple[Any, dict[str, Any]]]:
+        outs = []
+        for seed, idx in enumerate(groups):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            b = feed.make_packed([idx]) if kind == "llm" else feed.make(idx)
+            loss = LossModule(net, kind)(b)["loss"]
+            loss.backward()
+            outs.append((loss.detach(), _grads(net)))
+        return outs
+
+    from torch._dynamo.utils import counters
+
+    eager = run()
+    blocks = model_blocks(net, kind)
+    compile_blocks(blocks)
+    counters.clear()
+    try:
+        compiled = run()
+        assert list(net.state_dict()) == keys
+        assert counters["stats"]["unique_graphs"] >= 1  # compiled, not a silent eager run
+    finally:
+        uncompile_blocks(blocks)
+    for (l_e, g_e), (l_c, g_c) in zip(eager, compiled, strict=True):
+        assert _rel(l_c, l_e) < 1e-4
+        assert max(_rel(g_c[k], g_e[k]) for k in g_e) < 1e-4
+
+
+def test_a_failed_compile_falls_back_to_eager(
+    rt: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """``--compile auto`` (the default on GPUs): a compile that fails in the warm-up (here: no
+    C++ compiler for Inductor) leaves the blocks eager with one line, and training goes on."""
+    import torch._inductor.config as ic
+
+    from voicelab.upstream.engine import loop
+    from voicelab.upstream.engine.steps import compile_blocks, model_blocks
+
+    ws = rt.ws
+    args = loop.EngineArgs(
+        model="llm",
+        config=rt.cfg,
+        train_data=ws.data_list("train"),
+        cv_data=ws.data_list("dev"),
+        model_dir=tmp_path / "run",
+        qwen_pretrain_path=str(rt.qwen),
+        checkpoint=ws.base_model_dir / "llm.pt",
+        device="cpu",
+        warmup="on",
+        max_steps=1,
+    )
+    r = loop.Run(args)
+    r.setup()
+    compile_blocks(model_blocks(r.net, "llm"))  # as auto does on a GPU
+    r.compiled = True
+    monkeypatch.setattr(ic.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(ic, "force_disable_caches", True)  # no kernels from an earlier test
+    torch._dynamo.reset()
+    r.warm()
+    out = capsys.readouterr().out
+    assert "voicelab engine: torch.compile failed" in out and "; eager" in out
+    assert not r.compiled
+    assert all(b._compiled_call_impl is None for b in model_blocks(r.net, "llm"))
+    r.train_epoch(0)  # eager from here
+    r.close()

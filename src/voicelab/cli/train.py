@@ -40,7 +40,12 @@ DEFAULT = ParameterSource.DEFAULT
     " upstream: upstream's train.py (with --engine).",
 )
 @click.option("--keep", type=int, metavar="N", help="Keep only the newest N epoch checkpoints.")
-@click.option("--compile", is_flag=True, help="torch.compile the training step (voicelab).")
+@click.option(
+    "--compile/--no-compile",
+    default=None,
+    help="torch.compile the model's blocks (voicelab; default: on a GPU in the full memory mode,"
+    " eager if compiling fails).",
+)
 @click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")
 @click.option("--epochs", type=int, help="max_epoch (default sized to the data, usually 10).")
 @click.option(

@@ -163,7 +163,7 @@ def engine_args(
     plan: RunPlan,
     amp: bool,
     keep: int | None,
-    compile: bool,
+    compile: bool | None,
     memory_mode: str | None = None,
     max_vram: float | None = None,
 ) -> list[str]:
@@ -179,8 +179,8 @@ def engine_args(
         argv.append("--use_amp")
     if keep:
         argv += ["--keep", str(keep)]
-    if compile:
-        argv.append("--compile")
+    if compile is not None:
+        argv += ["--compile", "on" if compile else "off"]
     if memory_mode and memory_mode != "full":
         argv += ["--memory", memory_mode]
     if max_vram is not None:

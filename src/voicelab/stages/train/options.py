@@ -34,7 +34,7 @@ class TrainOptions:
     engine: str = "torch_ddp"
     trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
     keep: int | None = None  # epoch checkpoints kept (voicelab trainer; default all)
-    compile: bool = False  # torch.compile the step (voicelab trainer)
+    compile: bool | None = None  # torch.compile the model's blocks (voicelab; None: auto, GPU)
     amp: bool | None = None  # default: on for CUDA (bf16), off on the CPU
     epochs: int | None = None
     batch_frames: int | None = None
@@ -102,7 +102,7 @@ def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
             f"--engine {opts.engine} belongs to upstream's trainer",
             "add --trainer upstream, or leave --engine out",
         )
-    if trainer == "upstream" and (opts.keep or opts.compile):
+    if trainer == "upstream" and (opts.keep or opts.compile is True):
         raise ConfigError(
             "--keep and --compile are options of VoiceLab's trainer", "use --trainer voicelab"
         )

@@ -26,7 +26,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tensorboard_dir", type=Path)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--use_amp", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("VOICELAB_ENGINE_COMPILE", "auto"),
+    )
     p.add_argument("--keep", type=int)
     p.add_argument("--seed", type=int, default=1986)
     p.add_argument("--quantum", type=int, default=32)

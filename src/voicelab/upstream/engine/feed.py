@@ -92,6 +92,10 @@ class Batches:
         chosen = [llm_loss.choose([self.pairs[i] for i in idx]) for idx in group]
         return self._upload(llm_loss.make_packed(chosen, self.row))
 
+    def make_fused(self, group: list[list[int]]) -> dict[str, Any]:
+        """The flow batches ``group`` (upstream's draws in batch order) for one pass."""
+        return {"parts": [self.make(idx) for idx in group]}
+
     def make(self, idx: list[int]) -> dict[str, Any]:
         if self.kind == "llm":
             host = llm_loss.make_batch(llm_loss.choose([self.pairs[i] for i in idx]), self.quantum)

@@ -18,6 +18,7 @@ its epoch in three parts (train, CV, save) that each fit on a screen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,13 +35,17 @@ from voicelab.upstream.engine.feed import Batches, load_dataset
 from voicelab.upstream.engine.steps import (
     LossModule,
     autocast,
+    compile_blocks,
     fused_batches,
     guarded_step,
+    model_blocks,
     optimizer_step,
     rng_state,
     set_rng_state,
     split_idx,
     train_step,
+    uncompile_blocks,
+    wants_compile,
     warm_groups,
     warm_up,
 )
@@ -96,7 +101,7 @@ class EngineArgs:
     checkpoint: Path | None = None
     device: str = "cuda"
     amp: bool = False
-    compile: bool = False
+    compile: str = "auto"  # auto | on | off: torch.compile the model's blocks
     keep: int | None = None
     seed: int = 1986
     quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
@@ -194,6 +199,58 @@ class Conf:
         )
 
 
+class Profile:
+    """``VOICELAB_ENGINE_PROFILE=<folder>``: passes 4-13 of the first epoch under torch.profiler,
+    tables of the ops by device time and by host time written to ``<folder>/<model>-<time>.txt``
+    (how the engine's host-bound share was found; a no-op otherwise)."""
+
+    FIRST, PASSES = 3, 10
+
+    def __init__(self, dest: str | None, device: torch.device) -> None:
+        self.dest, self.device, self.n, self.prof, self.t = dest, device, 0, None, 0.0
+
+    @classmethod
+    def start(cls, first_epoch: bool, device: torch.device, tag: str) -> Profile:
+        folder = os.environ.get("VOICELAB_ENGINE_PROFILE") if first_epoch else None
+        dest = str(Path(folder) / f"{tag}-{time.strftime('%H%M%S')}.txt") if folder else None
+        return cls(dest, device)
+
+    def tick(self) -> None:
+        if not self.dest:
+            return
+        if self.n == self.FIRST:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                acts.append(ProfilerActivity.CUDA)
+                torch.cuda.synchronize(self.device)
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+            self.t = time.time()
+        elif self.n == self.FIRST + self.PASSES:
+            self.stop()
+        self.n += 1
+
+    def stop(self) -> None:
+        if self.prof is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wall = time.time() - self.t
+        self.prof.__exit__(None, None, None)
+        ka = self.prof.key_averages()
+        dev = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        busy = sum(getattr(e, dev, 0) for e in ka) / 1e6
+        head = f"{self.PASSES} passes: wall {wall:.3f} s, device busy (sum of kernels) {busy:.3f} s"
+        parts = [head, ka.table(sort_by=dev, row_limit=40), ka.table(sort_by="cpu_time_total",
+                 row_limit=25)]  # fmt: skip
+        Path(self.dest).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.dest).write_text("\n\n".join(parts), "utf-8")
+        _say(f"voicelab engine: profile written to {self.dest} ({head})")
+        self.prof, self.dest = None, None
+
+
 class Run:
     """One training run: built by :meth:`setup`, then :meth:`warm`, then per epoch
     :meth:`train_epoch`, :meth:`cv` and :meth:`save`; :func:`run` drives it."""
@@ -245,7 +302,10 @@ class Run:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, find_unused_parameters=True, **kw
             )
-        self.step_module = torch.compile(self.loss_module) if args.compile else self.loss_module
+        self.step_module = self.loss_module
+        self.compiled = wants_compile(args.compile, device, args.features)
+        if self.compiled:
+            compile_blocks(model_blocks(net, args.model))
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.optimizer = hooks.make_optimizer(self.params, conf.train, device.type)
         self.scheduler = model.make_scheduler(self.optimizer, conf.train)
@@ -271,10 +331,11 @@ class Run:
             rows=len,
             frames=lambda idx: sum(frames[i] for i in idx),
         )
-        # llm: batches packed without padding; ``fuse`` batches (an optimizer step's) per pass.
+        # llm: batches packed without padding; ``fuse`` batches (an optimizer step's) per pass
+        # (the flow's: padded to the longest of them, each with its own mask and loss).
         self.packed = args.model == "llm" and args.fuse != "off" and llm_loss.packs(net)
         self.fuse = 1
-        if self.packed:
+        if self.packed or (args.model == "flow" and args.fuse != "off"):
             self.fuse = fused_batches(
                 args.model,
                 args.fuse,
@@ -286,7 +347,8 @@ class Run:
                 conf.max_frames,
                 device,
             )
-            _say(f"voicelab engine: packed batches, {self.fuse} per pass")
+            how = "packed" if self.packed else "fused"
+            _say(f"voicelab engine: {how} batches, {self.fuse} per pass")
 
     def _outputs(self) -> None:
         """TensorBoard, the checkpoint writer, and ``init.pt`` once per run dir."""
@@ -313,7 +375,9 @@ class Run:
         if args.checkpoint is None or self.start_epoch < 0:
             return
         resume_file = checkpoint.resume_path(args.checkpoint.parent, self.start_epoch)
-        if not resume_file.is_file():
+        if not resume_file.is_file():  # only the newest epoch of a run keeps one
+            _say(f"voicelab engine: no resume state for epoch {self.start_epoch}: weights only,"
+                 " the optimizer starts anew")  # fmt: skip
             return
         st = torch.load(resume_file, map_location="cpu", weights_only=True)
         why = resume_mismatch(st.get("memory", "full"), args.memory)
@@ -344,8 +408,11 @@ class Run:
         return batching.shard(batches, self.rank, self.world)
 
     def pass_batch(self, group: list[list[int]]) -> dict[str, Any]:
-        """The device batch of one pass over ``group``: packed (llm) or padded (one batch)."""
-        return self.train_b.make_packed(group) if self.packed else self.train_b.make(group[0])
+        """The device batch of one pass over ``group``: packed (llm), fused (flow, several
+        batches) or padded (one batch)."""
+        if self.packed:
+            return self.train_b.make_packed(group)
+        return self.train_b.make_fused(group) if len(group) > 1 else self.train_b.make(group[0])
 
     def make_one(self, idx: list[int]) -> dict[str, Any]:
         return self.train_b.make_packed([idx]) if self.packed else self.train_b.make(idx)
@@ -359,8 +426,8 @@ class Run:
         if self.packed:
             return llm_loss.packed_shape([len(b.pairs[i][0].ids) for g in group for i in g], b.row)
         lens = [len(b.pairs[i][0].ids) if self.args.model == "llm" else len(b.tokens[i])
-                for i in group[0]]  # fmt: skip
-        return len(group[0]), batching.padded(max(lens), self.args.quantum)
+                for idx in group for i in idx]  # fmt: skip
+        return len(lens), batching.padded(max(lens), self.args.quantum)
 
     # -- warm-up ---------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -375,7 +442,7 @@ class Run:
 
         def steps() -> None:
             for g in warm:
-                n = len(g) if self.packed else 1
+                n = len(g)  # batches in the pass
                 batch = self.pass_batch(g)
                 train_step(
                     self.step_module, batch, self.conf.accum, args.amp, self.device, True, batches=n
@@ -383,9 +450,11 @@ class Run:
 
         self.net.train()
         try:
-            took = warm_up(steps, lambda: self.optimizer.zero_grad(set_to_none=True), self.device)
+            took = self._warm_compiled(steps)
+            how = ", compiled blocks" if self.compiled else ""
             _say(
-                f"voicelab engine: warm-up {took:.2f} s ({len(warm)} input shapes, nothing trained)"
+                f"voicelab engine: warm-up {took:.2f} s ({len(warm)} input shapes{how},"
+                " nothing trained)"
             )
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
@@ -396,6 +465,23 @@ class Run:
             else:
                 _say("voicelab engine: out of GPU memory in the warm-up; training splits batches")
 
+    def _warm_compiled(self, steps: Callable[[], None]) -> float:
+        """The warm-up (where torch.compile compiles); a compile that fails under ``auto``
+        (no C compiler for Triton, an unsupported GPU) leaves the blocks eager, with one line."""
+        zero = lambda: self.optimizer.zero_grad(set_to_none=True)  # noqa: E731
+        try:
+            return warm_up(steps, zero, self.device)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if not self.compiled or self.args.compile == "on":
+                raise
+            uncompile_blocks(model_blocks(self.net, self.args.model))
+            self.compiled = False
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager")
+            return warm_up(steps, zero, self.device)
+
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:
         """One pass over an optimizer step's batches; [] when it ran out of memory (one GPU:
@@ -403,7 +489,7 @@ class Run:
         try:
             out = train_step(
                 self.step_module,
-                self.train_b.make_packed(group),
+                self.pass_batch(group),
                 self.conf.accum,
                 self.args.amp,
                 self.device,
@@ -481,9 +567,13 @@ class Run:
         tok_count, t_log = 0, time.time()
         self.norm = torch.zeros((), device=self.device)
         done = gi = 0  # batches of this epoch trained; where the next group starts
+        prof = Profile.start(
+            epoch == self.start_epoch + 1 and self.rank == 0, self.device, self.args.model
+        )
         while gi < len(mine):
             group = mine[gi : gi + self.fuse]
             gi += len(group)
+            prof.tick()
             outs = self._packed_step(group) if len(group) > 1 else []
             outs = outs or self._batch_steps(group, done)
             before, done = done, done + len(group)
@@ -498,6 +588,7 @@ class Run:
                 tok_count, t_log = 0, now
             if self.done_steps():
                 break
+        prof.stop()
         record_seen(self.train_b.ds.utts, mine[:done], "TRAIN", epoch, self.rank)
         return time.time() - t0
 
@@ -517,7 +608,9 @@ class Run:
         module = self.loss_module if self.world == 1 else self.loss_module.module
         sums: dict[str, torch.Tensor] = {}
         n_utt = torch.zeros((), device=device)
-        with torch.inference_mode():
+        # CV runs eager: compiled blocks would compile again for inference (seconds, once).
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else None
+        with torch.inference_mode(), eager or contextlib.nullcontext():
             for idx in cv_batches:
                 with autocast(device, self.args.amp):
                     out = module(self.make_cv(idx))
@@ -549,10 +642,14 @@ class Run:
             return
         args, hooks, net, opt = self.args, self.args.hooks, self.net, self.optimizer
         # Room in RAM for this snapshot first (weights + optimizer state, as on the GPU).
-        self.saver.make_room(
-            checkpoint.tree_bytes(net.state_dict()) + checkpoint.tree_bytes(opt.state_dict())
-        )
-        weights = {**hooks.state_dict(net), "epoch": epoch, "step": self.step}
+        nbytes = checkpoint.tree_bytes(net.state_dict()) + checkpoint.tree_bytes(opt.state_dict())
+        self.saver.make_room(nbytes)
+        on_gpu = self._gpu_snapshot(nbytes)
+        if on_gpu is not None:
+            weights, opt_state = on_gpu
+        else:
+            weights, opt_state = hooks.state_dict(net), checkpoint.cpu_tree(opt.state_dict())
+        weights = {**weights, "epoch": epoch, "step": self.step}
         info = _info(
             self.conf.train,
             args,
@@ -565,7 +662,7 @@ class Run:
             grad_norm=float(self.norm),
         )
         resume = {
-            "optimizer": checkpoint.cpu_tree(opt.state_dict()),
+            "optimizer": opt_state,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "epoch": epoch,
@@ -575,7 +672,30 @@ class Run:
         if hooks.resume_state is not None:
             resume["model_extra"] = hooks.resume_state(net)
         pt = checkpoint.whole_name(epoch)
-        self.saver.save(pt, weights, info, (checkpoint.resume_path(args.model_dir, epoch), resume))
+        res = (checkpoint.resume_path(args.model_dir, epoch), resume)
+        if on_gpu is not None:
+            self.saver.save_from_gpu(pt, weights, info, res)
+        else:
+            self.saver.save(pt, weights, info, res)
+
+    def _gpu_snapshot(self, nbytes: int) -> tuple[dict[str, Any], Any] | None:
+        """(weights, optimizer state) copied on the GPU when it has room for them (the full
+        mode's plain state dict), else None: the training thread copies to the CPU instead."""
+        if self.device.type != "cuda" or self.args.hooks.state_dict is not checkpoint.cpu_state:
+            return None
+        cap = None
+        if self.args.max_vram is not None:
+            cap = int((self.args.max_vram - self.mm.CUDA_CONTEXT_GIB) * 2**30)
+        if checkpoint.gpu_room(self.device, cap) < 1.1 * nbytes:
+            return None
+        try:
+            return (
+                checkpoint.device_clone(self.net.state_dict()),
+                checkpoint.device_clone(self.optimizer.state_dict()),
+            )
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
 
     def close(self) -> None:
         self.saver.wait()

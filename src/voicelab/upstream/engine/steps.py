@@ -31,6 +31,8 @@ class LossModule(torch.nn.Module):
             if "seq" in batch:
                 return llm_loss.forward_packed(self.net, batch)
             return llm_loss.forward(self.net, batch)
+        if "parts" in batch:
+            return flow_loss.forward_fused(self.net, batch["parts"])
         return flow_loss.forward(self.net, batch, bool(batch["streaming"]))
 
 
@@ -149,12 +151,51 @@ def warm_up(run_step: Callable[[], Any], zero_grad: Callable[[], None], device: 
     training that follows draws and computes exactly what it would have without it."""
     st = rng_state()
     t = time.time()
-    run_step()
-    zero_grad()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    set_rng_state(st)
+    try:
+        run_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        zero_grad()
+        set_rng_state(st)
     return time.time() - t
+
+
+def model_blocks(net: Any, kind: str) -> list[torch.nn.Module]:
+    """The repeated blocks that hold most of the work: the Qwen2 body's decoder layers (llm),
+    the DiT's transformer blocks (flow)."""
+    if kind == "llm":
+        return list(llm_loss.qwen_body(net).layers)
+    return list(net.decoder.estimator.transformer_blocks)
+
+
+def wants_compile(setting: str, device: torch.device, features: tuple[str, ...]) -> bool:
+    """``auto``: on a GPU in the full memory mode, where Triton is importable (the memory
+    modes wrap the same blocks; compiling them too is ``on``)."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    if device.type != "cuda" or features != ("full",):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def compile_blocks(blocks: list[torch.nn.Module]) -> None:
+    """Regional compilation: each block compiled in place, with dynamic shapes (batches differ
+    in length). torch.compile inlines a module's parameters as inputs, so the blocks of a model
+    share one compiled graph: one compile, not one per layer, and ``state_dict`` keys stay.
+    What it buys: the elementwise work around the matmuls (casts, norms, modulation, rotary)
+    fused, and far fewer kernel launches (the eager step is host-bound); see docs/engine.md."""
+    for b in blocks:
+        b.compile(dynamic=True)
+
+
+def uncompile_blocks(blocks: list[torch.nn.Module]) -> None:
+    """Back to eager (``nn.Module.compile`` keeps the compiled call in this attribute)."""
+    for b in blocks:
+        b._compiled_call_impl = None
+    torch._dynamo.reset()
 
 
 def warm_groups(
@@ -179,11 +220,11 @@ def fused_batches(
     max_frames: int,
     device: torch.device,
 ) -> int:
-    """How many batches one pass takes: ``accum`` when the llm's batches are packed into one
-    pass per optimizer step, else 1. ``fuse`` "auto" fuses on the CPU always, on a GPU in the
-    full mode when the estimate for ``accum`` batches of activations fits what training may use;
-    "on" always, "off" never."""
-    if model != "llm" or fuse == "off" or not llm_loss.packs(net):
+    """How many batches one pass takes: ``accum`` when an optimizer step's batches go through
+    the model as one pass (the llm's packed rows, the flow's fused batches), else 1. ``fuse``
+    "auto" fuses on the CPU always, on a GPU in the full mode when the estimate for ``accum``
+    batches of activations fits what training may use; "on" always, "off" never."""
+    if fuse == "off" or (model == "llm" and not llm_loss.packs(net)):
         return 1
     if fuse == "on" or device.type != "cuda":
         return accum
