@@ -3,6 +3,7 @@ the ``--trainer`` plumbing of ``voicelab train``."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,45 @@ def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
     assert sd["epoch"] == 2 and sd["step"] == 20 and torch.equal(sd["w"], torch.full((3,), 2.0))
     info = yaml.safe_load((tmp_path / "epoch_2_whole.yaml").read_text())
     assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
+
+
+def test_only_the_newest_epoch_keeps_its_resume_state(tmp_path: Path) -> None:
+    """Without --keep every epoch's weights stay, but one resume state (2x the weights)."""
+    for e in (2, 10, 9):
+        checkpoint.resume_path(tmp_path, e).parent.mkdir(exist_ok=True)
+        checkpoint.resume_path(tmp_path, e).write_bytes(b"x")
+        (tmp_path / f"epoch_{e}_whole.pt").write_bytes(b"x")
+    (tmp_path / "resume" / "lora_base.pt").write_bytes(b"x")  # not an epoch's: stays
+    assert checkpoint.prune(tmp_path, None) == []
+    assert checkpoint.epochs_on_disk(tmp_path) == [2, 9, 10]
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == [
+        "epoch_10.pt",
+        "lora_base.pt",
+    ]
+
+
+@pytest.mark.skipif(
+    not (importlib.util.find_spec("torch") and __import__("torch").cuda.is_available()),
+    reason="needs a CUDA GPU (the device machine)",
+)
+def test_save_from_gpu_writes_the_snapshot_not_later_changes(tmp_path: Path) -> None:
+    """The GPU-side snapshot: what the files hold is the state at save time, though the
+    originals change on the GPU while the copy thread works."""
+    import torch
+
+    w = torch.arange(1 << 22, dtype=torch.float32, device="cuda")
+    saver = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=lambda p: None)
+    snap = checkpoint.device_clone({"w": w, "n": torch.tensor(3)})
+    res = (checkpoint.resume_path(tmp_path, 0), {"m": checkpoint.device_clone(w * 2)})
+    saver.save_from_gpu("epoch_0_whole", {**snap, "epoch": 0}, {"epoch": 0}, res)
+    for _ in range(20):
+        w.add_(1.0)  # training goes on
+    saver.wait()
+    sd = torch.load(tmp_path / "epoch_0_whole.pt", weights_only=True)
+    assert torch.equal(sd["w"], torch.arange(1 << 22, dtype=torch.float32))
+    assert int(sd["n"]) == 3 and sd["epoch"] == 0
+    m = torch.load(checkpoint.resume_path(tmp_path, 0), weights_only=True)["m"]
+    assert m.device.type == "cpu" and float(m[5]) == 10.0
 
 
 def test_async_saver_runs_two_writers_when_ram_allows(tmp_path: Path) -> None:

@@ -389,14 +389,15 @@ def _check_disk(
     keep: int | None,
     trainer: str,
 ) -> None:
-    """Each checkpoint is a full copy of the model (fp32), plus init.pt; VoiceLab's engine also
-    keeps the Adam moments beside each kept epoch (exact resume), and --keep bounds the count."""
+    """Each checkpoint is a full copy of the model (fp32), plus init.pt; --keep bounds the
+    count. VoiceLab's engine also keeps the newest epoch's Adam moments (twice the weights, for
+    an exact resume), two of them while the next one is written."""
     ck_bytes = base_ckpt.stat().st_size if base_ckpt.exists() else 0
     if not ck_bytes:
         return
     kept = min(epochs_to_run, keep) if keep else epochs_to_run
-    per_epoch = 3 if trainer == "voicelab" else 1
-    need_disk = int(ck_bytes * (kept * per_epoch + 1) * 1.05)
+    resume = 4 if trainer == "voicelab" else 0
+    need_disk = int(ck_bytes * (kept + 1 + resume) * 1.05)
     free = free_bytes(ws.exp_root)
     if free < need_disk:
         found.problem(
