@@ -254,7 +254,8 @@ def cap_vram(max_vram_gib: float | None, device: str = "cuda") -> float | None:
     if dev.index is None:  # torch wants an index here ("cuda" alone is refused)
         dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory
-    frac = min(1.0, max(0.05, (max_vram_gib - CUDA_CONTEXT_GIB) * GIB / total))
+    # No floor beyond "more than nothing": a 0.05 floor let a 1.5 GiB cap hold 7 GiB on an H200.
+    frac = min(1.0, max(1e-3, (max_vram_gib - CUDA_CONTEXT_GIB) * GIB / total))
     torch.cuda.set_per_process_memory_fraction(frac, dev)
     return frac
 
