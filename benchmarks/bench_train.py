@@ -336,8 +336,9 @@ def main() -> None:
     for model in args.models.split(","):
         report["models"][model] = {}
         for spec in args.trainers.split(","):
-            # "voicelab:compile" (torch.compile), "voicelab:nofuse" (padded batches, one per
-            # pass): variants of the engine, measured in the same run for the notes.
+            # "voicelab:eager" (no torch.compile), "voicelab:compile" (compile forced),
+            # "voicelab:nofuse" (padded batches, one per pass): variants of the engine,
+            # measured in the same run for the notes.
             trainer, _, variant = spec.partition(":")
             os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
             opts = tr.TrainOptions(
@@ -345,7 +346,7 @@ def main() -> None:
                 epochs=args.epochs,
                 new=True,
                 trainer=trainer,
-                compile=variant == "compile",
+                compile={"compile": True, "eager": False}.get(variant),
             )
             name = tr.run_name(trainer, opts.engine)
             run = ws.exp_dir(model, name)
