@@ -36,14 +36,18 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
 - a warm-up step per distinct packed shape before the first epoch (RNG and gradients put back):
   first epoch 1.65-1.71x the later ones on 15 min of audio (2.2 s vs 1.2-1.5 s: the epochs are
   so short that the first one's few new allocations still show);
-- two forked checkpoint writers in flight instead of one: the epoch-end stall stays 5-11 s on
-  15 min of audio (the GPU-to-CPU copy of 6 GB into fresh pageable memory, while the previous
-  writer's dirty pages flush), against upstream's 2 s for weights only; not solved: pinned
-  buffers are not visible to a forked writer, so the next step is a long-lived writer process
-  fed through shared memory;
-- the flow keeps one batch per pass (upstream draws streaming per batch, and the DiT's mask
-  follows it), so it stays host-bound at 2.67x;
-- ``--compile`` (``voicelab:compile``) is in the benchmark but was not measured this round.
+- two forked checkpoint writers in flight instead of one: the epoch-end stall stayed 5-11 s on
+  15 min of audio (the GPU-to-CPU copy of 6 GB into fresh pageable memory);
+- this round (40 min of audio, a 2 x H200 host, llm on GPU 0 and flow on GPU 1 in parallel):
+  the whole loss module under ``torch.compile`` gave llm 46,961 vs 17,425 tokens/s eager but
+  compiled for 144 s (a graph per shape); compiled *blocks* with dynamic shapes (now the
+  default) compile once in the warm-up (18.6 s llm, 28.6 s flow); the flow's batches of an
+  optimizer step go through the DiT as one pass (fused); the checkpoint is snapshotted on the
+  GPU and copied by a thread (straight into pageable memory that copy stalled every later
+  epoch ~5 s: the ``voicelab:eager`` run measured llm 6,067 and flow 6,352 vs upstream 3,795 and
+  3,660; through a pinned 64 MB buffer the stall is gone). Final same-run figures: llm 26,401
+  vs 5,271 (5.01x), flow 14,690 vs 4,984 (2.95x), first epoch 0.75x / 0.88x the later ones,
+  epoch-end stall 0.02-0.09 s, GPU utilization 36 % / 26 % (nvidia-smi samples).
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
