@@ -153,6 +153,14 @@ def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
     assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
 
 
+def test_a_gpu_snapshot_needs_room_beside_the_training_peak() -> None:
+    gib = 1 << 30
+    # 6 GiB of state, 8 GiB of activations at the peak: 15.4 GiB with the spare tenth.
+    assert checkpoint.snapshot_fits(16 * gib, 6 * gib, 8 * gib)
+    assert not checkpoint.snapshot_fits(12 * gib, 6 * gib, 8 * gib)  # the old rule said yes
+    assert checkpoint.snapshot_fits(7 * gib, 6 * gib, -gib)  # nothing beyond the state
+
+
 def test_only_the_newest_epoch_keeps_its_resume_state(tmp_path: Path) -> None:
     """Without --keep every epoch's weights stay, but one resume state (2x the weights)."""
     for e in (2, 10, 9):

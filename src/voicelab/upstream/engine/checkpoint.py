@@ -218,6 +218,13 @@ def gpu_room(device: Any, cap: int | None) -> int:
     return max(0, room)
 
 
+def snapshot_fits(room: int, nbytes: int, peak_extra: int) -> bool:
+    """Whether a GPU-side snapshot of ``nbytes`` fits in ``room`` bytes together with what a
+    training step allocates beyond the state (``peak_extra``: activations, gradients), with a
+    tenth to spare for the allocator's rounding."""
+    return room >= 1.1 * (nbytes + max(0, peak_extra))
+
+
 def tree_bytes(obj: Any) -> int:
     """Bytes of the tensors anywhere in ``obj`` (what a CPU snapshot of it takes)."""
     import torch

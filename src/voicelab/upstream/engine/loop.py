@@ -273,6 +273,7 @@ class Run:
         mm.cap_vram(args.max_vram, str(self.device))  # before anything lands on the GPU
         self.step = 0
         self.norm = torch.zeros((), device=self.device)
+        self.peak_extra: int | None = None  # a step's memory beyond the state (GPU snapshots)
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -679,14 +680,19 @@ class Run:
             self.saver.save(pt, weights, info, res)
 
     def _gpu_snapshot(self, nbytes: int) -> tuple[dict[str, Any], Any] | None:
-        """(weights, optimizer state) copied on the GPU when it has room for them (the full
-        mode's plain state dict), else None: the training thread copies to the CPU instead."""
+        """(weights, optimizer state) copied on the GPU when it has room for them beside the
+        training's own peak (the copy lives into the next epoch), in the full mode's plain
+        state dict; else None: the training thread copies to the CPU instead."""
         if self.device.type != "cuda" or self.args.hooks.state_dict is not checkpoint.cpu_state:
             return None
         cap = None
         if self.args.max_vram is not None:
             cap = int((self.args.max_vram - self.mm.CUDA_CONTEXT_GIB) * 2**30)
-        if checkpoint.gpu_room(self.device, cap) < 1.1 * nbytes:
+        dev = self.device
+        if self.peak_extra is None:  # measured before any snapshot took memory (warm-up included)
+            peak, now = torch.cuda.max_memory_allocated(dev), torch.cuda.memory_allocated(dev)
+            self.peak_extra = peak - now
+        if not checkpoint.snapshot_fits(checkpoint.gpu_room(dev, cap), nbytes, self.peak_extra):
             return None
         try:
             return (

@@ -170,11 +170,14 @@ def model_blocks(net: Any, kind: str) -> list[torch.nn.Module]:
 
 
 def wants_compile(setting: str, device: torch.device, features: tuple[str, ...]) -> bool:
-    """``auto``: on a GPU in the full memory mode, where Triton is importable (the memory
-    modes wrap the same blocks; compiling them too is ``on``)."""
+    """``auto``: on a GPU that Triton supports (compute capability 7.0 or newer) in the full
+    memory mode, where Triton is importable (the memory modes wrap the same blocks; compiling
+    them too is ``on``)."""
     if setting in ("on", "off"):
         return setting == "on"
     if device.type != "cuda" or features != ("full",):
+        return False
+    if torch.cuda.get_device_capability(device) < (7, 0):
         return False
     import importlib.util
 
