@@ -19,6 +19,7 @@ from voicelab.blocks.tts_text import HYPE_INSTRUCT
 from voicelab.errors import ConfigError, InputError, ModelError, WorkspaceError
 from voicelab.stages.audition import (
     GRID,
+    AuditionOptions,
     Page,
     PageSentence,
     Take,
@@ -350,6 +351,23 @@ def test_outputs_and_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="out of range"):
         check_options(SayOptions(speed=5))
     check_options(SayOptions(stream=True))
+
+
+def test_preset_and_prompt_text_are_one_choice() -> None:
+    """say, audition and the web page share VoiceChoice: one of --preset / --prompt-text."""
+    from click.testing import CliRunner
+
+    from voicelab.cli.main import cli
+
+    for cls in (SayOptions, AuditionOptions):
+        with pytest.raises(ConfigError, match="--preset and --prompt-text"):
+            cls(preset="hype", prompt_text="Speak slowly.<|endofprompt|>")
+        assert cls(preset="hype").preset == "hype"
+    assert AuditionOptions().seed == 0 and SayOptions().seed is None
+    for cmd in (["say", "hi"], ["audition"]):
+        res = CliRunner().invoke(cli, [*cmd, "--preset", "hype", "--prompt-text", "x"])
+        assert isinstance(res.exception, ConfigError), res.output
+        assert "--preset and --prompt-text" in str(res.exception)
 
 
 # ---- issue 15 item 28 -----------------------------------------------------------------------

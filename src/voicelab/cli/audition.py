@@ -67,7 +67,6 @@ def audition(
     """
     from pathlib import Path
 
-    from voicelab.errors import ConfigError
     from voicelab.stages.audition import (
         AuditionOptions,
         describe_unblind,
@@ -82,8 +81,6 @@ def audition(
         for line in describe_unblind(run_unblind(unblind_file, key_file, dirs)):
             echo(line)
         return
-    if preset is not None and prompt_text is not None:
-        raise ConfigError("--preset and --prompt-text both set the instruct", "pass one of them")
     opts = AuditionOptions(
         sentences=sentences,
         compare=compare,

@@ -132,12 +132,8 @@ def say(
     """
     from pathlib import Path
 
-    from voicelab.errors import ConfigError
-    from voicelab.stages.synth import SayOptions, describe, run_say
-
-    if preset is not None and prompt_text is not None:
-        raise ConfigError("--preset and --prompt-text both set the instruct", "pass one of them")
     from voicelab.blocks.tts_text import read_texts
+    from voicelab.stages.synth import SayOptions, describe, run_say
 
     texts = read_texts(text, text_file, paragraphs)
     opts = SayOptions(

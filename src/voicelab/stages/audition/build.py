@@ -18,28 +18,19 @@ from voicelab.stages.audition.blind import apply_blind_key, blind_key, key_path
 from voicelab.stages.audition.page import Page, PageSentence, Take, write_page
 from voicelab.stages.audition.sentences import default_sentences, read_sentences
 from voicelab.stages.audition.variants import build_variants
+from voicelab.stages.synth.say import VoiceChoice
 
 log = logging.getLogger(__name__)
 
 
 # ---- synthesis ----------------------------------------------------------------------------------
 @dataclass
-class AuditionOptions:
+class AuditionOptions(VoiceChoice):
     sentences: str | Path | None = None
     compare: bool = False
     compare_ckpts: str | None = None
     blind: bool = False
-    model_dir: str | Path | None = None
-    speaker: str | None = None
-    llm_ckpt: str | Path | None = None
-    flow_ckpt: str | Path | None = None
-    epoch: int | None = None
-    preset: str | None = None
-    prompt_text: str | None = None
-    speed: float = 1.0
-    fp16: bool = False
-    seed: int | None = 0
-    text_frontend: bool = True
+    seed: int | None = 0  # a fixed seed: every take of a page is drawn alike
     out: str | Path | None = None
 
 

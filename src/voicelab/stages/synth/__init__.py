@@ -21,6 +21,7 @@ module re-exports the names other packages use.
 from voicelab.stages.synth.say import (
     SayOptions,
     SayResult,
+    VoiceChoice,
     check_options,
     default_out,
     describe,
@@ -50,9 +51,9 @@ from voicelab.stages.synth.weights import (
 
 __all__ = [
     "BASE_FILES", "EMBEDDING_SHAPE", "PROVENANCE", "SAMPLE_RATE", "SayOptions", "SayResult",
-    "Spoken", "StreamingWav", "Synthesizer", "Weights", "check_model_dir", "check_options",
-    "choose_speaker", "default_out", "describe", "epoch_checkpoint", "epochs_on_disk",
-    "exported_llm_files", "join_audio", "join_path", "load_synthesizer", "output_paths",
-    "read_speakers", "resolve_model_dir", "resolve_weights", "run_say", "set_seed",
+    "Spoken", "StreamingWav", "Synthesizer", "VoiceChoice", "Weights", "check_model_dir",
+    "check_options", "choose_speaker", "default_out", "describe", "epoch_checkpoint",
+    "epochs_on_disk", "exported_llm_files", "join_audio", "join_path", "load_synthesizer",
+    "output_paths", "read_speakers", "resolve_model_dir", "resolve_weights", "run_say", "set_seed",
     "voice_instruct", "write_wav",
 ]  # fmt: skip

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 # ---- voicelab say ---------------------------------------------------------------------------
 @dataclass
-class SayOptions:
-    out: Path | None = None
+class VoiceChoice:
+    """Which voice speaks and how: what ``say``, ``audition`` and the web page share."""
+
     model_dir: str | Path | None = None
     speaker: str | None = None
     llm_ckpt: str | Path | None = None
@@ -37,10 +38,21 @@ class SayOptions:
     preset: str | None = None
     prompt_text: str | None = None
     speed: float = 1.0
-    stream: bool = False
     fp16: bool = False
     seed: int | None = None
     text_frontend: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.prompt_text is not None:
+            raise ConfigError(
+                "--preset and --prompt-text both set the instruct", "pass one of them"
+            )
+
+
+@dataclass
+class SayOptions(VoiceChoice):
+    out: Path | None = None
+    stream: bool = False
     join: bool = False
     pause: float = 0.3
 
