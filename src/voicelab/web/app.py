@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -107,22 +107,32 @@ def _blank(value: str | None) -> str | None:
 
 
 # ---- the app -------------------------------------------------------------------------------------
+class Api:
+    """What every route shares: the default workspace and the background jobs."""
+
+    def __init__(self, default_workspace: str | None) -> None:
+        self.default_workspace = default_workspace
+        self.jobs = JobManager()
+
+    def open_ws(self, ws: str, must_exist: bool = True) -> Workspace:
+        return Workspace.open(_blank(ws) or self.default_workspace, must_exist=must_exist)
+
+    @staticmethod
+    def key(ws: Workspace) -> Path:
+        return ws.root.resolve()
+
+    @staticmethod
+    def job_json(job: Job) -> dict[str, Any]:
+        return {"job": job.snapshot()}
+
+
 def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") -> FastAPI:
     app = FastAPI(title="VoiceLab", version=__version__, docs_url=None, redoc_url=None)
     if host in LOOPBACK:
         # Bound to this machine only: refuse other Host names (DNS rebinding from a web page).
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))
-    jobs = JobManager()
-    app.state.jobs = jobs
-
-    def open_ws(ws: str, must_exist: bool = True) -> Workspace:
-        return Workspace.open(_blank(ws) or default_workspace, must_exist=must_exist)
-
-    def key(ws: Workspace) -> Path:
-        return ws.root.resolve()
-
-    def job_json(job: Job) -> dict[str, Any]:
-        return {"job": job.snapshot()}
+    api = Api(default_workspace)
+    app.state.jobs = api.jobs
 
     @app.exception_handler(VoiceLabError)
     async def user_error(_: Request, e: VoiceLabError) -> JSONResponse:
@@ -144,13 +154,22 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        root = Workspace.open(default_workspace, must_exist=False).root
+        root = Workspace.open(api.default_workspace, must_exist=False).root
         return {"version": __version__, "default_workspace": str(root)}
 
-    # ---- Voice ---------------------------------------------------------------------------------
-    @app.get("/api/workspace")
+    for routes in (_voice_routes, _job_routes, _data_routes, _train_routes, _listen_routes,
+                   _speak_routes):  # fmt: skip
+        app.include_router(routes(api))
+    return app
+
+
+def _voice_routes(api: Api) -> APIRouter:
+    """The workspace: open, create, check (doctor)."""
+    r = APIRouter()
+
+    @r.get("/api/workspace")
     def workspace(ws: str = "") -> dict[str, Any]:
-        w = open_ws(ws, must_exist=False)
+        w = api.open_ws(ws, must_exist=False)
         exists = w.config_file.is_file()
         out: dict[str, Any] = {"root": str(w.root), "exists": exists}
         if exists:
@@ -166,41 +185,53 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                 epochs=epochs_on_disk(w) if w.config.speaker else [],
                 prepare_options=w.config.section("prepare"),
             )
-        job = jobs.get(key(w))
+        job = api.jobs.get(api.key(w))
         out["job"] = job.snapshot() if job else None
         return out
 
-    @app.post("/api/workspace")
+    @r.post("/api/workspace")
     def init(body: InitBody) -> dict[str, Any]:
         # As `voicelab init`: a bad speaker id fails with the same line.
-        w = Workspace.init(_blank(body.ws) or default_workspace, body.speaker.strip(),
+        w = Workspace.init(_blank(body.ws) or api.default_workspace, body.speaker.strip(),
                            _blank(body.wav_dir))  # fmt: skip
         return {"root": str(w.root), "speaker": w.config.speaker, "wav_dir": w.config.wav_dir}
 
-    @app.get("/api/doctor")
+    @r.get("/api/doctor")
     def doctor(ws: str = "") -> dict[str, Any]:
         from voicelab.doctor import run_checks
 
-        checks = run_checks(open_ws(ws, must_exist=False))
+        checks = run_checks(api.open_ws(ws, must_exist=False))
         return {"checks": [c.to_dict() for c in checks]}
 
-    # ---- jobs ----------------------------------------------------------------------------------
-    @app.get("/api/job")
+    return r
+
+
+def _job_routes(api: Api) -> APIRouter:
+    """The running job of a workspace: its state, and stopping it."""
+    r = APIRouter()
+
+    @r.get("/api/job")
     def job(ws: str = "") -> dict[str, Any]:
-        j = jobs.get(key(open_ws(ws, must_exist=False)))
+        j = api.jobs.get(api.key(api.open_ws(ws, must_exist=False)))
         return {"job": j.snapshot() if j else None}
 
-    @app.post("/api/job/stop")
+    @r.post("/api/job/stop")
     def stop(body: WsBody) -> dict[str, Any]:
-        return job_json(jobs.stop(key(open_ws(body.ws))))
+        return api.job_json(api.jobs.stop(api.key(api.open_ws(body.ws))))
 
-    # ---- Data ----------------------------------------------------------------------------------
-    @app.post("/api/prepare")
+    return r
+
+
+def _data_routes(api: Api) -> APIRouter:
+    """Prepare and the transcript review."""
+    r = APIRouter()
+
+    @r.post("/api/prepare")
     def prepare(body: PrepareBody) -> dict[str, Any]:
         from voicelab.paths import to_local_path
         from voicelab.stages.prepare import options_from_workspace, run_prepare
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         wav_dir = _blank(body.wav_dir)
         transcripts = _blank(body.transcripts)
         # As `voicelab prepare`: given options are saved in voicelab.toml and reused.
@@ -226,32 +257,32 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                 log.warning("review edits of segments that are gone were dropped")
             return {"summary": res.summary_lines(), "figures": res.figures()}
 
-        return job_json(jobs.start(key(w), "prepare", work))
+        return api.job_json(api.jobs.start(api.key(w), "prepare", work))
 
-    @app.get("/api/segments")
+    @r.get("/api/segments")
     def segments(ws: str = "") -> dict[str, Any]:
-        w = open_ws(ws)
+        w = api.open_ws(ws)
         return {"segments": review.segment_rows(w)}
 
-    @app.get("/api/clip")
+    @r.get("/api/clip")
     def clip(utt: str, ws: str = "") -> FileResponse:
-        return FileResponse(review.clip_path(open_ws(ws), utt), media_type="audio/wav")
+        return FileResponse(review.clip_path(api.open_ws(ws), utt), media_type="audio/wav")
 
-    @app.post("/api/review/edit")
+    @r.post("/api/review/edit")
     def edit(body: EditBody) -> dict[str, Any]:
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         return {"pending": review.edit(w, body.id, body.text, body.keep)}
 
-    @app.post("/api/review/discard")
+    @r.post("/api/review/discard")
     def discard(body: WsBody) -> dict[str, Any]:
-        review.discard(open_ws(body.ws))
+        review.discard(api.open_ws(body.ws))
         return {"ok": True}
 
-    @app.post("/api/review/apply")
+    @r.post("/api/review/apply")
     def apply(body: WsBody) -> dict[str, Any]:
         from voicelab.stages.prepare import options_from_workspace, run_prepare
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         path = review.pending_path(w)
         if not path.is_file():
             raise InputError("no edits to apply", "edit a transcript or keep/exclude a clip first")
@@ -262,10 +293,16 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
             review.discard(w)
             return {"summary": res.summary_lines(), "figures": res.figures()}
 
-        return job_json(jobs.start(key(w), "review", work))
+        return api.job_json(api.jobs.start(api.key(w), "review", work))
 
-    # ---- Train ---------------------------------------------------------------------------------
-    @app.post("/api/train")
+    return r
+
+
+def _train_routes(api: Api) -> APIRouter:
+    """Training and its live view."""
+    r = APIRouter()
+
+    @r.post("/api/train")
     def train(body: TrainBody) -> dict[str, Any]:
         from voicelab.stages.train import (
             TrainOptions,
@@ -276,7 +313,7 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
             stop_training,
         )
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         if body.model not in ("llm", "flow"):
             raise ConfigError(f"unknown model {body.model!r}", "use llm or flow")
         opts = TrainOptions(device=body.device, epochs=body.epochs, resume=body.resume,
@@ -308,23 +345,29 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                 time.sleep(0.5)
 
         kind = f"{'check' if body.dry_run else 'train'}-{body.model}"
-        current = jobs.start(key(w), kind, work, on_stop=on_stop)
-        return job_json(current)
+        current = api.jobs.start(api.key(w), kind, work, on_stop=on_stop)
+        return api.job_json(current)
 
-    @app.get("/api/train/view")
+    @r.get("/api/train/view")
     def train_view(ws: str = "", model: str = "llm") -> dict[str, Any]:
         from voicelab.web.training import run_view
 
         if model not in ("llm", "flow"):
             raise ConfigError(f"unknown model {model!r}", "use llm or flow")
-        return run_view(open_ws(ws), model)
+        return run_view(api.open_ws(ws), model)
 
-    # ---- Checkpoints & listening ---------------------------------------------------------------
-    @app.get("/api/checkpoints")
+    return r
+
+
+def _listen_routes(api: Api) -> APIRouter:
+    """Checkpoints, lock, export, auditions and votes, audio files."""
+    r = APIRouter()
+
+    @r.get("/api/checkpoints")
     def checkpoints(ws: str = "", model: str = "llm") -> dict[str, Any]:
         from voicelab.stages.checkpoints import default_rule, list_checkpoints
 
-        w = open_ws(ws)
+        w = api.open_ws(ws)
         if model not in ("llm", "flow"):
             raise ConfigError(f"unknown model {model!r}", "use llm or flow")
         return {
@@ -334,19 +377,19 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
             "locked_epoch": w.config.locked_epoch,
         }
 
-    @app.post("/api/lock")
+    @r.post("/api/lock")
     def lock(body: LockBody) -> dict[str, Any]:
         from voicelab.stages.export import set_lock
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         set_lock(w, body.epoch)
         return {"locked_epoch": w.config.locked_epoch}
 
-    @app.post("/api/export")
+    @r.post("/api/export")
     def export(body: ExportBody) -> dict[str, Any]:
         from voicelab.stages.export import ExportOptions, run_export
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         opts = ExportOptions(
             llm_select=_blank(body.llm_select),
             flow_select=_blank(body.flow_select),
@@ -363,14 +406,14 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                 "speakers": res.speakers,
             }
 
-        return job_json(jobs.start(key(w), "export", work))
+        return api.job_json(api.jobs.start(api.key(w), "export", work))
 
-    @app.post("/api/audition")
+    @r.post("/api/audition")
     def audition(body: AuditionBody) -> dict[str, Any]:
         from voicelab.fsutil import atomic_write_text
         from voicelab.stages.audition import AuditionOptions, run_audition
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         sentences = None
         if _blank(body.sentences):
             sentences = atomic_write_text(w.reports_dir / ".ui-sentences.txt", body.sentences)
@@ -388,23 +431,23 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
             refresh_after_audition(w, res.report_dir)
             return {"report": res.report_dir.name, "takes": res.takes, "variants": res.variants}
 
-        return job_json(jobs.start(key(w), "audition", work))
+        return api.job_json(api.jobs.start(api.key(w), "audition", work))
 
-    @app.get("/api/auditions")
+    @r.get("/api/auditions")
     def auditions(ws: str = "") -> dict[str, Any]:
         from voicelab.web.listening import list_auditions
 
-        return {"auditions": list_auditions(open_ws(ws))}
+        return {"auditions": list_auditions(api.open_ws(ws))}
 
-    @app.post("/api/vote")
+    @r.post("/api/vote")
     def vote(body: VoteBody) -> dict[str, Any]:
         from voicelab.web.listening import save_vote
 
-        return save_vote(open_ws(body.ws), body.report, body.sentence, body.letter)
+        return save_vote(api.open_ws(body.ws), body.report, body.sentence, body.letter)
 
-    @app.get("/api/file")
+    @r.get("/api/file")
     def file(path: str, ws: str = "") -> FileResponse:
-        w = open_ws(ws)
+        w = api.open_ws(ws)
         root = w.root.resolve()
         target = (root / path).resolve()
         allowed = any(target.is_relative_to(root / d) for d in SERVED_DIRS)
@@ -412,13 +455,19 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
             raise InputError(f"no audio file {path}", "speak or audition again")
         return FileResponse(target, media_type="audio/wav")
 
-    # ---- Speak ---------------------------------------------------------------------------------
-    @app.post("/api/say")
+    return r
+
+
+def _speak_routes(api: Api) -> APIRouter:
+    """Speaking text with the voice."""
+    r = APIRouter()
+
+    @r.post("/api/say")
     def say(body: SayBody) -> dict[str, Any]:
         from voicelab.blocks.tts_text import read_texts
         from voicelab.stages.synth import SayOptions, check_options, describe, run_say
 
-        w = open_ws(body.ws)
+        w = api.open_ws(body.ws)
         texts = read_texts(body.text, None, False)  # the CLI's own reading and messages
         out = w.root / "out_wav" / f"ui-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1000}"
         opts = SayOptions(out=out, speaker=_blank(body.speaker), epoch=body.epoch,
@@ -439,6 +488,6 @@ def create_app(default_workspace: str | None = None, host: str = "127.0.0.1") ->
                 "summary": describe(res),
             }
 
-        return job_json(jobs.start(key(w), "say", work))
+        return api.job_json(api.jobs.start(api.key(w), "say", work))
 
-    return app
+    return r
