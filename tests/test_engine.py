@@ -264,12 +264,12 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
 
     def engine_launch(**kw: Any) -> tr.Launch:
         args = dict(
-            python="python3", vendor_root=tmp_path / "vendor", base_env={}, model="llm",
+            vendor_root=tmp_path / "vendor", model="llm",
             config=tmp_path / "c.yaml", train_list=tmp_path / "t.list",
             cv_list=tmp_path / "d.list", base_dir=tmp_path, plan=plan, num_workers=1,
             prefetch=2, trainer="voicelab",
         )  # fmt: skip
-        return tr.build_launch(**{**args, **kw})
+        return tr.build_launch(tr.LaunchSpec(**{**args, **kw}), python="python3", base_env={})
 
     launch = engine_launch(device="cpu", nproc=2, opts=tr.TrainOptions(keep=3), amp=False)
     argv = launch.argv

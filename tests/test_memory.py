@@ -195,10 +195,8 @@ def test_launch_passes_the_mode_to_the_launcher(tmp_path) -> None:
 
     opts = tr.TrainOptions()
     plan = tr.RunPlan(ws.exp_dir("llm"), ws.tensorboard_dir("llm"), ws.base_model_dir, None, None)
-    la = tr.build_launch(
-        python="py",
+    spec = tr.LaunchSpec(
         vendor_root=tmp_path,
-        base_env={},
         model="llm",
         device="cuda",
         nproc=1,
@@ -213,5 +211,6 @@ def test_launch_passes_the_mode_to_the_launcher(tmp_path) -> None:
         amp=True,
         memory_mode="checkpointing+lora",
     )
+    la = tr.build_launch(spec, python="py", base_env={})
     i = la.argv.index("--memory")
     assert la.argv[i + 1] == "checkpointing+lora" and i < la.argv.index("--")

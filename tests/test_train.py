@@ -122,10 +122,8 @@ def launch(ws: Workspace, tmp_path: Path, device: str = "cuda", nproc: int = 1, 
         "onnx_path": "/somewhere",
         "HOME": "/home/u",
     }
-    return tr.build_launch(
-        python="/venv/bin/python",
+    spec = tr.LaunchSpec(
         vendor_root=Path("/vendor"),
-        base_env=base_env,
         model="llm",
         device=device,
         nproc=nproc,
@@ -140,6 +138,7 @@ def launch(ws: Workspace, tmp_path: Path, device: str = "cuda", nproc: int = 1, 
         amp=device == "cuda",
         ds_config=tmp_path / "ds.json" if opts.engine == "deepspeed" else None,
     )
+    return tr.build_launch(spec, python="/venv/bin/python", base_env=base_env)
 
 
 def arg(argv: list[str], name: str) -> str:

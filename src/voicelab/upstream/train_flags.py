@@ -8,28 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from voicelab.errors import ConfigError
-from voicelab.stages.train.options import TrainOptions
-from voicelab.stages.train.rundirs import RunPlan
+from voicelab.stages.train.spec import LaunchSpec
 
 
-def upstream_args(
-    *,
-    vendor_root: Path,
-    model: str,
-    device: str,
-    opts: TrainOptions,
-    config: Path,
-    train_list: Path,
-    cv_list: Path,
-    base_dir: Path,
-    plan: RunPlan,
-    num_workers: int,
-    prefetch: int,
-    amp: bool,
-    ds_config: Path | None,
-    memory_mode: str | None = None,
-) -> list[str]:
+def upstream_args(spec: LaunchSpec) -> list[str]:
     """The launcher's and upstream train.py's arguments (``--trainer upstream``)."""
+    opts, plan, device, base_dir = spec.opts, spec.plan, spec.device, spec.base_dir
+    model, config, memory_mode = spec.model, spec.config, spec.memory_mode
+    vendor_root, ds_config = spec.vendor_root, spec.ds_config
     argv = ["-m", "voicelab.upstream.launcher", "--vendor-root", str(vendor_root)]
     argv += ["--device", device]
     if memory_mode and memory_mode != "full":
@@ -45,9 +31,9 @@ def upstream_args(
         "--config",
         str(config),
         "--train_data",
-        str(train_list),
+        str(spec.train_list),
         "--cv_data",
-        str(cv_list),
+        str(spec.cv_list),
         "--qwen_pretrain_path",
         str(base_dir / "CosyVoice-BlankEN"),
         # train.py copies this into the onnx_path variable (None crashes); the launcher keeps
@@ -65,15 +51,15 @@ def upstream_args(
         "--ddp.dist_backend",
         "gloo" if device == "cpu" else "nccl",
         "--num_workers",
-        str(num_workers),
+        str(spec.num_workers),
         "--prefetch",
-        str(prefetch),
+        str(spec.prefetch),
         "--timeout",
         str(opts.timeout),
     ]
     if device == "cuda":
         argv.append("--pin_memory")
-    if amp:
+    if spec.amp:
         argv.append("--use_amp")
     if opts.engine == "deepspeed":
         if ds_config is None:

@@ -83,6 +83,7 @@ from voicelab.stages.train.rundirs import (
     run_name,
 )
 from voicelab.stages.train.session import memory_plan_for, run_train
+from voicelab.stages.train.spec import LaunchSpec
 from voicelab.stages.train.stage import STAGES
 from voicelab.stages.train.supervise import result_dict, stop_training
 from voicelab.upstream.data_rules import FilterRules, batches_per_rank, dynamic_batches
@@ -90,12 +91,12 @@ from voicelab.upstream.train_flags import deepspeed_json
 
 __all__ = [
     "CHECKPOINT_LOG", "ENGINES", "MODELS", "STAGES", "TOKEN_RATE", "FilterRules", "Gpu", "Launch",
-    "LogParser", "PreflightError", "Problem", "Progress", "RunPlan", "Shard", "TrainOptions",
-    "TrainResult", "batches_per_rank", "build_launch", "check_vendor_import", "deepspeed_json",
-    "default_batch_frames", "dynamic_batches", "epoch_checkpoints", "estimate_text_tokens",
-    "format_cpus", "has_instruct", "latest_checkpoint", "memory_needed", "memory_plan_for",
-    "model_params", "parse_cpus", "plan_run", "preflight", "query_gpus", "read_list",
-    "read_shards", "read_train_log", "resolve_device", "resolve_trainer", "result_dict",
-    "run_has_content", "run_lock", "run_name", "run_train", "section_of", "stop_training",
-    "summarize", "visible",
+    "LaunchSpec", "LogParser", "PreflightError", "Problem", "Progress", "RunPlan", "Shard",
+    "TrainOptions", "TrainResult", "batches_per_rank", "build_launch", "check_vendor_import",
+    "deepspeed_json", "default_batch_frames", "dynamic_batches", "epoch_checkpoints",
+    "estimate_text_tokens", "format_cpus", "has_instruct", "latest_checkpoint", "memory_needed",
+    "memory_plan_for", "model_params", "parse_cpus", "plan_run", "preflight", "query_gpus",
+    "read_list", "read_shards", "read_train_log", "resolve_device", "resolve_trainer",
+    "result_dict", "run_has_content", "run_lock", "run_name", "run_train", "section_of",
+    "stop_training", "summarize", "visible",
 ]  # fmt: skip

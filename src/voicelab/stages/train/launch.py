@@ -6,11 +6,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from voicelab.errors import ConfigError
-from voicelab.stages.train.options import TrainOptions
-from voicelab.stages.train.rundirs import RunPlan
+from voicelab.stages.train.spec import LaunchSpec
 from voicelab.upstream.train_flags import upstream_args
 
 
@@ -67,28 +65,9 @@ def format_cpus(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def build_launch(
-    *,
-    python: str,
-    vendor_root: Path,
-    base_env: dict[str, str],
-    model: str,
-    device: str,
-    nproc: int,
-    opts: TrainOptions,
-    config: Path,
-    train_list: Path,
-    cv_list: Path,
-    base_dir: Path,
-    plan: RunPlan,
-    num_workers: int,
-    prefetch: int,
-    amp: bool,
-    ds_config: Path | None = None,
-    memory_mode: str | None = None,
-    trainer: str = "upstream",
-) -> Launch:
+def build_launch(spec: LaunchSpec, *, python: str, base_env: dict[str, str]) -> Launch:
     """The torchrun argv and environment of one run (pure: no files touched)."""
+    opts, device = spec.opts, spec.device
     argv = [python, "-m", "torch.distributed.run"]
     if opts.nnodes > 1:
         if not opts.master_addr:
@@ -105,40 +84,8 @@ def build_launch(
         ]
     else:
         argv += ["--standalone"]
-    argv += ["--nproc_per_node", str(nproc)]
-    if trainer == "voicelab":
-        argv += engine_args(
-            vendor_root=vendor_root,
-            model=model,
-            device=device,
-            config=config,
-            train_list=train_list,
-            cv_list=cv_list,
-            base_dir=base_dir,
-            plan=plan,
-            amp=amp,
-            keep=opts.keep,
-            compile=opts.compile,
-            memory_mode=memory_mode,
-            max_vram=opts.max_vram,
-        )
-    else:
-        argv += upstream_args(
-            vendor_root=vendor_root,
-            model=model,
-            device=device,
-            opts=opts,
-            config=config,
-            train_list=train_list,
-            cv_list=cv_list,
-            base_dir=base_dir,
-            plan=plan,
-            num_workers=num_workers,
-            prefetch=prefetch,
-            amp=amp,
-            ds_config=ds_config,
-            memory_mode=memory_mode,
-        )
+    argv += ["--nproc_per_node", str(spec.nproc)]
+    argv += engine_args(spec) if spec.trainer == "voicelab" else upstream_args(spec)
     env = dict(base_env)
     env.pop("onnx_path", None)  # see the launcher: features stay offline
     env["PYTHONIOENCODING"] = "UTF-8"
@@ -151,38 +98,24 @@ def build_launch(
     return Launch(argv, env, cpus)
 
 
-def engine_args(
-    *,
-    vendor_root: Path,
-    model: str,
-    device: str,
-    config: Path,
-    train_list: Path,
-    cv_list: Path,
-    base_dir: Path,
-    plan: RunPlan,
-    amp: bool,
-    keep: int | None,
-    compile: bool | None,
-    memory_mode: str | None = None,
-    max_vram: float | None = None,
-) -> list[str]:
+def engine_args(spec: LaunchSpec) -> list[str]:
     """Arguments of VoiceLab's engine (``python -m voicelab.upstream.engine``)."""
-    argv = ["-m", "voicelab.upstream.engine", "--vendor-root", str(vendor_root)]
-    argv += ["--device", device, "--model", model, "--config", str(config)]
-    argv += ["--train_data", str(train_list), "--cv_data", str(cv_list)]
-    argv += ["--qwen_pretrain_path", str(base_dir / "CosyVoice-BlankEN")]
+    s, opts, plan = spec, spec.opts, spec.plan
+    argv = ["-m", "voicelab.upstream.engine", "--vendor-root", str(s.vendor_root)]
+    argv += ["--device", s.device, "--model", s.model, "--config", str(s.config)]
+    argv += ["--train_data", str(s.train_list), "--cv_data", str(s.cv_list)]
+    argv += ["--qwen_pretrain_path", str(s.base_dir / "CosyVoice-BlankEN")]
     if plan.checkpoint is not None:
         argv += ["--checkpoint", str(plan.checkpoint)]
     argv += ["--model_dir", str(plan.run_dir), "--tensorboard_dir", str(plan.tb_dir)]
-    if amp:
+    if s.amp:
         argv.append("--use_amp")
-    if keep:
-        argv += ["--keep", str(keep)]
-    if compile is not None:
-        argv += ["--compile", "on" if compile else "off"]
-    if memory_mode and memory_mode != "full":
-        argv += ["--memory", memory_mode]
-    if max_vram is not None:
-        argv += ["--max-vram", f"{max_vram:g}"]
+    if opts.keep:
+        argv += ["--keep", str(opts.keep)]
+    if opts.compile is not None:
+        argv += ["--compile", "on" if opts.compile else "off"]
+    if s.memory_mode and s.memory_mode != "full":
+        argv += ["--memory", s.memory_mode]
+    if opts.max_vram is not None:
+        argv += ["--max-vram", f"{opts.max_vram:g}"]
     return argv

@@ -34,6 +34,7 @@ from voicelab.stages.train.rundirs import (
     plan_run,
     run_lock,
 )
+from voicelab.stages.train.spec import LaunchSpec
 from voicelab.stages.train.supervise import failure, failure_hint, supervise
 from voicelab.upstream import train_config as tc
 from voicelab.upstream.data_rules import FilterRules
@@ -298,10 +299,8 @@ def _write_files(run: _Run, vendor: VendorRuntime, where: Path) -> Launch:
     atomic_write_text(config_path, run.cfg.text)
     ds_path = _write_deepspeed_json(run, vendor, where) if run.opts.engine == "deepspeed" else None
     setup = run.setup
-    launch = build_launch(
-        python=sys.executable,
+    spec = LaunchSpec(
         vendor_root=vendor.root,
-        base_env=vendor.env(),
         model=run.model,
         device=setup.device,
         nproc=setup.nproc,
@@ -318,6 +317,7 @@ def _write_files(run: _Run, vendor: VendorRuntime, where: Path) -> Launch:
         memory_mode=run.mem_plan.mode,
         trainer=setup.trainer,
     )
+    launch = build_launch(spec, python=sys.executable, base_env=vendor.env())
     launch_sh = where / "launch.sh"
     atomic_write_text(launch_sh, launch.script())
     launch_sh.chmod(0o755)
