@@ -125,3 +125,27 @@ def test_orphaned_trainer_is_found_and_refused_then_stale_lock_reported(
         assert lock.stale is not None and lock.stale["pid"] == proc.pid
     finally:
         lock.release()
+
+
+def test_engine_status_lines_reach_the_user(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the engine says while it is busy outside the epochs (compiling) is shown, not
+    only written to train.log."""
+    import logging
+
+    from voicelab.stages import train
+    from voicelab.stages.train import supervise
+
+    script = (
+        "print('voicelab engine: status: compiling the model\\'s blocks', flush=True)\n"
+        "print('something else', flush=True)\n"
+    )
+    launch = train.Launch([sys.executable, "-c", script], dict(os.environ), None)
+    caplog.set_level(logging.INFO, logger="voicelab")
+    rc = supervise.supervise(launch, tmp_path, "flow", 1, 1, 1, -1)
+    assert rc == 0
+    shown = [r.getMessage() for r in caplog.records]
+    assert "flow: compiling the model's blocks" in shown
+    assert not any("something else" in m for m in shown)
+    assert "something else" in (tmp_path / "train.log").read_text()

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ENGINE_STOP = "voicelab engine: stopped:"
 
 ENGINE_HINT = "voicelab engine: hint:"
+#: a line the engine prints for the user while it is busy outside the epochs (the compile)
+ENGINE_STATUS = "voicelab engine: status:"
 
 
 def failure(log_path: Path, rc: int) -> str:
@@ -128,6 +130,11 @@ def supervise(
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     raw.write(line)
+                    if line.startswith(ENGINE_STATUS):
+                        note = f"{model}: {line.removeprefix(ENGINE_STATUS).strip()}"
+                        log.info("%s", note)
+                        if live and status is not None:
+                            status.update(note)
                     for row in parser.feed(line):
                         emit(row)
                         text = progress.update(row)

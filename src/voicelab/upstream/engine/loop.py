@@ -450,6 +450,9 @@ class Run:
                 )
 
         self.net.train()
+        if self.compiled:
+            _say("voicelab engine: status: compiling the model's blocks in the warm-up"
+                 " (once per run; --no-compile skips it)")  # fmt: skip
         try:
             took = self._warm_compiled(steps)
             how = ", compiled blocks" if self.compiled else ""
