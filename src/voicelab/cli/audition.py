@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from voicelab.cli.main import Ctx, pass_ctx
@@ -42,16 +44,7 @@ def audition(
     unblind_file: str | None,
     key_file: str | None,
     out: str | None,
-    model_dir: str | None,
-    speaker: str | None,
-    llm_ckpt: str | None,
-    flow_ckpt: str | None,
-    epoch: int | None,
-    preset: str | None,
-    prompt_text: str | None,
-    speed: float,
-    no_frontend: bool,
-    fp16: bool,
+    voice: dict[str, Any],
     seed: int,
 ) -> None:
     """Speak fixed test sentences and write a static HTML page to listen and compare.
@@ -74,7 +67,7 @@ def audition(
         run_unblind,
     )
 
-    ws = voice_workspace(ctx, model_dir)
+    ws = voice_workspace(ctx, voice["model_dir"])
     if unblind_file is not None:
         dirs = [ws.reports_dir] if ws is not None else []
         dirs.append(Path.cwd() / "reports")
@@ -82,26 +75,17 @@ def audition(
             echo(line)
         return
     opts = AuditionOptions(
+        **voice,
         sentences=sentences,
         compare=compare,
         compare_ckpts=compare_ckpts,
         blind=blind,
-        model_dir=model_dir,
-        speaker=speaker,
-        llm_ckpt=llm_ckpt,
-        flow_ckpt=flow_ckpt,
-        epoch=epoch,
-        preset=preset,
-        prompt_text=prompt_text,
-        speed=speed,
-        fp16=fp16,
         seed=seed,
-        text_frontend=not no_frontend,
         out=out,
     )
     from voicelab.runner.pipeline import voice_hint
 
-    with voice_hint(ws, model_dir):
+    with voice_hint(ws, opts.model_dir):
         res = run_audition(ws, opts)
     from voicelab.runner.report import refresh_after_audition
 

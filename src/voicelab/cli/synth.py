@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ from voicelab.console import echo
 
 
 def voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by say and audition: which voice, which weights, how to speak."""
+    """Options shared by say and audition: which voice, which weights, how to speak; the
+    command receives them as ``voice`` (the keyword arguments of :class:`VoiceChoice`)."""
     options = [
         click.option(
             "--model-dir",
@@ -59,9 +61,19 @@ def voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--fp16", is_flag=True, help="Half precision on a CUDA GPU (faster)."),
     ]
+    names = ("model_dir", "speaker", "llm_ckpt", "flow_ckpt", "epoch", "preset", "prompt_text",
+             "speed", "fp16")  # fmt: skip
+
+    @functools.wraps(f)
+    def with_voice(*args: Any, **kwargs: Any) -> Any:
+        # The command gets one ``voice`` dict: VoiceChoice's fields, as its options extend it.
+        voice = {k: kwargs.pop(k) for k in names}
+        voice["text_frontend"] = not kwargs.pop("no_frontend")
+        return f(*args, voice=voice, **kwargs)
+
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        with_voice = opt(with_voice)
+    return with_voice
 
 
 def voice_workspace(ctx: Ctx, model_dir: str | None) -> Any:
@@ -106,16 +118,7 @@ def say(
     out: str | None,
     join: bool,
     pause: float,
-    model_dir: str | None,
-    speaker: str | None,
-    llm_ckpt: str | None,
-    flow_ckpt: str | None,
-    epoch: int | None,
-    preset: str | None,
-    prompt_text: str | None,
-    speed: float,
-    no_frontend: bool,
-    fp16: bool,
+    voice: dict[str, Any],
     stream: bool,
     seed: int | None,
 ) -> None:
@@ -137,26 +140,12 @@ def say(
 
     texts = read_texts(text, text_file, paragraphs)
     opts = SayOptions(
-        out=Path(out) if out else None,
-        model_dir=model_dir,
-        speaker=speaker,
-        llm_ckpt=llm_ckpt,
-        flow_ckpt=flow_ckpt,
-        epoch=epoch,
-        preset=preset,
-        prompt_text=prompt_text,
-        speed=speed,
-        stream=stream,
-        fp16=fp16,
-        seed=seed,
-        text_frontend=not no_frontend,
-        join=join,
-        pause=pause,
+        **voice, out=Path(out) if out else None, stream=stream, seed=seed, join=join, pause=pause
     )
-    ws = voice_workspace(ctx, model_dir)
+    ws = voice_workspace(ctx, opts.model_dir)
     from voicelab.runner.pipeline import voice_hint
 
-    with voice_hint(ws, model_dir):
+    with voice_hint(ws, opts.model_dir):
         result = run_say(ws, texts, opts)
     for line in describe(result):
         echo(line)
