@@ -275,6 +275,9 @@ class Run:
         self.norm = torch.zeros((), device=self.device)
         self.peak_extra: int | None = None  # a step's memory beyond the state (GPU snapshots)
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     # -- setup -----------------------------------------------------------------------------------
     def setup(self) -> None:
         """Model, data, optimizer, schedule (an exact resume restores their states), the OOM
@@ -303,7 +306,6 @@ class Run:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, find_unused_parameters=True, **kw
             )
-        self.step_module = self.loss_module
         self.compiled = wants_compile(args.compile, device, args.features)
         if self.compiled:
             compile_blocks(model_blocks(net, args.model))
@@ -327,7 +329,7 @@ class Run:
             args.model,
             self.n_params,
             args.features,
-            lambda: self.optimizer.zero_grad(set_to_none=True),
+            self.zero_grad,
             split=split_idx,
             rows=len,
             frames=lambda idx: sum(frames[i] for i in idx),
@@ -335,19 +337,18 @@ class Run:
         # llm: batches packed without padding; ``fuse`` batches (an optimizer step's) per pass
         # (the flow's: padded to the longest of them, each with its own mask and loss).
         self.packed = args.model == "llm" and args.fuse != "off" and llm_loss.packs(net)
-        self.fuse = 1
-        if self.packed or (args.model == "flow" and args.fuse != "off"):
-            self.fuse = fused_batches(
-                args.model,
-                args.fuse,
-                args.features,
-                args.max_vram,
-                net,
-                self.n_params,
-                conf.accum,
-                conf.max_frames,
-                device,
-            )
+        self.fuse = fused_batches(
+            args.model,
+            args.fuse,
+            args.features,
+            args.max_vram,
+            net,
+            self.n_params,
+            conf.accum,
+            conf.max_frames,
+            device,
+        )
+        if self.packed or self.fuse > 1:
             how = "packed" if self.packed else "fused"
             _say(f"voicelab engine: {how} batches, {self.fuse} per pass")
 
@@ -446,7 +447,7 @@ class Run:
                 n = len(g)  # batches in the pass
                 batch = self.pass_batch(g)
                 train_step(
-                    self.step_module, batch, self.conf.accum, args.amp, self.device, True, batches=n
+                    self.loss_module, batch, self.conf.accum, args.amp, self.device, True, batches=n
                 )
 
         self.net.train()
@@ -461,7 +462,7 @@ class Run:
                 " nothing trained)"
             )
         except torch.OutOfMemoryError:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.zero_grad()
             torch.cuda.empty_cache()
             if self.fuse > 1 and self.world == 1:
                 self.fuse = 1
@@ -472,9 +473,8 @@ class Run:
     def _warm_compiled(self, steps: Callable[[], None]) -> float:
         """The warm-up (where torch.compile compiles); a compile that fails under ``auto``
         (no C compiler for Triton, an unsupported GPU) leaves the blocks eager, with one line."""
-        zero = lambda: self.optimizer.zero_grad(set_to_none=True)  # noqa: E731
         try:
-            return warm_up(steps, zero, self.device)
+            return warm_up(steps, self.zero_grad, self.device)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
@@ -484,7 +484,7 @@ class Run:
             self.compiled = False
             why = (str(e).strip().splitlines() or [""])[0][:200]
             _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager")
-            return warm_up(steps, zero, self.device)
+            return warm_up(steps, self.zero_grad, self.device)
 
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:
@@ -492,7 +492,7 @@ class Run:
         one batch per pass from then on, this step included)."""
         try:
             out = train_step(
-                self.step_module,
+                self.loss_module,
                 self.pass_batch(group),
                 self.conf.accum,
                 self.args.amp,
@@ -507,7 +507,7 @@ class Run:
                     f"out of GPU memory in a packed step of {self.fuse} batches",
                     "train with --memory checkpointing, or a smaller --batch-frames",
                 ) from None
-            self.optimizer.zero_grad(set_to_none=True)
+            self.zero_grad()
             torch.cuda.empty_cache()
             self.fuse = 1
             _say("voicelab engine: out of GPU memory: one batch per pass from now")
@@ -521,7 +521,7 @@ class Run:
             boundary = (done + len(outs) + 1) % c.accum == 0
 
             def step(b: dict[str, Any], w: float, sync: bool = boundary) -> dict[str, Any]:
-                return train_step(self.step_module, b, c.accum, args.amp, self.device, sync, w)
+                return train_step(self.loss_module, b, c.accum, args.amp, self.device, sync, w)
 
             outs.append(guarded_step(self.guard, idx, self.make_one, step, self.world))
         return outs
