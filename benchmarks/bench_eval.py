@@ -119,6 +119,8 @@ def main() -> None:
     from voicelab.vendor import cosyvoice_runtime
 
     rt = cosyvoice_runtime()
+    # build_base instantiates upstream's classes in this process.
+    sys.path[:0] = [str(p) for p in rt.import_paths]
     t0 = time.perf_counter()
     if args.tiny:
         from voicelab.upstream.tinymodel import build_tiny_model

@@ -123,3 +123,27 @@ def test_eval_two_epochs_and_baselines_then_export_best(ws: Workspace) -> None:
         assert files == [f"epoch_{chosen[0]}_whole.pt"]
     else:  # random weights may all be worse than the base model: then export refuses
         assert r.exit_code != 0
+
+
+def test_a_candidate_that_cannot_speak_scores_as_silence(ws: Workspace) -> None:
+    """A diverged checkpoint (NaN weights: upstream's sampling raises) is a bad candidate, not
+    a failed evaluation: its takes are written as silence, marked failed, and score error 1."""
+    from voicelab.cli.main import cli
+    from voicelab.evaluation.results import read_table
+    from voicelab.testing.whisper import whisper_base_dir
+
+    good = torch.load(ws.exp_dir("llm") / "epoch_0_whole.pt", weights_only=True)
+    bad = {k: v for k, v in good.items() if k not in ("epoch", "step")}
+    bad["llm_decoder.weight"] = torch.full_like(bad["llm_decoder.weight"], float("nan"))
+    path = ws.root / "diverged.pt"
+    torch.save(bad, path)
+    args = ["-w", str(ws.root), "eval", "--checkpoints", str(path), "--lines", "1", "--no-fixed",
+            "--no-baselines", "--device", "cpu", "--asr-model", str(whisper_base_dir()),
+            "--no-funasr", "--run", "t2"]  # fmt: skip
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    run = ws.root / "eval" / "t2"
+    (row,) = [x for x in read_table(run / "metrics.tsv") if x["kind"] != "real"]
+    assert row["lines"] == 1 and row["err"] == 1.0 and row["sim"] is None
+    line = json.loads(next((run / row["candidate"] / "lines").glob("*.json")).read_text("utf-8"))
+    assert line["failed"].startswith("RuntimeError") and line["seconds"] == 0

@@ -196,6 +196,26 @@ def speak_zero_shot(
     return audio, time.perf_counter() - start
 
 
+#: What a take may raise when upstream cannot voice the tokens the model gave (an out-of-memory
+#: error is a RuntimeError too: it is re-raised, it is the machine's problem, not the take's).
+_TAKE_ERRORS = (RuntimeError, ValueError, IndexError)
+
+
+def _speak(
+    synth: Synthesizer, c: Candidate, utt: Any, prompt: tuple[str, str] | None, seed: int
+) -> tuple[np.ndarray, float, int]:
+    """(audio, seconds it took, sample rate) of one take: the base model zero-shot with the
+    speaker's reference clip, a trained candidate as the speaker."""
+    if c.kind == "base":
+        assert prompt is not None
+        audio, wall = speak_zero_shot(
+            synth, utt.segments, utt.instruct + prompt[1], prompt[0], seed
+        )
+        return audio, wall, synth.sample_rate
+    spoken = synth.speak(utt, seed=seed)
+    return spoken.audio, spoken.wall, spoken.sample_rate
+
+
 # ---- files of a run ---------------------------------------------------------------------------
 def line_file(run_dir: Path, cand: str, line: str) -> Path:
     return run_dir / cand / "lines" / f"{safe_name(line, 80)}.json"
@@ -250,6 +270,8 @@ def synthesize(
     ws: Workspace, opts: EvalOptions, run_dir: Path, cands: list[Candidate], lines: list[EvalLine]
 ) -> dict[str, float]:
     """Speak every line not yet spoken; returns synthesis seconds per candidate (this call)."""
+    import torch
+
     from voicelab.blocks.tts_text import plan_utterance
     from voicelab.stages.synth import Synthesizer, write_wav
 
@@ -284,23 +306,33 @@ def synthesize(
             assert c.weights is not None
             synth.use_weights(c.weights)
             utt = plans[ln.id]
-            if c.kind == "base":
-                assert prompt is not None
-                audio, wall = speak_zero_shot(
-                    synth, utt.segments, utt.instruct + prompt[1], prompt[0], opts.seed
-                )
+            start, failed = time.perf_counter(), None
+            try:
+                audio, wall, sr = _speak(synth, c, utt, prompt, opts.seed)
+            except _TAKE_ERRORS as e:
+                if isinstance(e, torch.OutOfMemoryError):
+                    raise
+                # Upstream fails on what it cannot voice (a model that stops after a token or
+                # two: too few frames for the flow's convolutions). A candidate that does that is
+                # bad, not the evaluation: the take scores as silence (error rate 1, no voice).
+                failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+                log.warning("%s could not speak line %s (%s)", c.name, ln.id, failed)
                 sr = synth.sample_rate
-            else:
-                spoken = synth.speak(utt, seed=opts.seed)
-                audio, wall, sr = spoken.audio, spoken.wall, spoken.sample_rate
+                audio, wall = np.zeros(0, np.float32), time.perf_counter() - start
             write_wav(wav_file(run_dir, c.name, ln.id), audio, sr)
             row = {**asdict(ln), "seconds": len(audio) / sr, "wall": wall, "spoken": utt.segments}
+            if failed:
+                row["failed"] = failed
             atomic_write_json(line_file(run_dir, c.name, ln.id), row)
             spent[c.name] = spent.get(c.name, 0.0) + wall
     finally:
         del synth
         _free_gpu()
     return spent
+
+
+#: The scores of a take with no audio: unintelligible, no voice, no quality figure.
+SILENT: dict[str, Any] = {"transcript": "", "err": 1.0, "sim": None, "sim_ref": None, "mos": None}
 
 
 # ---- scoring ------------------------------------------------------------------------------------
@@ -344,7 +376,7 @@ class Scorer:
     def score(self, wav: Path, ln: EvalLine) -> dict[str, Any]:
         audio, sr = _load(wav)
         if len(audio) < sr // 10:  # nothing (or a click) came out: unintelligible, no voice
-            return {"transcript": "", "err": 1.0, "sim": None, "sim_ref": None, "mos": None}
+            return dict(SILENT)
         x16 = metrics.to_16k(audio, sr)
         hyp = self.asr.transcribe(x16, ln.lang)
         emb = self.encoder.embed(audio, sr)
@@ -382,7 +414,9 @@ def score_all(
     start = time.perf_counter()
     scorer = Scorer(ws, opts, run_dir)
     for c, ln, row in track(todo, "scoring"):
-        row.update(scorer.score(wav_file(run_dir, c.name, ln.id), ln))
+        # A take that failed is an empty wav (no audio to read): scored as silence.
+        got = SILENT if row.get("failed") else scorer.score(wav_file(run_dir, c.name, ln.id), ln)
+        row.update(got)
         atomic_write_json(line_file(run_dir, c.name, ln.id), _finite(row))
     return time.perf_counter() - start
 
