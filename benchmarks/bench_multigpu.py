@@ -167,9 +167,12 @@ def scaling(tr: Any, ws: Any, trainer: str, model: str, tokens: int, epochs: int
 TINY_FRAMES = 1200
 
 
-def correctness(tr: Any, ws: Any, trainer: str, work: Path, rep: Report) -> None:
+def correctness(
+    tr: Any, ws: Any, trainer: str, work: Path, rep: Report, join_timeout: int = 60
+) -> None:
     from voicelab.upstream.launcher import SEEN_UTTS_ENV, read_seen_utts
 
+    tiny = {"batch_frames": TINY_FRAMES, "timeout": join_timeout}
     shards, _ = tr.read_shards(ws.data_list("train"))
     every = {u.utt for s in shards for u in s.utts}
     seen_dir = work / f"seen-{trainer}"
@@ -177,9 +180,7 @@ def correctness(tr: Any, ws: Any, trainer: str, work: Path, rep: Report) -> None
     os.environ[SEEN_UTTS_ENV] = str(seen_dir)
     try:
         with GpuSampler() as gs:
-            res = tr.run_train(
-                ws, "llm", _opts(tr, trainer, gpus=2, epochs=2, new=True, batch_frames=TINY_FRAMES)
-            )
+            res = tr.run_train(ws, "llm", _opts(tr, trainer, gpus=2, epochs=2, new=True, **tiny))
     finally:
         os.environ.pop(SEEN_UTTS_ENV, None)
     counts = {}
@@ -198,14 +199,12 @@ def correctness(tr: Any, ws: Any, trainer: str, work: Path, rep: Report) -> None
     rep.put(
         trainer, "tiny", "checkpoint_writers", value=sorted({r for r, _ in _saves(res.run_dir)})
     )
-    res = tr.run_train(
-        ws, "llm", _opts(tr, trainer, gpus=2, epochs=3, resume=True, batch_frames=TINY_FRAMES)
-    )
+    res = tr.run_train(ws, "llm", _opts(tr, trainer, gpus=2, epochs=3, resume=True, **tiny))
     rep.put(trainer, "tiny", "resume_2gpu", value={"epochs_done": res.epochs_done})
     res = tr.run_train(
         ws,
         "llm",
-        _opts(tr, trainer, gpus=1, gpu_ids="0", epochs=4, resume=True, batch_frames=TINY_FRAMES),
+        _opts(tr, trainer, gpus=1, gpu_ids="0", epochs=4, resume=True, **tiny),
     )
     rep.put(trainer, "tiny", "resume_on_1gpu", value={"epochs_done": res.epochs_done})
     rep.put(trainer, "tiny", "two_nodes", value=two_nodes(tr, ws, trainer, work))
@@ -220,7 +219,7 @@ def correctness(tr: Any, ws: Any, trainer: str, work: Path, rep: Report) -> None
                 epochs=1,
                 new=True,
                 engine="deepspeed",
-                batch_frames=TINY_FRAMES,
+                **tiny,
             ),
         )
         rep.put(trainer, "tiny", "deepspeed_2gpu", value={"epochs_done": res.epochs_done})
@@ -267,6 +266,10 @@ def main() -> None:
     ap.add_argument("--trainers", default="upstream,voicelab")
     ap.add_argument("--models", default="llm,flow")
     ap.add_argument("--skip", default="", help="comma list of: scaling, tiny")
+    ap.add_argument(
+        "--join-timeout", type=int, default=60,
+        help="upstream's --timeout in the tiny runs (its end-of-epoch wait for uneven ranks)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -299,7 +302,7 @@ def main() -> None:
     for trainer in args.trainers.split(","):
         # Correctness first: it is quick, and what a run cut short must not lose.
         if tiny_ws is not None:
-            correctness(tr, tiny_ws, trainer, args.work, rep)
+            correctness(tr, tiny_ws, trainer, args.work, rep, args.join_timeout)
         if full_ws is not None:
             for model in args.models.split(","):
                 tokens = rep.data["data_full"]["train"]["speech_tokens"]

@@ -668,3 +668,20 @@ def test_engine_stop_line_is_the_cli_error_and_hint(tmp_path: Path) -> None:
     assert supervise.failure_hint(log).endswith(
         "continue with --resume --memory checkpointing+8bit"
     )
+
+
+def test_epochs_saved_counts_deepspeed_checkpoint_folders(tmp_path: Path) -> None:
+    """torch_ddp and the engine write epoch_N_whole.pt; upstream's deepspeed engine writes
+    epoch_N_whole/ folders: a 2-epoch run of either reports 2 epochs done, not 0."""
+    from voicelab.stages.train.rundirs import epochs_saved
+
+    ddp, ds = tmp_path / "torch_ddp", tmp_path / "deepspeed"
+    for e in (0, 1):
+        ddp.mkdir(exist_ok=True)
+        (ddp / f"epoch_{e}_whole.pt").write_bytes(b"x")
+        (ds / f"epoch_{e}_whole").mkdir(parents=True)
+        (ds / f"epoch_{e}_whole.yaml").write_text("epoch: 0\n", "utf-8")
+    (ds / "epoch_7_whole.txt").mkdir()  # not a checkpoint folder
+    assert epochs_saved(ddp) == 2
+    assert epochs_saved(ds) == 2
+    assert epochs_saved(tmp_path / "empty") == 0

@@ -19,6 +19,8 @@ CHECKPOINT_LOG = "train_log.jsonl"
 
 _WHOLE = re.compile(r"^epoch_(\d+)_whole\.pt$")
 
+_WHOLE_DIR = re.compile(r"^epoch_(\d+)_whole$")
+
 _STEPCK = re.compile(r"^epoch_(\d+)_step_(\d+)\.pt$")
 
 
@@ -36,6 +38,21 @@ def epoch_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         if m:
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def epochs_saved(run_dir: Path) -> int:
+    """How many epochs the run saved: the newest ``epoch_N_whole.pt`` + 1, or, for upstream's
+    deepspeed engine (which writes ``epoch_N_whole/`` folders, not .pt files), the newest
+    such folder + 1."""
+    last = latest_checkpoint(run_dir)
+    if last:
+        return last[0] + 1
+    folders = [
+        int(m.group(1))
+        for p in run_dir.glob("epoch_*_whole")
+        if p.is_dir() and (m := _WHOLE_DIR.match(p.name))
+    ]
+    return max(folders) + 1 if folders else 0
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:

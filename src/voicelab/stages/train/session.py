@@ -30,6 +30,7 @@ from voicelab.stages.train.runconfig import (
 from voicelab.stages.train.rundirs import (
     CHECKPOINT_LOG,
     RunPlan,
+    epochs_saved,
     latest_checkpoint,
     plan_run,
     run_lock,
@@ -372,7 +373,7 @@ def _fill(result: TrainResult, rows: list[dict[str, Any]], run_dir: Path) -> Non
     """The result's figures from the run's log rows and its newest checkpoint."""
     s = summarize(rows)
     last = latest_checkpoint(run_dir)
-    result.epochs_done = (last[0] + 1) if last else 0
+    result.epochs_done = epochs_saved(run_dir)
     result.best_cv_loss = s["best_cv_loss"]
     result.best_epoch = s["best_epoch"]
     result.last_checkpoint = last[1] if last else None
