@@ -341,10 +341,11 @@ def main() -> None:
         report["models"][model] = {}
         for spec in args.trainers.split(","):
             # "voicelab:eager" (no torch.compile), "voicelab:compile" (compile forced),
-            # "voicelab:nofuse" (padded batches, one per pass): variants of the engine,
-            # measured in the same run for the notes.
+            # "voicelab:nofuse" (padded batches, one per pass), "voicelab:fork" (forked
+            # checkpoint writers): variants of the engine, measured in the same run for the notes.
             trainer, _, variant = spec.partition(":")
             os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
+            os.environ["VOICELAB_SAVE_FORK"] = "1" if variant == "fork" else ""
             opts = tr.TrainOptions(
                 device="cuda",
                 epochs=args.epochs,

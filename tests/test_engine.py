@@ -451,3 +451,15 @@ def test_a_patched_optimizer_step_still_takes_a_scheduler() -> None:
     opt.step()
     sched.step()
     assert calls == [1] and float(p[0]) < 0 and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_writers_are_threads_unless_fork_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One writer thread by default (measured faster with the compiled engine); forked writers
+    with VOICELAB_SAVE_FORK=1 where the OS forks."""
+    monkeypatch.delenv("VOICELAB_SAVE_FORK", raising=False)
+    assert not checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=print).use_fork
+    monkeypatch.setenv("VOICELAB_SAVE_FORK", "1")
+    forks = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=print).use_fork
+    assert forks == checkpoint.fork_available()

@@ -6,15 +6,15 @@
 * ``<run>/resume/epoch_N.pt``: what an exact resume needs beyond the weights (optimizer,
   scheduler, step, epoch, RNG states); a sub-folder, so readers that glob ``<run>/*.pt`` skip it.
 
-The state is snapshotted on the training thread, then written by a background writer (a forked
-process where the OS has fork, else a thread); up to two forked writers work at once when RAM
-allows, so training does not wait for the disk. Where the GPU has room for a second copy of the
-state, the snapshot is a copy on the GPU (milliseconds) that a thread then copies to the CPU on
-a stream of its own while training goes on (:meth:`AsyncSaver.save_from_gpu`); else the
-training thread copies the state to the CPU itself (seconds for the llm's 6 GB). ``keep``
-limits how many epoch checkpoints stay: older ones are deleted with their yaml; only the newest
-epoch keeps its resume state (the optimizer's moments are twice the weights: one per run, not
-one per epoch, is what an exact resume of the run needs).
+The state is snapshotted on the training thread, then written by a background writer (a thread,
+or forked processes with ``VOICELAB_SAVE_FORK=1``), so training does not wait for the disk.
+Where the GPU has room for a second copy of the state, the snapshot is a copy on the GPU
+(milliseconds) that a thread then copies to the CPU on a stream of its own while training goes
+on (:meth:`AsyncSaver.save_from_gpu`); else the training thread copies the state to the CPU
+itself (seconds for the llm's 6 GB). ``keep`` limits how many epoch checkpoints stay: older
+ones are deleted with their yaml; only the newest epoch keeps its resume state (the optimizer's
+moments are twice the weights: one per run, not one per epoch, is what an exact resume of the
+run needs).
 """
 
 from __future__ import annotations
@@ -144,7 +144,12 @@ def write_checkpoint(
 
 
 def fork_available() -> bool:
-    return hasattr(os, "fork") and os.environ.get("VOICELAB_SAVE_THREAD", "") != "1"
+    return hasattr(os, "fork")
+
+
+def forks_by_default() -> bool:
+    """Forked writers only with ``VOICELAB_SAVE_FORK=1`` (see :class:`AsyncSaver`)."""
+    return fork_available() and os.environ.get("VOICELAB_SAVE_FORK", "") == "1"
 
 
 def available_ram() -> int | None:
@@ -223,13 +228,18 @@ def tree_bytes(obj: Any) -> int:
 class AsyncSaver:
     """Background writers; ``save`` returns once the CPU snapshot is handed over.
 
-    Where the OS forks (Linux, WSL2), a writer is a forked child process: ``torch.save``
-    holds the GIL while it writes each tensor, which in a thread stalls the (host-bound)
-    training loop for seconds per checkpoint. The child only writes files (no CUDA) and leaves
-    with ``os._exit``. Up to ``max_writers`` children write at once, so a short epoch does not
-    wait for the disk to finish the previous checkpoint, as long as the snapshots fit in RAM
+    One writer thread by default. With ``VOICELAB_SAVE_FORK=1`` (where the OS forks), a writer
+    is a forked child process that only writes files (no CUDA) and leaves with ``os._exit``; up
+    to ``max_writers`` children write at once as long as the snapshots fit in RAM
     (:meth:`make_room`, called before a snapshot is taken, waits for the oldest writer when
-    they would not). Elsewhere, or with ``VOICELAB_SAVE_THREAD=1``, one thread writes."""
+    they would not). Forked writers were the default while the engine was eager and the
+    training thread copied the state itself: a writer thread's ``torch.save`` then showed a
+    2 s gap mid-epoch (H200). With compiled blocks and the GPU-side snapshot the fork costs
+    more than it saves: llm, 40 min of audio, H200, each against upstream in the same run on
+    its card: 5.54x upstream with a writer thread, 4.03x with forked writers (4.6x and 5.01x
+    in two earlier runs), the epochs steady at 2.1-2.3 s instead of slowing from 1.9 to 2.7 s.
+    A fork of the training process makes it pay a copy-on-write fault for every page it
+    touches while the child writes."""
 
     def __init__(
         self,
@@ -242,7 +252,7 @@ class AsyncSaver:
         self.run_dir = run_dir
         self.keep = keep
         self.on_saved = on_saved
-        self.use_fork = fork_available() if use_fork is None else use_fork
+        self.use_fork = forks_by_default() if use_fork is None else use_fork
         self.max_writers = max(1, max_writers) if self.use_fork else 1
         self._thread: threading.Thread | None = None
         self._copy: threading.Thread | None = None  # save_from_gpu's GPU-to-CPU copy
