@@ -542,19 +542,21 @@ class Run:
     def _log_train(self, epoch: int, done: int, out: dict[str, Any], rate: float) -> None:
         self.saver.poll()
         accum = self.conf.accum
-        vals = " ".join(
-            f"{k} {v.item() / (accum if k == 'loss' else 1):.6f}" for k, v in out.items()
-        )
+        # One read from the device for the line and TensorBoard (each .item() is a sync).
+        read = torch.stack([v.detach().float().reshape(()) for v in (*out.values(), self.norm)])
+        *got, norm = read.tolist()
+        values = dict(zip(out, got, strict=True))
+        vals = " ".join(f"{k} {v / (accum if k == 'loss' else 1):.6f}" for k, v in values.items())
         lr = self.optimizer.param_groups[0]["lr"]
         _say(
             f"TRAIN Batch {epoch}/{done} {vals} lr {lr:.8f} grad_norm"
-            f" {float(self.norm):.6f} tokens_s {rate:.1f} rank {self.rank}"
+            f" {norm:.6f} tokens_s {rate:.1f} rank {self.rank}"
         )
         if self.writer is not None:
-            for k, v in out.items():
-                self.writer.add_scalar(f"TRAIN/{k}", v.item(), self.step)
+            for k, v in values.items():
+                self.writer.add_scalar(f"TRAIN/{k}", v, self.step)
             self.writer.add_scalar("TRAIN/lr", lr, self.step)
-            self.writer.add_scalar("TRAIN/grad_norm", float(self.norm), self.step)
+            self.writer.add_scalar("TRAIN/grad_norm", norm, self.step)
             self.writer.add_scalar("TRAIN/epoch", epoch, self.step)
 
     def done_steps(self) -> bool:
