@@ -272,3 +272,14 @@ def test_device_choice_without_gpu(model_dir: Path) -> None:
     assert (t.device, t.compute_type) == ("cpu", "int8")
     with pytest.raises(EnvironmentProblem, match="no CUDA GPU"):
         load_transcriber(AsrOptions(model=str(model_dir), device="cuda"))
+
+
+def test_a_cuda_failure_names_the_missing_library() -> None:
+    """CTranslate2's CUDA 12 build on a CUDA-13-only machine misses cuBLAS 12 (seen on the lent
+    GPU): the hint names that package, not cuDNN."""
+    from voicelab.blocks.asr import cuda_failure_hint
+
+    cublas = cuda_failure_hint("Library libcublas.so.12 is not found or cannot be loaded")
+    assert "nvidia-cublas-cu12" in cublas and "cudnn" not in cublas
+    cudnn = cuda_failure_hint("Unable to load any of {libcudnn_ops.so.9.1.0, libcudnn_ops.so.9}")
+    assert "nvidia-cudnn-cu12" in cudnn

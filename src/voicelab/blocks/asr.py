@@ -132,6 +132,17 @@ _CUDNN_HINT = (
     "install cuDNN 9 for CUDA 12 (e.g. pip install 'nvidia-cudnn-cu12==9.*' and put its lib "
     "folder on LD_LIBRARY_PATH), or use --device cpu"
 )
+_CUBLAS_HINT = (
+    "CTranslate2's wheels are built for CUDA 12: pip install 'nvidia-cublas-cu12' and put its "
+    "lib folder on LD_LIBRARY_PATH (a CUDA 13 torch does not bring it), or use --device cpu"
+)
+
+
+def cuda_failure_hint(error: str) -> str:
+    """What to do when the Whisper model does not run on CUDA: the missing library decides
+    (CUDA 12's cuBLAS is missing where only a CUDA 13 torch is installed, measured on such a
+    machine; cuDNN 9 otherwise)."""
+    return _CUBLAS_HINT if "libcublas" in error else _CUDNN_HINT
 
 
 def _import_faster_whisper() -> Any:
@@ -367,9 +378,13 @@ class WhisperTranscriber:
             raise _Unloadable(_first_line(e)) from e
         if self.opts.device == "cuda":
             raise EnvironmentProblem(
-                f"the Whisper model does not run on CUDA: {first}", _CUDNN_HINT
+                f"the Whisper model does not run on CUDA: {first}", cuda_failure_hint(first)
             )
-        log.warning("the Whisper model does not run on CUDA (%s): transcribing on CPU", first)
+        log.warning(
+            "the Whisper model does not run on CUDA (%s): transcribing on CPU (to use the GPU: %s)",
+            first,
+            cuda_failure_hint(first),
+        )
         self.device, self.compute_type = "cpu", ct
         return model
 
