@@ -197,7 +197,7 @@ def speak_zero_shot(
 
 
 #: What a take may raise when upstream cannot voice the tokens the model gave (an out-of-memory
-#: error is a RuntimeError too: it is re-raised, it is the machine's problem, not the take's).
+#: error is a RuntimeError too: it is caught first and re-raised).
 _TAKE_ERRORS = (RuntimeError, ValueError, IndexError)
 
 
@@ -309,9 +309,9 @@ def synthesize(
             start, failed = time.perf_counter(), None
             try:
                 audio, wall, sr = _speak(synth, c, utt, prompt, opts.seed)
+            except torch.OutOfMemoryError:
+                raise  # the machine's problem, not the take's
             except _TAKE_ERRORS as e:
-                if isinstance(e, torch.OutOfMemoryError):
-                    raise
                 # Upstream fails on what it cannot voice (a model that stops after a token or
                 # two: too few frames for the flow's convolutions). A candidate that does that is
                 # bad, not the evaluation: the take scores as silence (error rate 1, no voice).

@@ -170,10 +170,10 @@ STAGING_BYTES = 64 << 20
 def staged_cpu_tree(obj: Any, stream: Any, staging: Any) -> Any:
     """:func:`cpu_tree` for the copy thread: each GPU tensor goes through the pinned buffer
     ``staging`` in chunks (an asynchronous DMA on ``stream``, then a CPU copy into pageable
-    memory, which a forked writer can read). A direct copy into pageable memory would hold the
-    CUDA driver for its whole length and stall the training thread's kernel launches (measured:
-    +5 s per llm epoch on an H200); a pinned destination for the whole state is not visible to
-    a forked writer."""
+    memory). A direct copy into pageable memory would hold the CUDA driver for its whole length
+    and stall the training thread's kernel launches (measured: +5 s per llm epoch on an H200);
+    a pinned destination for the whole state would pin gigabytes of RAM every epoch, and a
+    forked writer (``VOICELAB_SAVE_FORK=1``) could not read it."""
     return map_tensors(obj, lambda t: _staged_copy(t, stream, staging))
 
 
