@@ -48,12 +48,12 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   3,660; through a pinned 64 MB buffer the stall is gone). Final same-run figures: llm 26,401
   vs 5,271 (5.01x), flow 14,690 vs 4,984 (2.95x), first epoch 0.75x / 0.88x the later ones,
   epoch-end stall 0.02-0.09 s, GPU utilization 36 % / 26 % (nvidia-smi samples).
-- next round (same host kind): profiles of the compiled engine (llm 70 % of the wall in
-  kernels, flow 51 %; the flow's cuDNN attention 0.86 ms host time a call); the flow without
-  cuDNN's attention 18,476 vs 19,365 tokens/s with it (same run: not kept); flow 19,365 vs
-  upstream 4,349 (4.45x); llm with a writer thread 26,581 vs 4,800 (5.54x) against forked
-  writers 20,861 vs 5,178 (4.03x) on the other GPU of the same call (``voicelab:fork`` runs
-  that variant); GPU utilization 44 % for both models.
+- next round (another 2 x H200 host, 40 min of audio; the profiles on 25 min): profiles of
+  the compiled engine (llm 70 % of the wall in kernels, flow 51 %; the flow's cuDNN attention
+  0.86 ms host time a call); the flow without cuDNN's attention 18,476 vs 19,365 tokens/s with
+  it (same run: not kept); flow 19,365 vs upstream 4,349 (4.45x); llm with a writer thread
+  26,581 vs 4,800 (5.54x, GPU 0) against forked writers 20,861 vs 5,178 (4.03x, GPU 1 of the
+  same call; ``voicelab:fork`` runs that variant); GPU utilization 44 % for both models.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
