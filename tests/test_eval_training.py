@@ -145,3 +145,34 @@ def test_a_new_run_with_the_same_epoch_numbers_is_evaluated(tmp_workspace: Works
     (run / "epoch_0_whole.yaml").write_text("epoch: 0\n")
     w.finish()
     assert w.done == [0]
+
+
+def test_the_stop_arrives_where_sigint_was_ignored(tmp_path: Path) -> None:
+    """A shell starts a background job (``voicelab train ... --early-stop P &``) with SIGINT
+    ignored: the watcher's own SIGINT still ends the main thread's work with KeyboardInterrupt
+    (a vendor run launched that way trained on after the early stop said stop), and closing
+    the watcher gives SIGINT back its ignored state."""
+    child = textwrap.dedent(
+        f"""
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from voicelab.workspace import Workspace
+        from voicelab.evaluation.during_training import TrainingEvaluator
+        ws = Workspace.init({str(tmp_path / "ws")!r}, "spk1")
+        bad = {{"candidate": "e", "kind": "epoch", "err": 0.9, "sim": 0.5, "mos": 3.0}}
+        base = {{"candidate": "base", "kind": "base", "err": 0.1, "sim": 0.5, "mos": 3.0}}
+        w = TrainingEvaluator(ws, 1, 1, evaluate=lambda e: (bad, base), poll=0.05).start()
+        run = ws.exp_dir("llm"); run.mkdir(parents=True)
+        (run / "epoch_0_whole.pt").write_bytes(b"w")
+        (run / "epoch_0_whole.yaml").write_text("epoch: 0\\n")
+        try:
+            time.sleep(60)
+            print("not stopped")
+        except KeyboardInterrupt:
+            print("stopped", w.stopped)
+        w.close()
+        print("ignored again", signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["stopped", "True", "ignored", "again", "True"], proc.stderr

@@ -48,6 +48,19 @@ def interrupt_self() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def handle_sigint() -> Any:
+    """Make SIGINT raise KeyboardInterrupt in this process where it is ignored or left to the
+    OS (a shell starts background jobs, ``voicelab train ... &``, with SIGINT ignored: the
+    early stop's own signal would never arrive). Main thread only; returns the handler to put
+    back, None where nothing changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signal.SIGINT)
+    if current not in (signal.SIG_IGN, signal.SIG_DFL):
+        return None  # Python's Ctrl-C handler, or one a caller installed: leave it
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def due(epoch: int, every: int) -> bool:
     """Epochs count from 0: with ``every`` 2, epochs 1, 3, 5 ... (the 2nd, 4th, 6th) are due."""
     return (epoch + 1) % every == 0
@@ -87,6 +100,7 @@ class TrainingEvaluator:
         self._quit = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="voicelab-eval", daemon=True)
+        self._sigint: Any = None  # the SIGINT disposition to restore (see handle_sigint)
 
     def _identity(self, epoch: int) -> str:
         from voicelab.fsutil import quick_fingerprint
@@ -148,6 +162,8 @@ class TrainingEvaluator:
 
     # -- lifecycle
     def start(self) -> TrainingEvaluator:
+        if self.on_stop is interrupt_self:
+            self._sigint = handle_sigint()
         self._thread.start()
         return self
 
@@ -156,6 +172,9 @@ class TrainingEvaluator:
             self._quit.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+        if self._sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
 
     def finish(self) -> None:
         """After training ended: stop watching, evaluate the last due epochs."""
