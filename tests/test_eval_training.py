@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,9 +95,17 @@ def test_every_k_and_finish_evaluates_the_last_epochs(tmp_workspace: Workspace) 
 def test_default_stop_interrupts_the_main_thread(tmp_path: Path) -> None:
     """The default on_stop is a real SIGINT: the main thread's blocking work ends with
     KeyboardInterrupt, as the trainer's Ctrl-C handling expects."""
+    proc = _stop_child(tmp_path)
+    assert proc.stdout.strip() == "stopped True", proc.stderr[-2000:]
+
+
+def _stop_child(tmp_path: Path, before: str = "", after: str = "") -> Any:
+    """A process whose watcher stops it after one bad epoch (the default on_stop) while its
+    main thread sleeps; it prints ``stopped True`` when the KeyboardInterrupt came."""
     child = textwrap.dedent(
         f"""
-        import time
+        import signal, time
+        {before}
         from voicelab.workspace import Workspace
         from voicelab.evaluation.during_training import TrainingEvaluator
         ws = Workspace.init({str(tmp_path / "ws")!r}, "spk1")
@@ -111,10 +120,10 @@ def test_default_stop_interrupts_the_main_thread(tmp_path: Path) -> None:
             print("not stopped")
         except KeyboardInterrupt:
             print("stopped", w.stopped)
+        {after}
         """
     )
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "stopped True", proc.stderr[-2000:]
+    return subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
 
 
 def test_bad_options(tmp_workspace: Workspace) -> None:
@@ -152,27 +161,9 @@ def test_the_stop_arrives_where_sigint_was_ignored(tmp_path: Path) -> None:
     ignored: the watcher's own SIGINT still ends the main thread's work with KeyboardInterrupt
     (a vendor run launched that way trained on after the early stop said stop), and closing
     the watcher gives SIGINT back its ignored state."""
-    child = textwrap.dedent(
-        f"""
-        import signal, time
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        from voicelab.workspace import Workspace
-        from voicelab.evaluation.during_training import TrainingEvaluator
-        ws = Workspace.init({str(tmp_path / "ws")!r}, "spk1")
-        bad = {{"candidate": "e", "kind": "epoch", "err": 0.9, "sim": 0.5, "mos": 3.0}}
-        base = {{"candidate": "base", "kind": "base", "err": 0.1, "sim": 0.5, "mos": 3.0}}
-        w = TrainingEvaluator(ws, 1, 1, evaluate=lambda e: (bad, base), poll=0.05).start()
-        run = ws.exp_dir("llm"); run.mkdir(parents=True)
-        (run / "epoch_0_whole.pt").write_bytes(b"w")
-        (run / "epoch_0_whole.yaml").write_text("epoch: 0\\n")
-        try:
-            time.sleep(60)
-            print("not stopped")
-        except KeyboardInterrupt:
-            print("stopped", w.stopped)
-        w.close()
-        print("ignored again", signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
-        """
+    proc = _stop_child(
+        tmp_path,
+        before="signal.signal(signal.SIGINT, signal.SIG_IGN)",
+        after='w.close(); print("ignored again", signal.getsignal(2) is signal.SIG_IGN)',
     )
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["stopped", "True", "ignored", "again", "True"], proc.stderr
