@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 import os
@@ -227,39 +228,88 @@ def gpu_name() -> str:
 
 
 class GpuMonitor:
-    """Peak ``memory.used`` and ``utilization.gpu`` samples of the GPU training runs on (the first
-    of ``CUDA_VISIBLE_DEVICES``, else 0; nvidia-smi, every 0.5 s)."""
+    """Peak ``memory.used`` and ``utilization.gpu`` of the GPU training runs on (the first of
+    ``CUDA_VISIBLE_DEVICES``, else 0), two ways:
+
+    - nvidia-smi every 0.5 s (``util``): each value covers the driver's last sample period,
+      which may reach back before a span starts; with epochs of 2 s the edges weigh a lot;
+    - NVML's own sample buffer (``samples``, via ``nvidia-ml-py`` where importable): every
+      sample the driver took, with its timestamp, so only samples whose whole period lies
+      inside a training span count (:meth:`window_util`)."""
 
     def __init__(self) -> None:
         self.peak_mib = 0
         self.util: list[tuple[float, int]] = []  # (time, percent)
+        self.samples: list[tuple[float, int]] = []  # NVML's (time, percent)
+        self.clock_offset: float | None = None  # time.time() minus NVML's newest stamp, at best
+        self._nvml: Any = None
+        self._last_ts = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
+    def _open_nvml(self) -> None:
+        try:
+            import pynvml  # nvidia-ml-py
+
+            pynvml.nvmlInit()
+            gpu = first_visible_gpu()
+            if gpu.isdigit():
+                h = pynvml.nvmlDeviceGetHandleByIndex(int(gpu))
+            else:
+                h = pynvml.nvmlDeviceGetHandleByUUID(gpu)
+            self._nvml = (pynvml, h)
+        except Exception as e:  # no module, no driver: nvidia-smi's figure only
+            print(f"bench_train: NVML samples unavailable ({e!r})", flush=True)
+
+    def _poll_nvml(self) -> None:
+        if self._nvml is None:
+            return
+        nv, h = self._nvml
+        try:
+            _, got = nv.nvmlDeviceGetSamples(h, nv.NVML_GPU_UTILIZATION_SAMPLES, self._last_ts)
+        except nv.NVMLError:
+            return  # NVML_ERROR_NOT_FOUND: no new sample since the last call
+        now = time.time()
+        for smp in got:
+            if smp.timeStamp > self._last_ts:
+                self.samples.append((smp.timeStamp / 1e6, int(smp.sampleValue.uiVal)))
+                self._last_ts = smp.timeStamp
+        if got:
+            off = now - self._last_ts / 1e6
+            self.clock_offset = off if self.clock_offset is None else min(self.clock_offset, off)
+
     def _run(self) -> None:
+        self._open_nvml()
         exe = shutil.which("nvidia-smi")
         query = "--query-gpu=memory.used,utilization.gpu"
         gpu = first_visible_gpu()
-        while exe and not self._stop.is_set():
-            try:
-                out = subprocess.run(
-                    [exe, query, "--format=csv,noheader,nounits", "-i", gpu],
-                    capture_output=True,
-                    text=True,
-                    timeout=10,
-                    check=False,
-                ).stdout.strip()
-                mem, util = (int(x) for x in out.splitlines()[0].split(","))
-                self.peak_mib = max(self.peak_mib, mem)
-                self.util.append((time.time(), util))
-            except (ValueError, IndexError, subprocess.SubprocessError, OSError):
-                pass
+        while not self._stop.is_set():
+            self._poll_nvml()
+            if exe:
+                try:
+                    out = subprocess.run(
+                        [exe, query, "--format=csv,noheader,nounits", "-i", gpu],
+                        capture_output=True,
+                        text=True,
+                        timeout=10,
+                        check=False,
+                    ).stdout.strip()
+                    mem, util = (int(x) for x in out.splitlines()[0].split(","))
+                    self.peak_mib = max(self.peak_mib, mem)
+                    self.util.append((time.time(), util))
+                except (ValueError, IndexError, subprocess.SubprocessError, OSError):
+                    pass
             self._stop.wait(0.5)
+        self._poll_nvml()
 
     def mean_util(self, spans: list[tuple[float, float]]) -> float | None:
-        """Mean utilization over the samples inside ``spans`` (training time only)."""
+        """Mean nvidia-smi utilization over the samples taken inside ``spans``."""
         xs = [u for t, u in self.util if any(a <= t <= b for a, b in spans)]
         return round(sum(xs) / len(xs), 1) if xs else None
+
+    def window_util(self, spans: list[tuple[float, float]]) -> tuple[float | None, int, float]:
+        """(mean, count, period) of NVML's samples whose whole period lies inside a span."""
+        return window_mean(self.samples, spans, self.clock_offset)
 
     def __enter__(self) -> GpuMonitor:
         self._t.start()
@@ -268,6 +318,28 @@ class GpuMonitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join(timeout=5)
+
+
+def window_mean(
+    samples: list[tuple[float, int]], spans: list[tuple[float, float]], offset: float | None
+) -> tuple[float | None, int, float]:
+    """(mean, count, period) of the samples whose period (the gap to the one before, the
+    median gap for the first) lies wholly inside one of ``spans``. NVML stamps its samples
+    with the CPU clock in microseconds; should its clock differ from ``time.time()`` by more
+    than a few seconds (``offset``: the smallest lag seen at a poll), the stamps are moved."""
+    if len(samples) < 2:
+        return None, 0, 0.0
+    shift = offset if offset is not None and abs(offset) > 5 else 0.0
+    ts = [t + shift for t, _ in samples]
+    gaps = sorted(b - a for a, b in itertools.pairwise(ts))
+    period = gaps[len(gaps) // 2]
+    xs = []
+    for i, (t, (_, u)) in enumerate(zip(ts, samples, strict=True)):
+        start = ts[i - 1] if i else t - period
+        if any(a <= start and t <= b for a, b in spans):
+            xs.append(u)
+    mean = round(sum(xs) / len(xs), 1) if xs else None
+    return mean, len(xs), round(period, 3)
 
 
 _ENGINE_RE = re.compile(r"voicelab engine: epoch (\d+) train_s (\S+) cv_s (\S+) save_s (\S+)")
@@ -348,10 +420,12 @@ def main() -> None:
         for spec in args.trainers.split(","):
             # "voicelab:eager" (no torch.compile), "voicelab:compile" (compile forced),
             # "voicelab:nofuse" (padded batches, one per pass), "voicelab:fork" (forked
-            # checkpoint writers): variants of the engine, measured in the same run for the notes.
+            # checkpoint writers), "voicelab:graphs" (the compiled blocks replay CUDA graphs):
+            # variants of the engine, measured in the same run for the notes.
             trainer, _, variant = spec.partition(":")
             os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
             os.environ["VOICELAB_SAVE_FORK"] = "1" if variant == "fork" else ""
+            os.environ["VOICELAB_ENGINE_CUDAGRAPHS"] = "1" if variant == "graphs" else ""
             opts = tr.TrainOptions(
                 device="cuda",
                 epochs=args.epochs,
@@ -379,6 +453,8 @@ def main() -> None:
             first = epochs[0]["train_seconds"] if epochs else None
             later_s = [e["train_seconds"] for e in epochs[1:]]
             warm = re.search(r"voicelab engine: warm-up (\S+) s", log_text)
+            util, n_util, period = mon.window_util(spans[1:] or spans)
+            smi_util = mon.mean_util(spans[1:] or spans)
             fig = {
                 "wall_seconds": round(wall, 1),
                 "warmup_seconds": float(warm[1]) if warm else None,
@@ -386,7 +462,21 @@ def main() -> None:
                 "accum_grad": tc.get_value(cfg, tc.ACCUM_GRAD),
                 "amp": "--use_amp" in res.argv,
                 "peak_gpu_mib": mon.peak_mib,
-                "gpu_util_training_pct": mon.mean_util(spans[1:] or spans),
+                # NVML's samples inside the later epochs' training; nvidia-smi's where NVML
+                # is not importable (the figure of earlier rounds, kept as gpu_util_smi_pct).
+                "gpu_util_training_pct": util if util is not None else smi_util,
+                "gpu_util_method": "nvml-windows" if util is not None else "nvidia-smi",
+                "gpu_util_samples": n_util,
+                "gpu_util_sample_period_s": period,
+                "gpu_util_smi_pct": smi_util,
+                # The raw figures behind them: the training spans, NVML's and nvidia-smi's
+                # samples of this run (time, percent), for the notes' per-epoch reading.
+                "gpu_util_trace": {
+                    "spans": spans,
+                    "clock_offset_s": mon.clock_offset,
+                    "nvml": [x for x in mon.samples if t <= x[0] <= t + wall],
+                    "smi": [x for x in mon.util if t <= x[0] <= t + wall],
+                },
                 "best_cv_loss": res.best_cv_loss,
                 "epochs": epochs,
                 "speech_tokens_per_s": round(sum(later) / len(later), 1) if later else None,

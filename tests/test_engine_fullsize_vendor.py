@@ -169,3 +169,44 @@ def test_full_size_fused_flow_pass_equals_upstreams_accumulation(
     mine = LossModule(net, "flow")(_feed(full, "flow", net, device, 1).make_fused(groups))
     mine["loss"].backward()
     _compare(mine["loss"], sum(ups) / 2, _grads(net), g_up)
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["compiled", "cuda-graphs"])
+def test_full_size_compiled_blocks_give_the_eager_loss(
+    full: SimpleNamespace, device: Any, graphs: bool
+) -> None:
+    """The compiled blocks on the GPU, and with ``VOICELAB_ENGINE_CUDAGRAPHS`` their CUDA graphs
+    (recorded on a shape's second pass, replayed from the third), give the eager packed pass's
+    loss and gradients, pass after pass and shape after shape."""
+    if device.type != "cuda":
+        pytest.skip("torch.compile's CUDA graphs need a CUDA GPU")
+    from voicelab.upstream.engine.loop import LossModule
+    from voicelab.upstream.engine.steps import (
+        compile_blocks,
+        mark_step,
+        model_blocks,
+        uncompile_blocks,
+    )
+
+    net = _net(full, "llm", device).eval()  # no dropout: compiled and eager passes draw alike
+    feed = _feed(full, "llm", net, device, 32)
+    n = len(full.llm.ds)
+    groups = [[list(range(0, n // 2))], [list(range(n // 2, n))]]  # two packed shapes
+
+    def one(group: list[list[int]]) -> tuple[Any, dict[str, Any]]:
+        mark_step(graphs)
+        random.seed(7)
+        out = LossModule(net, "llm")(feed.make_packed(group))
+        out["loss"].backward()
+        return out["loss"].detach().clone(), _grads(net)
+
+    eager = [one(g) for g in groups]
+    blocks = model_blocks(net, "llm")
+    compile_blocks(blocks, graphs)
+    try:
+        for _ in range(3):
+            for g, (loss, grads) in zip(groups, eager, strict=True):
+                mine, g_mine = one(g)
+                _compare(mine, loss, g_mine, grads)
+    finally:
+        uncompile_blocks(blocks)

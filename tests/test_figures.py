@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,11 +19,16 @@ def test_readme_mib_and_gib_agree() -> None:
     assert "16.6 GiB" not in text  # 16,635 MiB is 16.2 GiB
 
 
-def test_bench_train_epoch_time_is_named_for_what_it_holds() -> None:
+def _bench_train() -> Any:
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/bench_train.py")
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_epoch_time_is_named_for_what_it_holds() -> None:
+    bench = _bench_train()
     rows = [
         {"tag": "EVENT", "event": "epoch", "epoch": 0, "time": 100.0},
         {"tag": "TRAIN", "epoch": 0, "time": 122.0},  # upstream's last logged batch
@@ -40,3 +46,22 @@ def test_bench_train_epoch_time_is_named_for_what_it_holds() -> None:
     assert (fig["train_seconds"], fig["cv_seconds"], fig["save_seconds"]) == (10.0, 1.0, 0.5)
     doc = bench.__doc__
     assert "seconds per epoch (train, CV, save" in doc
+
+
+def test_gpu_utilization_counts_only_samples_wholly_inside_training() -> None:
+    """A sample covers the driver's period before its stamp: one that reaches back before the
+    span (the CV and save of the epoch before) is not training's figure."""
+    bench = _bench_train()
+    # Samples every 0.25 s from t=10.0; idle (0) before the span at 11.0, busy (80) inside it.
+    samples = [(10.0 + 0.25 * i, 0 if i <= 4 else 80) for i in range(14)]
+    samples[5] = (11.25, 40)  # covers 11.0-11.25: wholly inside, counted as are 11.5 ... 12.5
+    mean, n, period = bench.window_mean(samples, [(11.0, 12.5)], offset=0.01)
+    assert period == 0.25
+    assert n == 6
+    assert mean == round((40 + 5 * 80) / 6, 1)
+    # The sample stamped 11.0 covers 10.75-11.0, outside; 12.75 ends after the span.
+    assert bench.window_mean(samples, [(10.9, 11.2)], offset=None)[1] == 0
+    # NVML's clock 1000 s behind time.time(): the stamps are moved by the lag seen at a poll.
+    late = [(t - 1000.0, u) for t, u in samples]
+    assert bench.window_mean(late, [(11.0, 12.5)], offset=1000.0)[:2] == (mean, 6)
+    assert bench.window_mean(samples[:1], [(0.0, 99.0)], offset=None) == (None, 0, 0.0)

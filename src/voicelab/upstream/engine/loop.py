@@ -36,8 +36,10 @@ from voicelab.upstream.engine.steps import (
     LossModule,
     autocast,
     compile_blocks,
+    cuda_graphs,
     fused_batches,
     guarded_step,
+    mark_step,
     model_blocks,
     optimizer_step,
     rng_state,
@@ -306,9 +308,6 @@ class Run:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, find_unused_parameters=True, **kw
             )
-        self.compiled = wants_compile(args.compile, device, args.features)
-        if self.compiled:
-            compile_blocks(model_blocks(net, args.model))
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.optimizer = hooks.make_optimizer(self.params, conf.train, device.type)
         self.scheduler = model.make_scheduler(self.optimizer, conf.train)
@@ -316,6 +315,12 @@ class Run:
         self.step = self.start_step
         self._resume()
         self._feed(sets)
+        self.compiled = wants_compile(args.compile, device, args.features)
+        self.graphs = self.compiled and cuda_graphs() and (self.fuse > 1 or conf.accum == 1)
+        if self.compiled:
+            compile_blocks(model_blocks(net, args.model), self.graphs)
+            if self.graphs:
+                _say("voicelab engine: compiled blocks replay CUDA graphs")
         self._outputs()
 
     def _feed(self, sets: list[Any]) -> None:
@@ -444,6 +449,7 @@ class Run:
 
         def steps() -> None:
             for g in warm:
+                mark_step(self.graphs)
                 n = len(g)  # batches in the pass
                 batch = self.pass_batch(g)
                 train_step(
@@ -465,7 +471,7 @@ class Run:
             self.zero_grad()
             torch.cuda.empty_cache()
             if self.fuse > 1 and self.world == 1:
-                self.fuse = 1
+                self._one_batch_per_pass()
                 _say("voicelab engine: out of GPU memory in the warm-up: one batch per pass")
             else:
                 _say("voicelab engine: out of GPU memory in the warm-up; training splits batches")
@@ -481,10 +487,20 @@ class Run:
             if not self.compiled or self.args.compile == "on":
                 raise
             uncompile_blocks(model_blocks(self.net, self.args.model))
-            self.compiled = False
+            self.compiled = self.graphs = False
             why = (str(e).strip().splitlines() or [""])[0][:200]
             _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager")
             return warm_up(steps, self.zero_grad, self.device)
+
+    def _one_batch_per_pass(self) -> None:
+        """After an out-of-memory packed pass: one batch per pass from now on, and no CUDA
+        graphs where passes now accumulate (the blocks compile again without them)."""
+        self.fuse = 1
+        if self.graphs and self.conf.accum > 1:
+            blocks = model_blocks(self.net, self.args.model)
+            uncompile_blocks(blocks)
+            compile_blocks(blocks)
+            self.graphs = False
 
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:
@@ -509,7 +525,7 @@ class Run:
                 ) from None
             self.zero_grad()
             torch.cuda.empty_cache()
-            self.fuse = 1
+            self._one_batch_per_pass()
             _say("voicelab engine: out of GPU memory: one batch per pass from now")
             return []
 
@@ -580,6 +596,7 @@ class Run:
             group = mine[gi : gi + self.fuse]
             gi += len(group)
             prof.tick()
+            mark_step(self.graphs)
             outs = self._packed_step(group) if len(group) > 1 else []
             outs = outs or self._batch_steps(group, done)
             before, done = done, done + len(group)
@@ -595,6 +612,8 @@ class Run:
             if self.done_steps():
                 break
         prof.stop()
+        if self.device.type == "cuda":  # the epoch's time includes the GPU's queued work
+            torch.cuda.synchronize(self.device)
         record_seen(self.train_b.ds.utts, mine[:done], "TRAIN", epoch, self.rank)
         return time.time() - t0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import random
 import time
 from collections.abc import Callable
@@ -184,14 +185,36 @@ def wants_compile(setting: str, device: torch.device, features: tuple[str, ...])
     return importlib.util.find_spec("triton") is not None
 
 
-def compile_blocks(blocks: list[torch.nn.Module]) -> None:
+CUDAGRAPHS_ENV = "VOICELAB_ENGINE_CUDAGRAPHS"
+
+
+def cuda_graphs() -> bool:
+    """``VOICELAB_ENGINE_CUDAGRAPHS=1``: the compiled blocks replay CUDA graphs (torch.compile's
+    ``reduce-overhead``, a graph per block and input shape) instead of launching their kernels
+    one by one from Python; an experiment measured by ``bench_train.py``'s ``voicelab:graphs``.
+    Only where a pass holds a whole optimizer step (packed or fused passes, or no
+    accumulation): a gradient accumulated over passes could live in a graph's memory that the
+    next replay overwrites."""
+    return os.environ.get(CUDAGRAPHS_ENV, "") == "1"
+
+
+def compile_blocks(blocks: list[torch.nn.Module], graphs: bool = False) -> None:
     """Regional compilation: each block compiled in place, with dynamic shapes (batches differ
     in length). torch.compile inlines a module's parameters as inputs, so the blocks of a model
     share one compiled graph: one compile, not one per layer, and ``state_dict`` keys stay.
     What it buys: the elementwise work around the matmuls (casts, norms, modulation, rotary)
-    fused, and far fewer kernel launches (the eager step is host-bound); see docs/engine.md."""
+    fused, and far fewer kernel launches (the eager step is host-bound); see docs/engine.md.
+    ``graphs``: see :func:`cuda_graphs`."""
+    mode = "reduce-overhead" if graphs else None
     for b in blocks:
-        b.compile(dynamic=True)
+        b.compile(dynamic=True, mode=mode)
+
+
+def mark_step(graphs: bool) -> None:
+    """A new training pass begins: with CUDA graphs, the last pass's graph outputs may be
+    overwritten (torch.compile's rule for replayed graphs); otherwise nothing."""
+    if graphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def uncompile_blocks(blocks: list[torch.nn.Module]) -> None:
