@@ -143,13 +143,15 @@ def test_llm_loss_equals_upstream(
     assert worst < 1e-4, worst
 
 
-@pytest.mark.parametrize("row", [64, 1024])
+@pytest.mark.parametrize(("row", "pad"), [(64, False), (1024, False), (64, True)])
 def test_packed_pass_equals_upstreams_accumulation(
-    rt: SimpleNamespace, row: int, monkeypatch: pytest.MonkeyPatch
+    rt: SimpleNamespace, row: int, pad: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An optimizer step's batches packed into one pass (several rows, or one): the loss is
     the mean of upstream's batch losses, accuracy likewise, and the gradient is the one
-    upstream accumulates (each batch's loss over accum_grad, backward after backward)."""
+    upstream accumulates (each batch's loss over accum_grad, backward after backward).
+    ``pad``: the pass padded with whole rows of padding and a wider row (the one shape CUDA
+    graphs replay) changes none of it."""
     from voicelab.upstream.engine import llm_loss
     from voicelab.upstream.engine.loop import LossModule
 
@@ -165,8 +167,12 @@ def test_packed_pass_equals_upstreams_accumulation(
     random.seed(5)
     feed = ours(rt, "llm", net, quantum=32)
     feed.row = row
+    if pad:
+        feed.at_least = (9, 2 * llm_loss.ROW_QUANTUM)
     batch = feed.make_packed(groups)
-    if row == 64:
+    if pad:
+        assert tuple(batch["ids"].shape) == feed.at_least
+    elif row == 64:
         assert batch["ids"].size(0) > 1, "the short row must spread the step over several rows"
         assert batch["ids"].size(1) == max(64, llm_loss.ROW_QUANTUM)
     mine = LossModule(net, "llm")(batch)
@@ -531,6 +537,8 @@ def test_a_failed_compile_falls_back_to_eager(
     r.warm()
     out = capsys.readouterr().out
     assert "voicelab engine: torch.compile failed" in out and "; eager" in out
+    err = tmp_path / "run" / "compile-error-rank0.txt"  # the whole error, for a bug report
+    assert str(err) in out and "Traceback" in err.read_text("utf-8")
     assert not r.compiled
     assert all(b._compiled_call_impl is None for b in model_blocks(r.net, "llm"))
     r.train_epoch(0)  # eager from here

@@ -57,6 +57,7 @@ class Batches:
     ) -> None:
         self.ds, self.kind, self.device, self.quantum = ds, kind, device, quantum
         self.row = llm_loss.ROW  # packed row length (tests make it short to fill several rows)
+        self.at_least = (0, 0)  # every packed pass at least this (rows, row length): CUDA graphs
         self.stager = Stager(device)
         emb = ds.spk_embedding if use_spk else ds.utt_embedding
         self.embedding = emb.to(device)
@@ -90,7 +91,7 @@ class Batches:
     def make_packed(self, group: list[list[int]]) -> dict[str, Any]:
         """The llm batches ``group`` (upstream's draws in batch order) packed for one pass."""
         chosen = [llm_loss.choose([self.pairs[i] for i in idx]) for idx in group]
-        return self._upload(llm_loss.make_packed(chosen, self.row))
+        return self._upload(llm_loss.make_packed(chosen, self.row, self.at_least))
 
     def make_fused(self, group: list[list[int]]) -> dict[str, Any]:
         """The flow batches ``group`` (upstream's draws in batch order) for one pass."""

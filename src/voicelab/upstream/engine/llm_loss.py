@@ -206,18 +206,23 @@ def packed_shape(lengths: list[int], row: int = ROW) -> tuple[int, int]:
     return len(pack_rows(lengths, width)), width
 
 
-def make_packed(groups: list[list[Layout]], row: int = ROW) -> dict[str, np.ndarray]:
+def make_packed(
+    groups: list[list[Layout]], row: int = ROW, at_least: tuple[int, int] = (0, 0)
+) -> dict[str, np.ndarray]:
     """(R, L) arrays of the batches ``groups`` (one layout list per batch, upstream's draws
     already made) packed into rows: ids, speech, target as :func:`make_batch`, plus ``pos``
     (position in its sequence), ``seq`` (sequence number; the padding tail of a row is one more
-    sequence of its own) and ``mb`` (which batch), and ``utts`` (utterances per batch)."""
+    sequence of its own) and ``mb`` (which batch), and ``utts`` (utterances per batch).
+    ``at_least``: pad to at least these (rows, row length) with rows of padding only (one
+    shape for every pass: what CUDA graphs replay); no kept position changes."""
     from voicelab.upstream.engine.batching import padded
 
     seqs = [(m, x) for m, g in enumerate(groups) for x in g]
     lengths = [len(x.ids) for _, x in seqs]
     width = max(row, padded(max(lengths), ROW_QUANTUM))
     rows = pack_rows(lengths, width)
-    shape = (len(rows), width)
+    width = max(width, at_least[1])
+    shape = (max(len(rows), at_least[0]), width)
     ids = np.zeros(shape, np.int64)
     sp = np.zeros(shape, bool)
     tgt = np.full(shape, IGNORE_ID, np.int64)
@@ -235,6 +240,7 @@ def make_packed(groups: list[list[Layout]], row: int = ROW) -> dict[str, np.ndar
             mb[r, at : at + n] = m
             at += n
         pos[r, at:] = np.arange(width - at)
+    pos[len(rows) :] = np.arange(width)
     utts = np.asarray([len(g) for g in groups], np.int64)
     return {"ids": ids, "speech": sp, "target": tgt, "pos": pos, "seq": seq, "mb": mb, "utts": utts}
 

@@ -316,11 +316,19 @@ class Run:
         self._resume()
         self._feed(sets)
         self.compiled = wants_compile(args.compile, device, args.features)
-        self.graphs = self.compiled and cuda_graphs() and (self.fuse > 1 or conf.accum == 1)
+        # CUDA graphs (an experiment): the llm's packed passes, each a whole optimizer step,
+        # all padded to the run's largest pass (one shape to record and replay).
+        self.graphs = (
+            self.compiled and cuda_graphs() and self.packed and (self.fuse > 1 or conf.accum == 1)
+        )
+        if self.graphs:
+            self.train_b.at_least = self._run_shape()
         if self.compiled:
             compile_blocks(model_blocks(net, args.model), self.graphs)
             if self.graphs:
-                _say("voicelab engine: compiled blocks replay CUDA graphs")
+                rows, width = self.train_b.at_least
+                _say(f"voicelab engine: compiled blocks replay CUDA graphs (every pass {rows} rows"
+                     f" of {width})")  # fmt: skip
         self._outputs()
 
     def _feed(self, sets: list[Any]) -> None:
@@ -431,10 +439,24 @@ class Run:
         """The input shape a pass over ``group`` has (what the warm-up covers)."""
         b = self.train_b
         if self.packed:
-            return llm_loss.packed_shape([len(b.pairs[i][0].ids) for g in group for i in g], b.row)
+            rows, width = llm_loss.packed_shape(
+                [len(b.pairs[i][0].ids) for g in group for i in g], b.row
+            )
+            return max(rows, b.at_least[0]), max(width, b.at_least[1])
         lens = [len(b.pairs[i][0].ids) if self.args.model == "llm" else len(b.tokens[i])
                 for idx in group for i in idx]  # fmt: skip
         return len(lens), batching.padded(max(lens), self.args.quantum)
+
+    def _run_shape(self) -> tuple[int, int]:
+        """The largest (rows, row length) of any packed pass of this run's epochs (both layouts
+        have the same length, so the draws cannot change it)."""
+        shapes = [
+            self._shape(mine[g : g + self.fuse])
+            for e in range(self.start_epoch + 1, self.conf.max_epoch)
+            for mine in [self.epoch_batches(e)]
+            for g in range(0, len(mine), self.fuse)
+        ]
+        return max(r for r, _ in shapes), max(w for _, w in shapes)
 
     # -- warm-up ---------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -446,6 +468,8 @@ class Run:
         groups = [first[g : g + self.fuse] for g in range(0, len(first), self.fuse)]
         # Every rank must run as many steps (each backward all-reduces): one when several.
         warm = warm_groups(groups, self._shape, 8 if self.world == 1 else 1)
+        if self.graphs:  # graph trees run a new graph once, record it on its second run
+            warm = warm * 2
 
         def steps() -> None:
             for g in warm:
@@ -455,6 +479,9 @@ class Run:
                 train_step(
                     self.loss_module, batch, self.conf.accum, args.amp, self.device, True, batches=n
                 )
+                # As after an optimizer step: no gradient lives into the next pass (with CUDA
+                # graphs it would live in memory that pass's graphs overwrite).
+                self.zero_grad()
 
         self.net.train()
         if self.compiled:
@@ -489,8 +516,21 @@ class Run:
             uncompile_blocks(model_blocks(self.net, self.args.model))
             self.compiled = self.graphs = False
             why = (str(e).strip().splitlines() or [""])[0][:200]
-            _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager")
+            where = self._write_compile_error()
+            _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager"
+                 f" (the whole error: {where})")  # fmt: skip
             return warm_up(steps, self.zero_grad, self.device)
+
+    def _write_compile_error(self) -> Path:
+        """The failed compile's whole traceback in the run dir (the console gets one line)."""
+        import traceback
+
+        from voicelab.fsutil import atomic_write_text
+
+        dest = self.args.model_dir / f"compile-error-rank{self.rank}.txt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest, traceback.format_exc())
+        return dest
 
     def _one_batch_per_pass(self) -> None:
         """After an out-of-memory packed pass: one batch per pass from now on, and no CUDA
@@ -501,6 +541,7 @@ class Run:
             uncompile_blocks(blocks)
             compile_blocks(blocks)
             self.graphs = False
+            self.train_b.at_least = (0, 0)
 
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:

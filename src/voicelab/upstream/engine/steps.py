@@ -190,11 +190,13 @@ CUDAGRAPHS_ENV = "VOICELAB_ENGINE_CUDAGRAPHS"
 
 def cuda_graphs() -> bool:
     """``VOICELAB_ENGINE_CUDAGRAPHS=1``: the compiled blocks replay CUDA graphs (torch.compile's
-    ``reduce-overhead``, a graph per block and input shape) instead of launching their kernels
-    one by one from Python; an experiment measured by ``bench_train.py``'s ``voicelab:graphs``.
-    Only where a pass holds a whole optimizer step (packed or fused passes, or no
-    accumulation): a gradient accumulated over passes could live in a graph's memory that the
-    next replay overwrites."""
+    ``reduce-overhead``, a graph per block) instead of launching their kernels one by one from
+    Python; measured by ``bench_train.py``'s ``voicelab:graphs``. The llm's packed passes only,
+    each a whole optimizer step: a gradient kept from one pass to the next lives in a graph's
+    memory that the next replay overwrites (torch says "accessing tensor output of CUDAGraphs
+    that has been overwritten"; seen on an H100 while the warm-up kept its passes' gradients).
+    Every pass is padded to the run's largest shape: one graph per block to record, in the
+    warm-up, instead of one per shape, each with its own memory in the graph pool."""
     return os.environ.get(CUDAGRAPHS_ENV, "") == "1"
 
 
