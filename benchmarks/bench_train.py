@@ -54,6 +54,14 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   it (same run: not kept); flow 19,365 vs upstream 4,349 (4.45x); llm with a writer thread
   26,581 vs 4,800 (5.54x, GPU 0) against forked writers 20,861 vs 5,178 (4.03x, GPU 1 of the
   same call; ``voicelab:fork`` runs that variant); GPU utilization 44 % for both models.
+- one H100 (40 min of audio): utilization now from NVML's own samples (one per 0.2 s), only
+  those wholly inside a later epoch's training (nvidia-smi's mean kept beside it): llm 23,549
+  vs 3,660 (6.43x), util 40.8 % vs 14.5 %; flow 12,265 vs 3,712 (3.30x), util 24.4 % vs
+  15.8 %; ``voicelab:graphs`` (``--cuda-graphs``: the compiled blocks replay CUDA graphs, every
+  llm pass padded to the run's largest, recorded in the warm-up) 50,296 vs 3,891 (12.9x), util
+  80.2 %, first epoch 1.21x, warm-up 63 s (41,393 and 67.5 % in the call before; 43,698 vs
+  the default engine's 19,153 in one run). The first graphs runs failed in the warm-up (a
+  gradient kept into the next pass lived in graph memory): see docs/engine.md.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
@@ -425,13 +433,13 @@ def main() -> None:
             trainer, _, variant = spec.partition(":")
             os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
             os.environ["VOICELAB_SAVE_FORK"] = "1" if variant == "fork" else ""
-            os.environ["VOICELAB_ENGINE_CUDAGRAPHS"] = "1" if variant == "graphs" else ""
             opts = tr.TrainOptions(
                 device="cuda",
                 epochs=args.epochs,
                 new=True,
                 trainer=trainer,
                 compile={"compile": True, "eager": False}.get(variant),
+                cuda_graphs=True if variant == "graphs" else None,
             )
             name = tr.run_name(trainer, opts.engine)
             run = ws.exp_dir(model, name)

@@ -240,8 +240,12 @@ def test_trainer_choice_and_run_dirs(tmp_path: Path) -> None:
     assert tr.resolve_trainer(tr.TrainOptions(trainer="upstream"), {}) == "upstream"
     with pytest.raises(ConfigError, match="belongs to upstream"):
         tr.resolve_trainer(tr.TrainOptions(engine="deepspeed"), {})
-    with pytest.raises(ConfigError, match="--keep and --compile"):
+    with pytest.raises(ConfigError, match="--keep, --compile and --cuda-graphs"):
         tr.resolve_trainer(tr.TrainOptions(trainer="upstream", keep=2), {})
+    with pytest.raises(ConfigError, match="options of VoiceLab's trainer"):
+        tr.resolve_trainer(tr.TrainOptions(trainer="upstream", cuda_graphs=True), {})
+    with pytest.raises(ConfigError, match="replays the compiled blocks"):
+        tr.resolve_trainer(tr.TrainOptions(cuda_graphs=True, compile=False), {})
     with pytest.raises(ConfigError, match="unknown --trainer"):
         tr.resolve_trainer(tr.TrainOptions(trainer="x"), {})
     assert tr.run_name("voicelab", "torch_ddp") == "voicelab"
@@ -280,6 +284,12 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
     assert "--train_engine" not in argv and "--use_amp" not in argv
     assert launch.env["CUDA_VISIBLE_DEVICES"] == ""
     assert "--memory" not in argv and "--max-vram" not in argv  # full: the plain engine
+    assert "--cuda-graphs" not in argv
+
+    from voicelab.upstream.engine.__main__ import parse
+
+    launch = engine_launch(device="cuda", nproc=1, opts=tr.TrainOptions(cuda_graphs=True), amp=True)
+    assert parse(launch.argv[launch.argv.index("voicelab.upstream.engine") + 1 :]).cuda_graphs
 
     # A memory mode and a cap travel to the engine, whose parser takes them.
     launch = engine_launch(
@@ -289,8 +299,6 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
         amp=True,
         memory_mode="checkpointing+8bit+lora",
     )
-    from voicelab.upstream.engine.__main__ import parse
-
     args = parse(launch.argv[launch.argv.index("voicelab.upstream.engine") + 1 :])
     assert (args.memory, args.max_vram, args.use_amp) == ("checkpointing+8bit+lora", 6.0, True)
 

@@ -179,7 +179,7 @@ def test_full_size_fused_flow_pass_equals_upstreams_accumulation(
 def test_full_size_compiled_blocks_give_the_eager_loss(
     full: SimpleNamespace, device: Any, graphs: bool, amp: bool
 ) -> None:
-    """The compiled blocks on the GPU, and with ``VOICELAB_ENGINE_CUDAGRAPHS`` their CUDA graphs
+    """The compiled blocks on the GPU, and with ``--cuda-graphs`` their CUDA graphs
     (every pass padded to one shape, as the engine does; recorded on the second pass, replayed
     from the third), give the eager fp32 loss and gradients pass after pass, through the
     engine's own ``train_step`` in training mode. Under bf16 autocast the graphs may differ

@@ -543,3 +543,47 @@ def test_a_failed_compile_falls_back_to_eager(
     assert all(b._compiled_call_impl is None for b in model_blocks(r.net, "llm"))
     r.train_epoch(0)  # eager from here
     r.close()
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_cuda_graphs_apply_to_the_llm_only(
+    rt: SimpleNamespace, tmp_path: Path, kind: str, capsys: Any
+) -> None:
+    """``--cuda-graphs`` (blocks compiled): the llm pads every pass to its run's largest
+    pass, which no epoch's pass exceeds; the flow trains without graphs and says why in one
+    line (nothing runs here: the graphs themselves need a GPU, see the full-size test)."""
+    from voicelab.upstream.engine import loop
+    from voicelab.upstream.engine.steps import model_blocks, uncompile_blocks
+
+    ws = rt.ws
+    args = loop.EngineArgs(
+        model=kind,
+        config=rt.cfg,
+        train_data=ws.data_list("train"),
+        cv_data=ws.data_list("dev"),
+        model_dir=tmp_path / "run",
+        qwen_pretrain_path=str(rt.qwen),
+        checkpoint=ws.base_model_dir / f"{kind}.pt",
+        device="cpu",
+        compile="on",
+        cuda_graphs=True,
+        max_steps=1,
+    )
+    r = loop.Run(args)
+    try:
+        r.setup()
+        out = capsys.readouterr().out
+        if kind == "flow":
+            assert not r.graphs
+            assert "voicelab engine: no CUDA graphs: the llm's packed passes only" in out
+            return
+        assert r.graphs and "compiled blocks replay CUDA graphs (every pass" in out
+        rows, width = r.train_b.at_least
+        for e in (1, 2):
+            mine = r.epoch_batches(e)
+            for g in range(0, len(mine), r.fuse):
+                batch = r.pass_batch(mine[g : g + r.fuse])
+                assert tuple(batch["ids"].shape) == (rows, width)
+    finally:
+        uncompile_blocks(model_blocks(r.net, kind))
+        r.close()

@@ -35,6 +35,7 @@ class TrainOptions:
     trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
     keep: int | None = None  # epoch checkpoints kept (voicelab trainer; default all)
     compile: bool | None = None  # torch.compile the model's blocks (voicelab; None: auto, GPU)
+    cuda_graphs: bool | None = None  # llm, compiled blocks replay CUDA graphs (voicelab)
     amp: bool | None = None  # default: on for CUDA (bf16), off on the CPU
     epochs: int | None = None
     batch_frames: int | None = None
@@ -102,9 +103,14 @@ def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
             f"--engine {opts.engine} belongs to upstream's trainer",
             "add --trainer upstream, or leave --engine out",
         )
-    if trainer == "upstream" and (opts.keep or opts.compile is True):
+    if trainer == "upstream" and (opts.keep or opts.compile is True or opts.cuda_graphs):
         raise ConfigError(
-            "--keep and --compile are options of VoiceLab's trainer", "use --trainer voicelab"
+            "--keep, --compile and --cuda-graphs are options of VoiceLab's trainer",
+            "use --trainer voicelab",
+        )
+    if opts.cuda_graphs and opts.compile is False:
+        raise ConfigError(
+            "--cuda-graphs replays the compiled blocks", "leave --no-compile out, or --cuda-graphs"
         )
     return trainer
 

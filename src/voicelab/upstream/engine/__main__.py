@@ -2,8 +2,8 @@
 
 Arguments mirror upstream's train.py where they mean the same (``--model --config --train_data
 --cv_data --qwen_pretrain_path --checkpoint --model_dir --tensorboard_dir --use_amp``); the rest
-are ours (``--vendor-root --device --keep --compile --seed --quantum --max-steps``, and issue 17's
-``--memory MODE --max-vram GB``)."""
+are ours (``--vendor-root --device --keep --compile --cuda-graphs --seed --quantum
+--max-steps``, and issue 17's ``--memory MODE --max-vram GB``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile",
         choices=["auto", "on", "off"],
         default=os.environ.get("VOICELAB_ENGINE_COMPILE", "auto"),
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=os.environ.get("VOICELAB_ENGINE_CUDAGRAPHS") == "1",
+        help="llm: the compiled blocks replay CUDA graphs (every pass padded to one shape)",
     )
     p.add_argument("--keep", type=int)
     p.add_argument("--seed", type=int, default=1986)
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             device=a.device,
             amp=a.use_amp,
             compile=a.compile,
+            cuda_graphs=a.cuda_graphs,
             keep=a.keep,
             seed=a.seed,
             quantum=a.quantum,

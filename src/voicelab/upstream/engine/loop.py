@@ -36,7 +36,6 @@ from voicelab.upstream.engine.steps import (
     LossModule,
     autocast,
     compile_blocks,
-    cuda_graphs,
     fused_batches,
     guarded_step,
     mark_step,
@@ -104,6 +103,7 @@ class EngineArgs:
     device: str = "cuda"
     amp: bool = False
     compile: str = "auto"  # auto | on | off: torch.compile the model's blocks
+    cuda_graphs: bool = False  # llm: the compiled blocks replay CUDA graphs (steps.compile_blocks)
     keep: int | None = None
     seed: int = 1986
     quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
@@ -318,9 +318,7 @@ class Run:
         self.compiled = wants_compile(args.compile, device, args.features)
         # CUDA graphs (an experiment): the llm's packed passes, each a whole optimizer step,
         # all padded to the run's largest pass (one shape to record and replay).
-        self.graphs = (
-            self.compiled and cuda_graphs() and self.packed and (self.fuse > 1 or conf.accum == 1)
-        )
+        self.graphs = args.cuda_graphs and self._graphs_fit()
         if self.graphs:
             self.train_b.at_least = self._run_shape()
         if self.compiled:
@@ -446,6 +444,19 @@ class Run:
         lens = [len(b.pairs[i][0].ids) if self.args.model == "llm" else len(b.tokens[i])
                 for idx in group for i in idx]  # fmt: skip
         return len(lens), batching.padded(max(lens), self.args.quantum)
+
+    def _graphs_fit(self) -> bool:
+        """Whether ``--cuda-graphs`` applies to this run; one line saying why not."""
+        why = None
+        if not self.compiled:
+            why = "the blocks are not compiled here (a GPU in the full memory mode compiles them)"
+        elif not self.packed:
+            why = "the llm's packed passes only (the flow's passes vary in shape)"
+        elif self.fuse == 1 and self.conf.accum > 1:
+            why = "a pass must hold a whole optimizer step (its batches do not fit one pass)"
+        if why:
+            _say(f"voicelab engine: no CUDA graphs: {why}")
+        return why is None
 
     def _run_shape(self) -> tuple[int, int]:
         """The largest (rows, row length) of any packed pass of this run's epochs (both layouts

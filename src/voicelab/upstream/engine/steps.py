@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import random
 import time
 from collections.abc import Callable
@@ -185,28 +184,20 @@ def wants_compile(setting: str, device: torch.device, features: tuple[str, ...])
     return importlib.util.find_spec("triton") is not None
 
 
-CUDAGRAPHS_ENV = "VOICELAB_ENGINE_CUDAGRAPHS"
-
-
-def cuda_graphs() -> bool:
-    """``VOICELAB_ENGINE_CUDAGRAPHS=1``: the compiled blocks replay CUDA graphs (torch.compile's
-    ``reduce-overhead``, a graph per block) instead of launching their kernels one by one from
-    Python; measured by ``bench_train.py``'s ``voicelab:graphs``. The llm's packed passes only,
-    each a whole optimizer step: a gradient kept from one pass to the next lives in a graph's
-    memory that the next replay overwrites (torch says "accessing tensor output of CUDAGraphs
-    that has been overwritten"; seen on an H100 while the warm-up kept its passes' gradients).
-    Every pass is padded to the run's largest shape: one graph per block to record, in the
-    warm-up, instead of one per shape, each with its own memory in the graph pool."""
-    return os.environ.get(CUDAGRAPHS_ENV, "") == "1"
-
-
 def compile_blocks(blocks: list[torch.nn.Module], graphs: bool = False) -> None:
     """Regional compilation: each block compiled in place, with dynamic shapes (batches differ
     in length). torch.compile inlines a module's parameters as inputs, so the blocks of a model
     share one compiled graph: one compile, not one per layer, and ``state_dict`` keys stay.
     What it buys: the elementwise work around the matmuls (casts, norms, modulation, rotary)
     fused, and far fewer kernel launches (the eager step is host-bound); see docs/engine.md.
-    ``graphs``: see :func:`cuda_graphs`."""
+    ``graphs`` (``--cuda-graphs``): the compiled blocks replay CUDA graphs (torch.compile's
+    ``reduce-overhead``, a graph per block) instead of launching their kernels one by one from
+    Python. The engine uses it for the llm's packed passes only, each a whole optimizer step:
+    a gradient kept from one pass to the next lives in a graph's memory that the next replay
+    overwrites (torch says "accessing tensor output of CUDAGraphs that has been overwritten";
+    seen on an H100 while the warm-up kept its passes' gradients). Every pass is padded to the
+    run's largest shape: one graph per block to record, in the warm-up, instead of one per
+    shape, each with its own memory in the graph pool."""
     mode = "reduce-overhead" if graphs else None
     for b in blocks:
         b.compile(dynamic=True, mode=mode)
