@@ -316,8 +316,8 @@ class Run:
         self._resume()
         self._feed(sets)
         self.compiled = wants_compile(args.compile, device, args.features)
-        # CUDA graphs (an experiment): the llm's packed passes, each a whole optimizer step,
-        # all padded to the run's largest pass (one shape to record and replay).
+        # --cuda-graphs: the llm's packed passes, each a whole optimizer step, all padded to
+        # the run's largest pass (one shape to record and replay).
         self.graphs = args.cuda_graphs and self._graphs_fit()
         if self.graphs:
             self.train_b.at_least = self._run_shape()
@@ -454,6 +454,8 @@ class Run:
             why = "the llm's packed passes only (the flow's passes vary in shape)"
         elif self.fuse == 1 and self.conf.accum > 1:
             why = "a pass must hold a whole optimizer step (its batches do not fit one pass)"
+        elif self.world > 1:
+            why = "one process only for now (not yet measured with several GPUs)"
         if why:
             _say(f"voicelab engine: no CUDA graphs: {why}")
         return why is None
@@ -467,6 +469,8 @@ class Run:
             for mine in [self.epoch_batches(e)]
             for g in range(0, len(mine), self.fuse)
         ]
+        if not shapes:  # nothing left to train
+            return 0, 0
         return max(r for r, _ in shapes), max(w for _, w in shapes)
 
     # -- warm-up ---------------------------------------------------------------------------------
