@@ -200,7 +200,7 @@ def test_full_size_compiled_blocks_give_the_eager_loss(
     net = _net(full, "llm", device)  # training mode, as the engine (the llm has no dropout)
     feed = _feed(full, "llm", net, device, 32)
     n = len(full.llm.ds)
-    groups = [[list(range(0, n // 2))], [list(range(n // 2, n))]]  # two passes, two shapes
+    groups = [[list(range(0, n // 2))], [list(range(n // 2, n))]]  # two passes
     blocks = model_blocks(net, "llm")
 
     def one(group: list[list[int]], with_graphs: bool, bf16: bool) -> tuple[Any, dict[str, Any]]:

@@ -505,7 +505,7 @@ def test_compiled_blocks_give_the_eager_loss(rt: SimpleNamespace, kind: str) -> 
 
 
 def test_a_failed_compile_falls_back_to_eager(
-    rt: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    rt: SimpleNamespace, tmp_path: Path, capsys: Any
 ) -> None:
     """``--compile auto`` (the default on GPUs): a compile that fails in the warm-up (here: no
     C++ compiler for Inductor) leaves the blocks eager with one line, and training goes on."""
@@ -531,10 +531,11 @@ def test_a_failed_compile_falls_back_to_eager(
     r.setup()
     compile_blocks(model_blocks(r.net, "llm"))  # as auto does on a GPU
     r.compiled = True
-    monkeypatch.setattr(ic.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(ic, "force_disable_caches", True)  # no kernels from an earlier test
-    torch._dynamo.reset()
-    r.warm()
+    # torch's own config patch (a monkeypatch of the config module left cpp.cxx unreadable
+    # for later tests); no kernels from an earlier test either.
+    with ic.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}):
+        torch._dynamo.reset()
+        r.warm()
     out = capsys.readouterr().out
     assert "voicelab engine: torch.compile failed" in out and "; eager" in out
     err = tmp_path / "run" / "compile-error-rank0.txt"  # the whole error, for a bug report
@@ -570,8 +571,8 @@ def test_cuda_graphs_apply_to_the_llm_only(
         max_steps=1,
     )
     r = loop.Run(args)
+    r.setup()
     try:
-        r.setup()
         out = capsys.readouterr().out
         if kind == "flow":
             assert not r.graphs

@@ -110,7 +110,7 @@ def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
         )
     if opts.cuda_graphs and opts.compile is False:
         raise ConfigError(
-            "--cuda-graphs replays the compiled blocks", "leave --no-compile out, or --cuda-graphs"
+            "--cuda-graphs replays the compiled blocks", "drop --no-compile or --cuda-graphs"
         )
     return trainer
 
