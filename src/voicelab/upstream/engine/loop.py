@@ -529,7 +529,8 @@ class Run:
             if not self.compiled or self.args.compile == "on":
                 raise
             uncompile_blocks(model_blocks(self.net, self.args.model))
-            self.compiled = self.graphs = False
+            self.compiled = False
+            self._drop_graphs()
             why = (str(e).strip().splitlines() or [""])[0][:200]
             where = self._write_compile_error()
             _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager"
@@ -555,8 +556,12 @@ class Run:
             blocks = model_blocks(self.net, self.args.model)
             uncompile_blocks(blocks)
             compile_blocks(blocks)
-            self.graphs = False
-            self.train_b.at_least = (0, 0)
+            self._drop_graphs()
+
+    def _drop_graphs(self) -> None:
+        """No CUDA graphs from now on, and so no padding of passes to the run's largest."""
+        self.graphs = False
+        self.train_b.at_least = (0, 0)
 
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:
