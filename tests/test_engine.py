@@ -471,3 +471,19 @@ def test_writers_are_threads_unless_fork_is_asked_for(
     monkeypatch.setenv("VOICELAB_SAVE_FORK", "1")
     forks = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=print).use_fork
     assert forks == checkpoint.fork_available()
+
+
+def test_cuda_graphs_warn_before_a_run_they_cannot_serve() -> None:
+    """``--cuda-graphs`` where the engine cannot use them: one warning before training starts
+    saying why (the engine's own line stays in the run's log)."""
+    opts = tr.TrainOptions(cuda_graphs=True)
+    assert tr.cuda_graphs_unused(opts, "llm", "cuda", 1, "full") is None
+    assert tr.cuda_graphs_unused(tr.TrainOptions(), "flow", "cpu", 2, "lora") is None
+    for args, why in [
+        (("flow", "cuda", 1, "full"), "it is for the llm"),
+        (("llm", "cpu", 1, "full"), "it needs a CUDA GPU"),
+        (("llm", "cuda", 2, "full"), "one GPU"),
+        (("llm", "cuda", 1, "checkpointing+lora"), "full memory mode (this run: checkpointing"),
+    ]:
+        line = tr.cuda_graphs_unused(opts, *args)
+        assert line and why in line and line.endswith("this run trains without CUDA graphs")

@@ -115,6 +115,27 @@ def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
     return trainer
 
 
+def cuda_graphs_unused(
+    opts: TrainOptions, model: str, device: str, world: int, memory_mode: str | None
+) -> str | None:
+    """Why ``--cuda-graphs`` cannot apply to this run, as the warning the user sees before it
+    starts (the engine then trains without graphs, and its log says why as well); None where
+    it applies or was not asked for."""
+    if not opts.cuda_graphs:
+        return None
+    if model != "llm":
+        why = "it is for the llm (the flow's passes vary in shape)"
+    elif device != "cuda":
+        why = "it needs a CUDA GPU"
+    elif world > 1:
+        why = "it runs on one GPU for now"
+    elif memory_mode not in (None, "full"):
+        why = f"it needs the full memory mode (this run: {memory_mode})"
+    else:
+        return None
+    return f"--cuda-graphs: {why}; this run trains without CUDA graphs"
+
+
 def resolve_device(device: str) -> str:
     if device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"unknown --device {device!r}", "use auto, cuda or cpu")

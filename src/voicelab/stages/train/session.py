@@ -19,7 +19,14 @@ from voicelab.stages.train.data import read_shards
 from voicelab.stages.train.gpus import Gpu, model_params, query_gpus, visible
 from voicelab.stages.train.launch import Launch, build_launch
 from voicelab.stages.train.logs import read_train_log, summarize
-from voicelab.stages.train.options import ENGINES, MODELS, PreflightError, TrainOptions, TrainResult
+from voicelab.stages.train.options import (
+    ENGINES,
+    MODELS,
+    PreflightError,
+    TrainOptions,
+    TrainResult,
+    cuda_graphs_unused,
+)
 from voicelab.stages.train.runconfig import (
     RunConfig,
     Setup,
@@ -201,6 +208,9 @@ def _preflight_or_raise(
         keep=run.opts.keep,
     )
     warnings = run.cfg.warnings + warnings
+    graphs = cuda_graphs_unused(run.opts, run.model, device, run.setup.world, run.mem_plan.mode)
+    if graphs:
+        warnings.append(graphs)
     if run.plan.note:
         warnings.append(run.plan.note)
     for w in warnings:
