@@ -428,7 +428,8 @@ def main() -> None:
         for spec in args.trainers.split(","):
             # "voicelab:eager" (no torch.compile), "voicelab:compile" (compile forced),
             # "voicelab:nofuse" (padded batches, one per pass), "voicelab:fork" (forked
-            # checkpoint writers), "voicelab:graphs" (the compiled blocks replay CUDA graphs):
+            # checkpoint writers), "voicelab:graphs" / "voicelab:nographs" (CUDA graphs asked
+            # for / turned off; by default the llm's compiled blocks replay them on one GPU):
             # variants of the engine, measured in the same run for the notes.
             trainer, _, variant = spec.partition(":")
             os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
@@ -439,7 +440,7 @@ def main() -> None:
                 new=True,
                 trainer=trainer,
                 compile={"compile": True, "eager": False}.get(variant),
-                cuda_graphs=True if variant == "graphs" else None,
+                cuda_graphs={"graphs": True, "nographs": False}.get(variant),
             )
             name = tr.run_name(trainer, opts.engine)
             run = ws.exp_dir(model, name)
@@ -461,11 +462,15 @@ def main() -> None:
             first = epochs[0]["train_seconds"] if epochs else None
             later_s = [e["train_seconds"] for e in epochs[1:]]
             warm = re.search(r"voicelab engine: warm-up (\S+) s", log_text)
+            passes = re.search(r"voicelab engine: warm-up .*passes ([\d./ ]+) s\)", log_text)
             util, n_util, period = mon.window_util(spans[1:] or spans)
             smi_util = mon.mean_util(spans[1:] or spans)
             fig = {
                 "wall_seconds": round(wall, 1),
                 "warmup_seconds": float(warm[1]) if warm else None,
+                "warmup_pass_seconds": [float(x) for x in passes[1].split(" / ")]
+                if passes
+                else None,
                 "max_frames_in_batch": tc.get_value(cfg, tc.MAX_FRAMES),
                 "accum_grad": tc.get_value(cfg, tc.ACCUM_GRAD),
                 "amp": "--use_amp" in res.argv,

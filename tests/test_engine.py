@@ -288,8 +288,14 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
 
     from voicelab.upstream.engine.__main__ import parse
 
-    launch = engine_launch(device="cuda", nproc=1, opts=tr.TrainOptions(cuda_graphs=True), amp=True)
-    assert parse(launch.argv[launch.argv.index("voicelab.upstream.engine") + 1 :]).cuda_graphs
+    def graphs(opts: tr.TrainOptions) -> str:
+        launch = engine_launch(device="cuda", nproc=1, opts=opts, amp=True)
+        return parse(launch.argv[launch.argv.index("voicelab.upstream.engine") + 1 :]).cuda_graphs
+
+    # CUDA graphs: the engine's "auto" unless asked for or turned off.
+    assert graphs(tr.TrainOptions()) == "auto"
+    assert graphs(tr.TrainOptions(cuda_graphs=True)) == "on"
+    assert graphs(tr.TrainOptions(cuda_graphs=False)) == "off"
 
     # A memory mode and a cap travel to the engine, whose parser takes them.
     launch = engine_launch(

@@ -504,11 +504,14 @@ def test_compiled_blocks_give_the_eager_loss(rt: SimpleNamespace, kind: str) -> 
         assert max(_rel(g_c[k], g_e[k]) for k in g_e) < 1e-4
 
 
+@pytest.mark.parametrize("graphs", [False, True], ids=["compiled", "cuda-graphs"])
 def test_a_failed_compile_falls_back_to_eager(
-    rt: SimpleNamespace, tmp_path: Path, capsys: Any
+    rt: SimpleNamespace, tmp_path: Path, capsys: Any, graphs: bool
 ) -> None:
     """``--compile auto`` (the default on GPUs): a compile that fails in the warm-up (here: no
-    C++ compiler for Inductor) leaves the blocks eager with one line, and training goes on."""
+    C++ compiler for Inductor) leaves the blocks eager with one line, and training goes on.
+    With CUDA graphs by default (``auto``), their failure first compiles the blocks again
+    without them (a line), and only that failing too goes eager."""
     import torch._inductor.config as ic
 
     from voicelab.upstream.engine import loop
@@ -529,8 +532,10 @@ def test_a_failed_compile_falls_back_to_eager(
     )
     r = loop.Run(args)
     r.setup()
-    compile_blocks(model_blocks(r.net, "llm"))  # as auto does on a GPU
-    r.compiled = True
+    compile_blocks(model_blocks(r.net, "llm"), graphs)  # as auto does on a GPU
+    r.compiled, r.graphs = True, graphs
+    if graphs:
+        r.train_b.at_least = r._run_shape()
     # torch's own config patch (a monkeypatch of the config module left cpp.cxx unreadable
     # for later tests); no kernels from an earlier test either.
     with ic.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}):
@@ -538,6 +543,9 @@ def test_a_failed_compile_falls_back_to_eager(
         r.warm()
     out = capsys.readouterr().out
     assert "voicelab engine: torch.compile failed" in out and "; eager" in out
+    assert ("voicelab engine: CUDA graphs failed in the warm-up (" in out) == graphs
+    assert ("; compiled blocks without them (the whole error:" in out) == graphs
+    assert not r.graphs and r.train_b.at_least == (0, 0)
     err = tmp_path / "run" / "compile-error-rank0.txt"  # the whole error, for a bug report
     assert str(err) in out and "Traceback" in err.read_text("utf-8")
     assert not r.compiled
@@ -547,12 +555,13 @@ def test_a_failed_compile_falls_back_to_eager(
 
 
 @pytest.mark.parametrize("kind", ["llm", "flow"])
-def test_cuda_graphs_apply_to_the_llm_only(
+def test_cuda_graphs_asked_for_where_they_cannot_apply_say_why(
     rt: SimpleNamespace, tmp_path: Path, kind: str, capsys: Any
 ) -> None:
-    """``--cuda-graphs`` (blocks compiled): the llm pads every pass to its run's largest
-    pass, which no epoch's pass exceeds; the flow trains without graphs and says why in one
-    line (nothing runs here: the graphs themselves need a GPU, see the full-size test)."""
+    """``--cuda-graphs`` asked for where they cannot apply says why in one line: the flow
+    (its passes vary in shape), the CPU. What graphs need of the llm is checked here all the
+    same: padded to its run's largest pass, which no epoch's pass exceeds, every pass has one
+    shape (the graphs themselves need a GPU, see the full-size test)."""
     from voicelab.upstream.engine import loop
     from voicelab.upstream.engine.steps import model_blocks, uncompile_blocks
 
@@ -567,19 +576,19 @@ def test_cuda_graphs_apply_to_the_llm_only(
         checkpoint=ws.base_model_dir / f"{kind}.pt",
         device="cpu",
         compile="on",
-        cuda_graphs=True,
+        cuda_graphs="on",
         max_steps=1,
     )
     r = loop.Run(args)
     r.setup()
     try:
         out = capsys.readouterr().out
+        assert not r.graphs and r.train_b.at_least == (0, 0)
         if kind == "flow":
-            assert not r.graphs
             assert "voicelab engine: no CUDA graphs: the llm's packed passes only" in out
             return
-        assert r.graphs and "compiled blocks replay CUDA graphs (every pass" in out
-        rows, width = r.train_b.at_least
+        assert "voicelab engine: no CUDA graphs: they need a CUDA GPU" in out
+        r.train_b.at_least = rows, width = r._run_shape()
         for e in (1, 2):
             mine = r.epoch_batches(e)
             for g in range(0, len(mine), r.fuse):

@@ -49,8 +49,8 @@ DEFAULT = ParameterSource.DEFAULT
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
     default=None,
-    help="llm on one GPU: the compiled blocks replay CUDA graphs (2.28x the speed without them,"
-    " one run on an H100; ~45 s more warm-up: for long runs; docs/engine.md).",
+    help="llm: the compiled blocks replay CUDA graphs (default: on one GPU in the full memory"
+    " mode; docs/engine.md).",
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")
 @click.option("--epochs", type=int, help="max_epoch (default sized to the data, usually 10).")

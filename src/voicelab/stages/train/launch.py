@@ -114,8 +114,8 @@ def engine_args(spec: LaunchSpec) -> list[str]:
         argv += ["--keep", str(opts.keep)]
     if opts.compile is not None:
         argv += ["--compile", "on" if opts.compile else "off"]
-    if opts.cuda_graphs:
-        argv.append("--cuda-graphs")
+    if opts.cuda_graphs is not None:
+        argv += ["--cuda-graphs", "on" if opts.cuda_graphs else "off"]
     if s.memory_mode and s.memory_mode != "full":
         argv += ["--memory", s.memory_mode]
     if opts.max_vram is not None:

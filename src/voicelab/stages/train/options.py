@@ -35,7 +35,8 @@ class TrainOptions:
     trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
     keep: int | None = None  # epoch checkpoints kept (voicelab trainer; default all)
     compile: bool | None = None  # torch.compile the model's blocks (voicelab; None: auto, GPU)
-    cuda_graphs: bool | None = None  # llm, compiled blocks replay CUDA graphs (voicelab)
+    #: llm, the compiled blocks replay CUDA graphs (voicelab; None: where they apply)
+    cuda_graphs: bool | None = None
     amp: bool | None = None  # default: on for CUDA (bf16), off on the CPU
     epochs: int | None = None
     batch_frames: int | None = None

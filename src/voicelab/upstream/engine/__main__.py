@@ -33,8 +33,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cuda-graphs",
-        action="store_true",
-        default=os.environ.get("VOICELAB_ENGINE_CUDAGRAPHS") == "1",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("VOICELAB_ENGINE_CUDAGRAPHS", "auto"),
         help="llm: the compiled blocks replay CUDA graphs (every pass padded to one shape)",
     )
     p.add_argument("--keep", type=int)

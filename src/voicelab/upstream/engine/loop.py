@@ -103,7 +103,10 @@ class EngineArgs:
     device: str = "cuda"
     amp: bool = False
     compile: str = "auto"  # auto | on | off: torch.compile the model's blocks
-    cuda_graphs: bool = False  # llm: the compiled blocks replay CUDA graphs (steps.compile_blocks)
+    #: llm: the compiled blocks replay CUDA graphs (steps.compile_blocks): "auto" where they
+    #: apply (one CUDA GPU, compiled blocks, packed passes of whole optimizer steps), quietly
+    #: without them elsewhere and after a failed warm-up; "on" says why where they cannot; "off"
+    cuda_graphs: str = "auto"
     keep: int | None = None
     seed: int = 1986
     quantum: int = 32  # pad lengths to this many positions (few distinct shapes)
@@ -316,9 +319,9 @@ class Run:
         self._resume()
         self._feed(sets)
         self.compiled = wants_compile(args.compile, device, args.features)
-        # --cuda-graphs: the llm's packed passes, each a whole optimizer step, all padded to
+        # CUDA graphs: the llm's packed passes, each a whole optimizer step, all padded to
         # the run's largest pass (one shape to record and replay).
-        self.graphs = args.cuda_graphs and self._graphs_fit()
+        self.graphs = args.cuda_graphs != "off" and self._graphs_fit(args.cuda_graphs == "on")
         if self.graphs:
             self.train_b.at_least = self._run_shape()
         if self.compiled:
@@ -445,18 +448,20 @@ class Run:
                 for idx in group for i in idx]  # fmt: skip
         return len(lens), batching.padded(max(lens), self.args.quantum)
 
-    def _graphs_fit(self) -> bool:
-        """Whether ``--cuda-graphs`` applies to this run; one line saying why not."""
+    def _graphs_fit(self, say: bool) -> bool:
+        """Whether CUDA graphs apply to this run; with ``say`` (asked for), one line why not."""
         why = None
-        if not self.compiled:
-            why = "the blocks are not compiled here (a GPU in the full memory mode compiles them)"
-        elif not self.packed:
+        if not self.packed:
             why = "the llm's packed passes only (the flow's passes vary in shape)"
+        elif self.device.type != "cuda":
+            why = "they need a CUDA GPU"
+        elif not self.compiled:
+            why = "the blocks are not compiled here (a GPU in the full memory mode compiles them)"
         elif self.fuse == 1 and self.conf.accum > 1:
             why = "a pass must hold a whole optimizer step (its batches do not fit one pass)"
         elif self.world > 1:
             why = "one process only for now (not yet measured with several GPUs)"
-        if why:
+        if why and say:
             _say(f"voicelab engine: no CUDA graphs: {why}")
         return why is None
 
@@ -486,8 +491,11 @@ class Run:
         if self.graphs:  # graph trees run a new graph once, record it on its second run
             warm = warm * 2
 
+        took: list[float] = []  # each pass's seconds: the first holds the compile
+
         def steps() -> None:
             for g in warm:
+                t = time.time()
                 mark_step(self.graphs)
                 n = len(g)  # batches in the pass
                 batch = self.pass_batch(g)
@@ -497,17 +505,21 @@ class Run:
                 # As after an optimizer step: no gradient lives into the next pass (with CUDA
                 # graphs it would live in memory that pass's graphs overwrite).
                 self.zero_grad()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                took.append(time.time() - t)
 
         self.net.train()
         if self.compiled:
             _say("voicelab engine: status: compiling the model's blocks in the warm-up"
                  " (once per run; --no-compile skips it)")  # fmt: skip
         try:
-            took = self._warm_compiled(steps)
+            total = self._warm_compiled(steps)
             how = ", compiled blocks" if self.compiled else ""
+            each = " / ".join(f"{x:.1f}" for x in took[-len(warm) :])
             _say(
-                f"voicelab engine: warm-up {took:.2f} s ({len(warm)} input shapes{how},"
-                " nothing trained)"
+                f"voicelab engine: warm-up {total:.2f} s ({len(warm)} input shapes{how},"
+                f" nothing trained; passes {each} s)"
             )
         except torch.OutOfMemoryError:
             self.zero_grad()
@@ -526,6 +538,9 @@ class Run:
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
+            if self.graphs and self.args.cuda_graphs == "auto":
+                self._graphs_failed(e)
+                return self._warm_compiled(steps)
             if not self.compiled or self.args.compile == "on":
                 raise
             uncompile_blocks(model_blocks(self.net, self.args.model))
@@ -536,6 +551,18 @@ class Run:
             _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager"
                  f" (the whole error: {where})")  # fmt: skip
             return warm_up(steps, self.zero_grad, self.device)
+
+    def _graphs_failed(self, e: Exception) -> None:
+        """CUDA graphs that were not asked for failed in the warm-up: the blocks compile again
+        without them (the run goes on as with ``--no-cuda-graphs``), with one line."""
+        blocks = model_blocks(self.net, self.args.model)
+        uncompile_blocks(blocks)
+        compile_blocks(blocks)
+        self._drop_graphs()
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        where = self._write_compile_error()
+        _say(f"voicelab engine: CUDA graphs failed in the warm-up ({type(e).__name__}: {why});"
+             f" compiled blocks without them (the whole error: {where})")  # fmt: skip
 
     def _write_compile_error(self) -> Path:
         """The failed compile's whole traceback in the run dir (the console gets one line)."""
