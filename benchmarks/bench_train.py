@@ -427,12 +427,15 @@ def main() -> None:
         report["models"][model] = {}
         for spec in args.trainers.split(","):
             # "voicelab:eager" (no torch.compile), "voicelab:compile" (compile forced),
-            # "voicelab:nofuse" (padded batches, one per pass), "voicelab:fork" (forked
+            # "voicelab:nofuse" (padded batches, one per pass), "voicelab:fuseall" (the flow
+            # fuses every step's batches, however unlike), "voicelab:fork" (forked
             # checkpoint writers), "voicelab:graphs" / "voicelab:nographs" (CUDA graphs asked
             # for / turned off; by default the llm's compiled blocks replay them on one GPU):
             # variants of the engine, measured in the same run for the notes.
             trainer, _, variant = spec.partition(":")
-            os.environ["VOICELAB_ENGINE_FUSE"] = "off" if variant == "nofuse" else "auto"
+            os.environ["VOICELAB_ENGINE_FUSE"] = {"nofuse": "off", "fuseall": "on"}.get(
+                variant, "auto"
+            )
             os.environ["VOICELAB_SAVE_FORK"] = "1" if variant == "fork" else ""
             opts = tr.TrainOptions(
                 device="cuda",

@@ -362,9 +362,10 @@ class Run:
             conf.max_frames,
             device,
         )
-        if self.packed or self.fuse > 1:
-            how = "packed" if self.packed else "fused"
-            _say(f"voicelab engine: {how} batches, {self.fuse} per pass")
+        if self.packed:
+            _say(f"voicelab engine: packed batches, {self.fuse} per pass")
+        elif self.fuse > 1:
+            _say(f"voicelab engine: fused batches, {self.fuse} per pass{self._fused_share()}")
 
     def _outputs(self) -> None:
         """TensorBoard, the checkpoint writer, and ``init.pt`` once per run dir."""
@@ -423,15 +424,41 @@ class Run:
         )
         return batching.shard(batches, self.rank, self.world)
 
+    def passes(self, group: list[list[int]]) -> list[list[list[int]]]:
+        """How an optimizer step's batches go through the model: as one pass (the llm's packed
+        rows; the flow's fused batches where padding them together costs little, or always
+        with ``VOICELAB_ENGINE_FUSE=on``), else one pass per batch."""
+        if len(group) < 2 or self.packed or self.args.fuse == "on":
+            return [group]
+        lens = [[len(self.train_b.tokens[i]) for i in idx] for idx in group]
+        return [group] if batching.fuse_pays(lens, self.args.quantum) else [[b] for b in group]
+
+    def _fused_share(self) -> str:
+        """How many of the first epoch's optimizer steps fuse (the others: a pass per batch)."""
+        if self.args.fuse == "on":
+            return ""
+        first = self.epoch_batches(self.start_epoch + 1)
+        steps = [first[g : g + self.fuse] for g in range(0, len(first), self.fuse)]
+        n = sum(len(self.passes(g)) == 1 for g in steps)
+        pct = round(100 * (batching.FUSE_SLACK - 1))
+        return f" where that pads at most {pct} % more: {n} of {len(steps)} steps"
+
     def pass_batch(self, group: list[list[int]]) -> dict[str, Any]:
-        """The device batch of one pass over ``group``: packed (llm), fused (flow, several
-        batches) or padded (one batch)."""
+        """The device batch of one pass over ``group``: packed (llm), fused (flow) or padded
+        (one batch without fusing)."""
         if self.packed:
             return self.train_b.make_packed(group)
-        return self.train_b.make_fused(group) if len(group) > 1 else self.train_b.make(group[0])
+        return self.train_b.make_fused(group) if self._fused(group) else self.train_b.make(group[0])
 
     def make_one(self, idx: list[int]) -> dict[str, Any]:
-        return self.train_b.make_packed([idx]) if self.packed else self.train_b.make(idx)
+        return self.pass_batch([idx])
+
+    def _fused(self, group: list[list[int]]) -> bool:
+        """The flow's fused pass, also for a step's batches that go one by one: the same DiT
+        call (its mask built on the device, no host read per call) and the same inputs to the
+        compiled blocks (upstream's own call compiled again for them: a 14 s stall in an H100
+        epoch)."""
+        return len(group) > 1 or self.fuse > 1
 
     def make_cv(self, idx: list[int]) -> dict[str, Any]:
         return self.cv_b.make_packed([idx]) if self.packed else self.cv_b.make(idx)
@@ -485,7 +512,8 @@ class Run:
         if not (args.warmup == "on" or (args.warmup == "auto" and self.device.type == "cuda")):
             return
         first = self.epoch_batches(self.start_epoch + 1)
-        groups = [first[g : g + self.fuse] for g in range(0, len(first), self.fuse)]
+        groups = [p for g in range(0, len(first), self.fuse)
+                  for p in self.passes(first[g : g + self.fuse])]  # fmt: skip
         # Every rank must run as many steps (each backward all-reduces): one when several.
         warm = warm_groups(groups, self._shape, 8 if self.world == 1 else 1)
         if self.graphs:  # graph trees run a new graph once, record it on its second run
@@ -685,7 +713,8 @@ class Run:
             gi += len(group)
             prof.tick()
             mark_step(self.graphs)
-            outs = self._packed_step(group) if len(group) > 1 else []
+            one_pass = len(group) > 1 and len(self.passes(group)) == 1
+            outs = self._packed_step(group) if one_pass else []
             outs = outs or self._batch_steps(group, done)
             before, done = done, done + len(group)
             tok_count += sum(self.train_b.speech_tokens(idx) for idx in group)
