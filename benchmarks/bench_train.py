@@ -62,6 +62,14 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   80.2 %, first epoch 1.21x, warm-up 63 s (41,393 and 67.5 % in the call before; 43,698 vs
   the default engine's 19,153 in one run). The first graphs runs failed in the warm-up (a
   gradient kept into the next pass lived in graph memory): see docs/engine.md.
+- the next round, one H100 each call: the graphs compiled with static shapes (every pass has
+  one) warm up in 20.1 s (cold cache) instead of 99.5 s with dynamic shapes (63 s on a cache
+  hit), and became the llm's default: llm 54,089 vs 4,030 (13.4x), util 84.5 % vs 15.7 %,
+  first epoch 1.09x, warm-up 12.5 s; ``voicelab:nographs`` 24,875 (6.17x, util 43.6 %) in the
+  same run. The flow now fuses a step's batches only where that pads at most 50 % more (a
+  step's batches that go one by one take the fused call too): flow 11,238 vs 3,732 (3.01x),
+  util 22.5 % vs 16.0 %, first epoch 1.07x; ``voicelab:fuseall`` (every step fused) 11,667
+  (3.13x) in the same run.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
