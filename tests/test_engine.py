@@ -289,6 +289,15 @@ def test_trainer_choice_and_run_dirs(tmp_path: Path) -> None:
     assert ws.exp_dir("llm").name == "torch_ddp"
 
 
+def test_the_run_summary_names_the_best_checkpoint_file(tmp_path: Path) -> None:
+    # The progress line counts epochs from 1, checkpoint files from 0: the summary names the file.
+    res = tr.TrainResult("llm", tmp_path, True, 3, 3, 8.89301, 2, tmp_path / "epoch_2_whole.pt")
+    head, best = res.summary()
+    assert head == f"llm: 3/3 epochs in {tmp_path}"
+    assert best.startswith("best CV loss: 8.8930 (epoch_2_whole.pt); last checkpoint: ")
+    assert tr.TrainResult("flow", tmp_path, False).summary()[1].startswith("best CV loss: -;")
+
+
 def test_build_launch_for_the_engine(tmp_path: Path) -> None:
     ws = Workspace.init(tmp_path / "w", "xuan")
     plan = tr.RunPlan(
@@ -526,3 +535,29 @@ def test_cuda_graphs_warn_before_a_run_they_cannot_serve() -> None:
     ]:
         line = tr.cuda_graphs_unused(opts, *args)
         assert line and why in line and line.endswith("this run trains without CUDA graphs")
+
+
+def test_profile_tables_name_the_steps_phases(tmp_path: Path) -> None:
+    """``VOICELAB_ENGINE_PROFILE``: the tables list a step's forward and backward by name."""
+    import torch
+
+    from voicelab.upstream.engine.loop import Profile
+    from voicelab.upstream.engine.steps import train_step
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Linear(4, 1)
+
+        def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+            return {"loss": self.w(batch["x"]).square().mean()}
+
+    cpu = torch.device("cpu")
+    prof, net = Profile(str(tmp_path / "p" / "llm.txt"), cpu), Tiny()
+    for _ in range(Profile.FIRST + 3):
+        prof.tick()
+        train_step(net, {"x": torch.randn(8, 4)}, 1, False, cpu, True)
+    prof.stop()
+    text = (tmp_path / "p" / "llm.txt").read_text("utf-8")
+    assert text.startswith(f"{Profile.PASSES} passes: wall ")
+    assert "voicelab.forward" in text and "voicelab.backward" in text

@@ -134,9 +134,8 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
     if opts.dry_run:
         echo(f"checked; config and launch.sh previewed in {res.run_dir} (nothing launched)")
         return
-    best = "-" if res.best_cv_loss is None else f"{res.best_cv_loss:.4f} (epoch {res.best_epoch})"
-    echo(f"{model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}")
-    echo(f"best CV loss: {best}; last checkpoint: {res.last_checkpoint or '-'}")
+    for line in res.summary():
+        echo(line)
     echo(f"next: voicelab checkpoints {model}   then   voicelab export")
 
 

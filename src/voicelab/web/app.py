@@ -329,12 +329,7 @@ def _train_routes(api: Api) -> APIRouter:
                 lines = [f"checked; config and launch.sh previewed in {res.run_dir} (nothing "
                          "launched)"]  # fmt: skip
             else:
-                best = "-" if res.best_cv_loss is None else (
-                    f"{res.best_cv_loss:.4f} (epoch {res.best_epoch})")  # fmt: skip
-                lines = [
-                    f"{body.model}: {res.epochs_done}/{res.max_epoch} epochs in {res.run_dir}",
-                    f"best CV loss: {best}; last checkpoint: {res.last_checkpoint or '-'}",
-                ]
+                lines = res.summary()
             return {**result_dict(res), "summary": lines}
 
         def on_stop() -> None:

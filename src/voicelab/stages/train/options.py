@@ -71,6 +71,17 @@ class TrainResult:
     argv: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def summary(self) -> list[str]:
+        """The lines ``voicelab train`` ends with (the web page shows the same). The best
+        epoch by its checkpoint's name: the progress line counts epochs from 1, files from 0."""
+        best = "-"
+        if self.best_cv_loss is not None:
+            best = f"{self.best_cv_loss:.4f} (epoch_{self.best_epoch}_whole.pt)"
+        return [
+            f"{self.model}: {self.epochs_done}/{self.max_epoch} epochs in {self.run_dir}",
+            f"best CV loss: {best}; last checkpoint: {self.last_checkpoint or '-'}",
+        ]
+
 
 @dataclass
 class Problem:

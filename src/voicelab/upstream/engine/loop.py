@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from voicelab.upstream.engine import batching, checkpoint, llm_loss, model
 from voicelab.upstream.engine.feed import Batches, load_dataset
@@ -207,7 +208,8 @@ class Conf:
 class Profile:
     """``VOICELAB_ENGINE_PROFILE=<folder>``: passes 4-13 of the first epoch under torch.profiler,
     tables of the ops by device time and by host time written to ``<folder>/<model>-<time>.txt``
-    (how the engine's host-bound share was found; a no-op otherwise)."""
+    (how the engine's host-bound share was found; a no-op otherwise). The step's phases are
+    labelled (``voicelab.batch``, ``.forward``, ``.backward``, ``.optimizer``) in the tables."""
 
     FIRST, PASSES = 3, 10
 
@@ -623,9 +625,11 @@ class Run:
         """One pass over an optimizer step's batches; [] when it ran out of memory (one GPU:
         one batch per pass from then on, this step included)."""
         try:
+            with record_function("voicelab.batch"):
+                batch = self.pass_batch(group)
             out = train_step(
                 self.loss_module,
-                self.pass_batch(group),
+                batch,
                 self.conf.accum,
                 self.args.amp,
                 self.device,
@@ -719,7 +723,8 @@ class Run:
             before, done = done, done + len(group)
             tok_count += sum(self.train_b.speech_tokens(idx) for idx in group)
             if done % self.conf.accum == 0:
-                self._optimizer_step()
+                with record_function("voicelab.optimizer"):
+                    self._optimizer_step()
             if done // self.conf.log_interval > before // self.conf.log_interval:
                 now = time.time()
                 self._log_train(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from voicelab.upstream.engine import flow_loss, llm_loss
 
@@ -61,10 +62,11 @@ def train_step(
         module.no_sync() if (not sync and hasattr(module, "no_sync")) else contextlib.nullcontext()
     )
     with ctx:
-        with autocast(device, amp):
+        with autocast(device, amp), record_function("voicelab.forward"):
             out = module(batch)
         loss = out["loss"] if weight == 1.0 else out["loss"] * weight
-        (loss * (batches / accum)).backward()
+        with record_function("voicelab.backward"):
+            (loss * (batches / accum)).backward()
     if weight == 1.0:
         return {k: v.detach() for k, v in out.items()}
     return {k: v.detach() * weight for k, v in out.items()}
