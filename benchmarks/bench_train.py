@@ -6,8 +6,9 @@ Builds, under ``--work``:
   ``cosyvoice3.yaml`` at its own dims, a random Qwen2-0.5B (hidden 896, 24 layers) as
   ``CosyVoice-BlankEN`` with the Qwen2 tokenizer of :mod:`voicelab.upstream.tinymodel`, and the
   ``llm`` / ``flow`` state dicts of the instantiated yaml;
-- a synthetic packed dataset of ``--minutes`` of audio (noise clips of 3-12 s with random speech
-  tokens, text, speaker embeddings), sharded as ``voicelab pack`` would;
+- a synthetic packed dataset of ``--minutes`` of audio (noise clips of 3-12 s, uniform, or with
+  ``--lengths spread`` 1-20 s lognormal around 5 s as real recordings are; random speech tokens,
+  text, speaker embeddings), sharded as ``voicelab pack`` would;
 
 then runs the real ``voicelab train llm`` and ``voicelab train flow`` with BOTH trainers
 (``--trainer voicelab``, VoiceLab's engine, and ``--trainer upstream``, upstream's train.py
@@ -69,7 +70,8 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   same run. The flow now fuses a step's batches only where that pads at most 50 % more (a
   step's batches that go one by one take the fused call too): flow 11,238 vs 3,732 (3.01x),
   util 22.5 % vs 16.0 %, first epoch 1.07x; ``voicelab:fuseall`` (every step fused) 11,667
-  (3.13x) in the same run.
+  (3.13x) in the same run. With ``--lengths spread`` (1-20 s) the rule against fusing every
+  step: 7,166 vs 6,485 tokens/s, GPU busy 1.37 vs 1.44 s per epoch, peak 16,593 vs 25,533 MiB.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
@@ -163,7 +165,17 @@ def build_base(dest: Path, vendor_root: Path) -> Path:
     return dest
 
 
-def build_data(ws: Any, minutes: float, shards: int, seed: int = 0) -> dict[str, Any]:
+def clip_seconds(rng: random.Random, lengths: str) -> float:
+    """One synthetic clip's length: ``uniform`` 3-12 s, ``spread`` lognormal around 5 s in 1-20 s
+    (many short clips and a few long ones: where fusing unlike batches costs work)."""
+    if lengths == "spread":
+        return min(20.0, max(1.0, rng.lognormvariate(math.log(5.0), 0.6)))
+    return rng.uniform(3, 12)
+
+
+def build_data(
+    ws: Any, minutes: float, shards: int, seed: int = 0, lengths: str = "uniform"
+) -> dict[str, Any]:
     """Synthetic packed train/dev sets: ``minutes`` of train audio, ~5% of that as dev."""
     import numpy as np
     import pyarrow as pa
@@ -180,7 +192,7 @@ def build_data(ws: Any, minutes: float, shards: int, seed: int = 0) -> dict[str,
     for split, total, n_shards in (("train", minutes * 60, shards), ("dev", minutes * 3, 2)):
         utts, secs = [], 0.0
         while secs < total:
-            sec = rng.uniform(3, 12)
+            sec = clip_seconds(rng, lengths)
             secs += sec
             utts.append(sec)
         out = ws.parquet_dir(split)
@@ -403,6 +415,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/voicelab-bench-train"))
     ap.add_argument("--minutes", type=float, default=20.0, help="train audio (synthetic)")
+    ap.add_argument("--lengths", choices=["uniform", "spread"], default="uniform")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--models", default="llm,flow")
     ap.add_argument("--trainers", default="voicelab,upstream")
@@ -422,7 +435,7 @@ def main() -> None:
     ws = Workspace.init(args.work / "ws", "bench")
     ws.set_option("model", "base_dir", str(base))
     workers = 4  # voicelab train's default on a GPU
-    stats = build_data(ws, args.minutes, shards=2 * workers)
+    stats = build_data(ws, args.minutes, shards=2 * workers, lengths=args.lengths)
     prep = time.time() - t0
     report: dict[str, Any] = {
         "gpu": gpu_name(),
@@ -504,6 +517,11 @@ def main() -> None:
                 "best_cv_loss": res.best_cv_loss,
                 "epochs": epochs,
                 "speech_tokens_per_s": round(sum(later) / len(later), 1) if later else None,
+                # What a card that is busy computing pays: the GPU's busy share of the later
+                # epochs' training time, in seconds per epoch.
+                "gpu_busy_seconds_per_epoch": round(util * sum(later_s) / len(later_s) / 100, 2)
+                if util is not None and later_s
+                else None,
                 "first_epoch_vs_later": (
                     round(first / (sum(later_s) / len(later_s)), 2) if first and later_s else None
                 ),
