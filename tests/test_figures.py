@@ -65,3 +65,16 @@ def test_gpu_utilization_counts_only_samples_wholly_inside_training() -> None:
     late = [(t - 1000.0, u) for t, u in samples]
     assert bench.window_mean(late, [(11.0, 12.5)], offset=1000.0)[:2] == (mean, 6)
     assert bench.window_mean(samples[:1], [(0.0, 99.0)], offset=None) == (None, 0, 0.0)
+
+
+def test_bench_train_spread_lengths_are_like_real_recordings() -> None:
+    """``--lengths spread``: 1-20 s with many short clips, where ``uniform`` keeps 3-12 s."""
+    import random
+
+    bench = _bench_train()
+    rng = random.Random(0)
+    spread = [bench.clip_seconds(rng, "spread") for _ in range(2000)]
+    uniform = [bench.clip_seconds(rng, "uniform") for _ in range(2000)]
+    assert min(spread) >= 1.0 and max(spread) <= 20.0
+    assert min(uniform) >= 3.0 and max(uniform) <= 12.0
+    assert sum(s < 3.0 for s in spread) > 200 and sum(s > 12.0 for s in spread) > 20
