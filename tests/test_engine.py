@@ -308,17 +308,31 @@ def test_build_launch_for_the_engine(tmp_path: Path) -> None:
         None,
     )
 
+    launch_args: dict[str, Any] = dict(
+        vendor_root=tmp_path / "vendor", model="llm",
+        config=tmp_path / "c.yaml", train_list=tmp_path / "t.list",
+        cv_list=tmp_path / "d.list", base_dir=tmp_path, plan=plan, num_workers=1,
+        prefetch=2, trainer="voicelab", amp=False,
+    )  # fmt: skip
+
     def engine_launch(**kw: Any) -> tr.Launch:
-        args = dict(
-            vendor_root=tmp_path / "vendor", model="llm",
-            config=tmp_path / "c.yaml", train_list=tmp_path / "t.list",
-            cv_list=tmp_path / "d.list", base_dir=tmp_path, plan=plan, num_workers=1,
-            prefetch=2, trainer="voicelab",
-        )  # fmt: skip
-        return tr.build_launch(tr.LaunchSpec(**{**args, **kw}), python="python3", base_env={})
+        spec = tr.LaunchSpec(**{**launch_args, **kw})
+        return tr.build_launch(spec, python="python3", base_env={})
 
     launch = engine_launch(device="cpu", nproc=2, opts=tr.TrainOptions(keep=3), amp=False)
     argv = launch.argv
+    # The compiled blocks' cache outlives the temp dir; the launch script says where it is.
+    cache = launch.env["TORCHINDUCTOR_CACHE_DIR"]
+    assert cache == str(Path.home() / ".cache" / "voicelab" / "torch-compile")
+    assert f"export TORCHINDUCTOR_CACHE_DIR={cache}" in launch.script()
+    xdg = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert tr.compile_cache_dir(xdg) == tmp_path / "xdg" / "voicelab" / "torch-compile"
+    mine = tr.build_launch(
+        tr.LaunchSpec(**{**launch_args, "device": "cpu", "nproc": 1, "opts": tr.TrainOptions()}),
+        python="python3",
+        base_env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "own")},
+    )
+    assert mine.env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "own")  # the user's stays
     assert argv[argv.index("-m", 3) + 1] == "voicelab.upstream.engine"
     assert argv[argv.index("--nproc_per_node") + 1] == "2"
     assert argv[argv.index("--keep") + 1] == "3"

