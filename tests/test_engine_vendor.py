@@ -542,8 +542,8 @@ def test_a_failed_compile_falls_back_to_eager(
         torch._dynamo.reset()
         r.warm()
     out = capsys.readouterr().out
-    assert "voicelab engine: torch.compile failed" in out and "; eager" in out
-    assert ("voicelab engine: CUDA graphs failed in the warm-up (" in out) == graphs
+    assert "voicelab engine: warning: torch.compile failed" in out and "; eager" in out
+    assert ("voicelab engine: warning: CUDA graphs failed in the warm-up (" in out) == graphs
     assert ("; compiled blocks without them (the whole error:" in out) == graphs
     assert not r.graphs and r.train_b.at_least == (0, 0)
     err = tmp_path / "run" / "compile-error-rank0.txt"  # the whole error, for a bug report

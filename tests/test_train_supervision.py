@@ -130,8 +130,8 @@ def test_orphaned_trainer_is_found_and_refused_then_stale_lock_reported(
 def test_engine_status_lines_reach_the_user(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """What the engine says while it is busy outside the epochs (compiling) is shown, not
-    only written to train.log."""
+    """What the engine says while it is busy outside the epochs (compiling), and its
+    warnings, are shown, not only written to train.log."""
     import logging
 
     from voicelab.stages import train
@@ -139,6 +139,7 @@ def test_engine_status_lines_reach_the_user(
 
     script = (
         "print('voicelab engine: status: compiling the model\\'s blocks', flush=True)\n"
+        "print('voicelab engine: warning: torch.compile failed (x); eager', flush=True)\n"
         "print('something else', flush=True)\n"
     )
     launch = train.Launch([sys.executable, "-c", script], dict(os.environ), None)
@@ -147,5 +148,8 @@ def test_engine_status_lines_reach_the_user(
     assert rc == 0
     shown = [r.getMessage() for r in caplog.records]
     assert "flow: compiling the model's blocks" in shown
+    # A warning (the run goes on, slower than asked) is shown as one.
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["flow: torch.compile failed (x); eager"]
     assert not any("something else" in m for m in shown)
     assert "something else" in (tmp_path / "train.log").read_text()

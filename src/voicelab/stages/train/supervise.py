@@ -32,6 +32,9 @@ ENGINE_STOP = "voicelab engine: stopped:"
 ENGINE_HINT = "voicelab engine: hint:"
 #: a line the engine prints for the user while it is busy outside the epochs (the compile)
 ENGINE_STATUS = "voicelab engine: status:"
+#: a line the user must see: the run goes on, slower or otherwise than asked (a failed compile
+#: left the blocks eager, an out-of-memory pass split the step's batches)
+ENGINE_WARNING = "voicelab engine: warning:"
 
 
 def failure(log_path: Path, rc: int) -> str:
@@ -135,6 +138,8 @@ def supervise(
                         log.info("%s", note)
                         if live and status is not None:
                             status.update(note)
+                    elif line.startswith(ENGINE_WARNING):
+                        log.warning("%s: %s", model, line.removeprefix(ENGINE_WARNING).strip())
                     for row in parser.feed(line):
                         emit(row)
                         text = progress.update(row)

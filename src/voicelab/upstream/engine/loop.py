@@ -135,6 +135,12 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _warn(line: str) -> None:
+    """A line the user must see (``voicelab train`` shows it as a warning): the run goes on,
+    slower or otherwise than asked."""
+    _say(f"voicelab engine: warning: {line}")
+
+
 def record_seen(utts: list[str], batches: list[list[int]], tag: str, epoch: int, rank: int) -> None:
     """With ``VOICELAB_SEEN_UTTS`` set (the launcher's switch, the same ``rank<R>.tsv`` lines),
     append the utterances of ``batches`` this rank trained or validated on: how tests and
@@ -556,9 +562,9 @@ class Run:
             torch.cuda.empty_cache()
             if self.fuse > 1 and self.world == 1:
                 self._one_batch_per_pass()
-                _say("voicelab engine: out of GPU memory in the warm-up: one batch per pass")
+                _warn("out of GPU memory in the warm-up: one batch per pass")
             else:
-                _say("voicelab engine: out of GPU memory in the warm-up; training splits batches")
+                _warn("out of GPU memory in the warm-up; training splits batches")
 
     def _warm_compiled(self, steps: Callable[[], None]) -> float:
         """The warm-up (where torch.compile compiles); a compile that fails under ``auto``
@@ -578,7 +584,7 @@ class Run:
             self._drop_graphs()
             why = (str(e).strip().splitlines() or [""])[0][:200]
             where = self._write_compile_error()
-            _say(f"voicelab engine: torch.compile failed ({type(e).__name__}: {why}); eager"
+            _warn(f"torch.compile failed ({type(e).__name__}: {why}); eager"
                  f" (the whole error: {where})")  # fmt: skip
             return warm_up(steps, self.zero_grad, self.device)
 
@@ -591,7 +597,7 @@ class Run:
         self._drop_graphs()
         why = (str(e).strip().splitlines() or [""])[0][:200]
         where = self._write_compile_error()
-        _say(f"voicelab engine: CUDA graphs failed in the warm-up ({type(e).__name__}: {why});"
+        _warn(f"CUDA graphs failed in the warm-up ({type(e).__name__}: {why});"
              f" compiled blocks without them (the whole error: {where})")  # fmt: skip
 
     def _write_compile_error(self) -> Path:
@@ -646,7 +652,7 @@ class Run:
             self.zero_grad()
             torch.cuda.empty_cache()
             self._one_batch_per_pass()
-            _say("voicelab engine: out of GPU memory: one batch per pass from now")
+            _warn("out of GPU memory: one batch per pass from now")
             return []
 
     def _batch_steps(self, group: list[list[int]], done: int) -> list[dict[str, Any]]:
