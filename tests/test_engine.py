@@ -292,10 +292,14 @@ def test_trainer_choice_and_run_dirs(tmp_path: Path) -> None:
 def test_the_run_summary_names_the_best_checkpoint_file(tmp_path: Path) -> None:
     # The progress line counts epochs from 1, checkpoint files from 0: the summary names the file.
     res = tr.TrainResult("llm", tmp_path, True, 3, 3, 8.89301, 2, tmp_path / "epoch_2_whole.pt")
-    head, best = res.summary()
+    head, best = res.summary_lines()
     assert head == f"llm: 3/3 epochs in {tmp_path}"
     assert best.startswith("best CV loss: 8.8930 (epoch_2_whole.pt); last checkpoint: ")
-    assert tr.TrainResult("flow", tmp_path, False).summary()[1].startswith("best CV loss: -;")
+    assert tr.TrainResult("flow", tmp_path, False).summary_lines()[1].startswith("best CV loss: -;")
+    # `voicelab run` logs a stage result's own lines, one by one.
+    from voicelab.runner.pipeline import StageRun, _summary
+
+    assert _summary(StageRun(None, res)) == [head, best]  # type: ignore[arg-type]
 
 
 def test_build_launch_for_the_engine(tmp_path: Path) -> None:

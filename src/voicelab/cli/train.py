@@ -134,7 +134,7 @@ def train(ctx: Ctx, model: str, **kw: object) -> None:
     if opts.dry_run:
         echo(f"checked; config and launch.sh previewed in {res.run_dir} (nothing launched)")
         return
-    for line in res.summary():
+    for line in res.summary_lines():
         echo(line)
     echo(f"next: voicelab checkpoints {model}   then   voicelab export")
 

@@ -329,7 +329,7 @@ def _train_routes(api: Api) -> APIRouter:
                 lines = [f"checked; config and launch.sh previewed in {res.run_dir} (nothing "
                          "launched)"]  # fmt: skip
             else:
-                lines = res.summary()
+                lines = res.summary_lines()
             return {**result_dict(res), "summary": lines}
 
         def on_stop() -> None:

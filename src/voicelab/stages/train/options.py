@@ -71,7 +71,7 @@ class TrainResult:
     argv: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def summary(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """The lines ``voicelab train`` ends with (the web page shows the same). The best
         epoch by its checkpoint's name: the progress line counts epochs from 1, files from 0."""
         best = "-"
