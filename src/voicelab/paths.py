@@ -11,10 +11,19 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 _DRIVE = re.compile(r"^([A-Za-z]):[\\/]*(.*)$")
 _WSL_UNC = re.compile(r"^(?:\\\\|//)wsl(?:\$|\.localhost)[\\/]+[^\\/]+[\\/]*(.*)$", re.IGNORECASE)
+
+
+def user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The user's cache root (``$XDG_CACHE_HOME``, else ``~/.cache``) as ``env`` (default: this
+    process's environment) names it."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base).expanduser()
 
 
 def to_local_path(value: str | os.PathLike[str]) -> Path:

@@ -22,6 +22,7 @@ from voicelab.models.hubs import (
     timeout,
 )
 from voicelab.models.verify import digest
+from voicelab.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,7 @@ def hf_cache_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HUGGINGFACE_HUB_CACHE"):
         return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "huggingface"
-    )
+    home = os.environ.get("HF_HOME") or os.path.join(user_cache_dir(), "huggingface")
     return Path(home).expanduser() / "hub"
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voicelab.errors import ConfigError
+from voicelab.paths import user_cache_dir
 from voicelab.stages.train.spec import LaunchSpec
 from voicelab.upstream.train_flags import upstream_args
 
@@ -72,8 +73,7 @@ def compile_cache_dir(env: Mapping[str, str]) -> Path:
     temp dir, which WSL2 and many Linux systems empty at boot, and a cache hit shortens the
     warm-up (one H100, the same call: a dynamic-shape graphs compile 99.5 -> 64.3 s).
     Generated on this machine, never downloaded; safe to delete."""
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "voicelab" / "torch-compile"
+    return user_cache_dir(env) / "voicelab" / "torch-compile"
 
 
 def build_launch(spec: LaunchSpec, *, python: str, base_env: dict[str, str]) -> Launch:

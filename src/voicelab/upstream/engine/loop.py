@@ -449,7 +449,8 @@ class Run:
         steps = [first[g : g + self.fuse] for g in range(0, len(first), self.fuse)]
         n = sum(len(self.passes(g)) == 1 for g in steps)
         pct = round(100 * (batching.FUSE_SLACK - 1))
-        return f" where that pads at most {pct} % more: {n} of {len(steps)} steps"
+        return (f" in {n} of the first epoch's {len(steps)} optimizer steps (the others: a pass"
+                f" per batch: fusing them would add more than {pct} % padding)")  # fmt: skip
 
     def pass_batch(self, group: list[list[int]]) -> dict[str, Any]:
         """The device batch of one pass over ``group``: packed (llm), fused (flow) or padded
@@ -582,23 +583,22 @@ class Run:
             uncompile_blocks(model_blocks(self.net, self.args.model))
             self.compiled = False
             self._drop_graphs()
-            why = (str(e).strip().splitlines() or [""])[0][:200]
-            where = self._write_compile_error()
-            _warn(f"torch.compile failed ({type(e).__name__}: {why}); eager"
-                 f" (the whole error: {where})")  # fmt: skip
+            why, where = self._failure(e)
+            _warn(f"torch.compile failed {why}; eager {where}")
             return warm_up(steps, self.zero_grad, self.device)
 
     def _graphs_failed(self, e: Exception) -> None:
         """CUDA graphs that were not asked for failed in the warm-up: the blocks compile again
         without them (the run goes on as with ``--no-cuda-graphs``), with one line."""
-        blocks = model_blocks(self.net, self.args.model)
-        uncompile_blocks(blocks)
-        compile_blocks(blocks)
-        self._drop_graphs()
+        self._compile_without_graphs()
+        why, where = self._failure(e)
+        _warn(f"CUDA graphs failed in the warm-up {why}; compiled blocks without them {where}")
+
+    def _failure(self, e: Exception) -> tuple[str, str]:
+        """``(Type: first line)`` and ``(the whole error: <file>)``: a failed compile on the
+        console; its whole traceback goes to the run dir, for a bug report."""
         why = (str(e).strip().splitlines() or [""])[0][:200]
-        where = self._write_compile_error()
-        _warn(f"CUDA graphs failed in the warm-up ({type(e).__name__}: {why});"
-             f" compiled blocks without them (the whole error: {where})")  # fmt: skip
+        return f"({type(e).__name__}: {why})", f"(the whole error: {self._write_compile_error()})"
 
     def _write_compile_error(self) -> Path:
         """The failed compile's whole traceback in the run dir (the console gets one line)."""
@@ -616,10 +616,14 @@ class Run:
         graphs where passes now accumulate (the blocks compile again without them)."""
         self.fuse = 1
         if self.graphs and self.conf.accum > 1:
-            blocks = model_blocks(self.net, self.args.model)
-            uncompile_blocks(blocks)
-            compile_blocks(blocks)
-            self._drop_graphs()
+            self._compile_without_graphs()
+
+    def _compile_without_graphs(self) -> None:
+        """The blocks compiled again as without CUDA graphs, passes no longer padded."""
+        blocks = model_blocks(self.net, self.args.model)
+        uncompile_blocks(blocks)
+        compile_blocks(blocks)
+        self._drop_graphs()
 
     def _drop_graphs(self) -> None:
         """No CUDA graphs from now on, and so no padding of passes to the run's largest."""
