@@ -104,6 +104,43 @@ def test_flow_fuses_a_step_only_where_padding_together_costs_little() -> None:
     assert chosen <= batching.FUSE_SLACK * alone and chosen < 0.75 * every
 
 
+def test_flow_graph_shapes_hold_every_pass_with_little_padding() -> None:
+    """CUDA graphs replay a few shapes: every pass fits one of at most ``most`` shapes, and
+    on lengths spread like real recordings (the batching's own passes, 30 epochs) padding to
+    them costs far less than padding every pass to the run's largest."""
+    # As many distinct shapes as allowed: each is its own, nothing padded.
+    assert batching.graph_shapes([(4, 64), (2, 128), (4, 64), (1, 256)]) == [
+        (4, 64), (2, 128), (1, 256)]  # fmt: skip
+    assert batching.graph_shapes([]) == []
+    rng = random.Random(2)
+    tokens = [max(25, min(500, int(rng.lognormvariate(4.8, 0.6)))) for _ in range(700)]
+    frames = [2 * t for t in tokens]
+    shapes = []
+    for e in range(30):
+        batches = batching.epoch_batches(frames, 2500, epoch=e, accum=2)
+        for k in range(0, len(batches), 2):
+            lens = [[tokens[i] for i in b] for b in batches[k : k + 2]]
+            passes = [[n for b in lens for n in b]] if batching.fuse_pays(lens, 32) else lens
+            shapes += [(len(p), batching.padded(max(p), 32)) for p in passes]
+    for most in (1, 4, 8):
+        chosen = batching.graph_shapes(shapes, most)
+        assert 1 <= len(chosen) <= most
+        for s in shapes:
+            r, t = batching.graph_shape(s, chosen)
+            assert (r, t) in chosen and r >= s[0] and t >= s[1]
+    own = sum(batching.dit_work(*s) for s in shapes)
+
+    def padded(chosen: list[tuple[int, int]]) -> float:
+        return sum(batching.dit_work(*batching.graph_shape(s, chosen)) for s in shapes) / own
+
+    largest = [(max(r for r, _ in shapes), max(t for _, t in shapes))]
+    eight = batching.graph_shapes(shapes, 8)
+    assert padded(eight) < 1.8 < 4 < padded(largest)
+    # Not one shape bigger than 1.6x the most work any pass holds (the memory a pass needs).
+    assert max(batching.dit_work(*s) for s in eight) <= 1.6 * max(
+        batching.dit_work(*s) for s in shapes)  # fmt: skip
+
+
 # ---- cache keys ------------------------------------------------------------------------------
 def test_cache_key_changes_with_every_input(tmp_path: Path) -> None:
     base = data.cache_key("aa", {"filter": {"max_length": 6000}}, "tok", "llm")
@@ -544,9 +581,10 @@ def test_cuda_graphs_warn_before_a_run_they_cannot_serve() -> None:
     saying why (the engine's own line stays in the run's log)."""
     opts = tr.TrainOptions(cuda_graphs=True)
     assert tr.cuda_graphs_unused(opts, "llm", "cuda", 1, "full") is None
+    assert tr.cuda_graphs_unused(opts, "flow", "cuda", 1, "full") is None
     assert tr.cuda_graphs_unused(tr.TrainOptions(), "flow", "cpu", 2, "lora") is None
     for args, why in [
-        (("flow", "cuda", 1, "full"), "it is for the llm"),
+        (("flow", "cpu", 1, "full"), "it needs a CUDA GPU"),
         (("llm", "cpu", 1, "full"), "it needs a CUDA GPU"),
         (("llm", "cuda", 2, "full"), "one GPU"),
         (("llm", "cuda", 1, "checkpointing+lora"), "full memory mode (this run: checkpointing"),

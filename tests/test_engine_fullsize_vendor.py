@@ -237,3 +237,78 @@ def test_full_size_compiled_blocks_give_the_eager_loss(
     finally:
         uncompile_blocks(blocks)
         feed.at_least = (0, 0)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["cuda-graphs", "cuda-graphs-bf16"])
+def test_full_size_flow_cuda_graphs_give_the_eager_loss(
+    full: SimpleNamespace, device: Any, amp: bool
+) -> None:
+    """The flow's compiled blocks replaying CUDA graphs as the engine runs them: passes padded
+    to one of a few shapes (two here: a fused pass of two batches, and one batch), recorded on
+    their second run, replayed from the third; a step of two one-batch passes accumulates
+    through ``own_grads``. Loss and gradients as the eager unpadded passes, step after step
+    (fp32); under bf16 within what bf16 costs the compiled blocks without graphs. Dropout off
+    (eval mode): the padded rows would draw more dropout masks."""
+    if device.type != "cuda":
+        pytest.skip("torch.compile's CUDA graphs need a CUDA GPU")
+    from voicelab.upstream.engine.batching import padded
+    from voicelab.upstream.engine.loop import LossModule
+    from voicelab.upstream.engine.steps import (
+        compile_blocks,
+        mark_step,
+        model_blocks,
+        own_grads,
+        train_step,
+        uncompile_blocks,
+    )
+
+    net = _net(full, "flow", device).eval()
+    feed = _feed(full, "flow", net, device, 32)
+    params = [p for p in net.parameters() if p.requires_grad]
+    n = len(full.flow.ds)
+    a, b = list(range(0, n // 2)), list(range(n // 2, n))
+    fused, split = [[a, b]], [[a], [b]]  # an optimizer step's passes each
+
+    def shape(g: list[list[int]]) -> tuple[int, int]:  # room to pad, rows and length
+        rows, most = sum(map(len, g)), max(len(feed.tokens[i]) for x in g for i in x)
+        return rows + 1, padded(most, 32) + 32
+
+    def step(passes: list[list[list[int]]], graphs: bool, bf16: bool) -> tuple[Any, Any]:
+        net.zero_grad(set_to_none=True)
+        losses = []
+        for k, g in enumerate(passes):
+            mark_step(graphs)
+            random.seed(9 + k)
+            torch.manual_seed(9 + k)
+            batch = feed.make_fused(g, shape(g) if graphs else None)
+            out = train_step(LossModule(net, "flow"), batch, 2, bf16, device, True, batches=len(g))
+            losses.append(out["loss"].clone())
+            if graphs and k < len(passes) - 1:
+                own_grads(params)
+        return torch.stack(losses).sum(), _grads(net)
+
+    def worst(x: dict[str, Any], y: dict[str, Any]) -> float:
+        return max(_rel(x[k], y[k]) for k in y)
+
+    reference = [step(s, False, False) for s in (fused, split)]
+    blocks = model_blocks(net, "flow")
+    bf16_cost = [0.0, 0.0]
+    if amp:
+        compile_blocks(blocks)
+        bf16_cost = [worst(step(s, False, True)[1], reference[i][1])
+                     for i, s in enumerate((fused, split))]  # fmt: skip
+        uncompile_blocks(blocks)
+    compile_blocks(blocks, True, 2)
+    try:
+        for _ in range(3):
+            for i, s in enumerate((fused, split)):
+                (loss, grads), (mine, g_mine) = reference[i], step(s, True, amp)
+                if not amp:
+                    _compare(mine, loss, g_mine, grads)
+                    continue
+                err = worst(g_mine, grads)
+                print(f"flow bf16: graphs {err:.2e}, compiled without graphs {bf16_cost[i]:.2e}")
+                assert _rel(mine, loss) < 1e-2
+                assert err <= 1.5 * bf16_cost[i] + 1e-3, (err, bf16_cost[i])
+    finally:
+        uncompile_blocks(blocks)

@@ -49,7 +49,7 @@ DEFAULT = ParameterSource.DEFAULT
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
     default=None,
-    help="llm: the compiled blocks replay CUDA graphs (default: on one GPU in the full memory"
+    help="the compiled blocks replay CUDA graphs (default: on one GPU in the full memory"
     " mode; docs/engine.md).",
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")

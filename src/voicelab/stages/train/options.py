@@ -35,7 +35,7 @@ class TrainOptions:
     trainer: str | None = None  # voicelab | upstream (default: voicelab.toml, else voicelab)
     keep: int | None = None  # epoch checkpoints kept (voicelab trainer; default all)
     compile: bool | None = None  # torch.compile the model's blocks (voicelab; None: auto, GPU)
-    #: llm, the compiled blocks replay CUDA graphs (voicelab; None: where they apply)
+    #: the compiled blocks replay CUDA graphs (voicelab; None: where they apply)
     cuda_graphs: bool | None = None
     amp: bool | None = None  # default: on for CUDA (bf16), off on the CPU
     epochs: int | None = None
@@ -135,9 +135,7 @@ def cuda_graphs_unused(
     it applies or was not asked for."""
     if not opts.cuda_graphs:
         return None
-    if model != "llm":
-        why = "it is for the llm (the flow's passes vary in shape)"
-    elif device != "cuda":
+    if device != "cuda":
         why = "it needs a CUDA GPU"
     elif world > 1:
         why = "it runs on one GPU for now"

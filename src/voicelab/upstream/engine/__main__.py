@@ -35,7 +35,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--cuda-graphs",
         choices=["auto", "on", "off"],
         default=os.environ.get("VOICELAB_ENGINE_CUDAGRAPHS", "auto"),
-        help="llm: the compiled blocks replay CUDA graphs (every pass padded to one shape)",
+        help="the compiled blocks replay CUDA graphs (every pass padded to one of few shapes)",
     )
     p.add_argument("--keep", type=int)
     p.add_argument("--seed", type=int, default=1986)

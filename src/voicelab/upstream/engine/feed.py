@@ -93,9 +93,12 @@ class Batches:
         chosen = [llm_loss.choose([self.pairs[i] for i in idx]) for idx in group]
         return self._upload(llm_loss.make_packed(chosen, self.row, self.at_least))
 
-    def make_fused(self, group: list[list[int]]) -> dict[str, Any]:
-        """The flow batches ``group`` (upstream's draws in batch order) for one pass."""
-        return {"parts": [self.make(idx) for idx in group]}
+    def make_fused(
+        self, group: list[list[int]], pad_to: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """The flow batches ``group`` (upstream's draws in batch order) for one pass; ``pad_to``
+        (rows, speech tokens): the shape the DiT sees (CUDA graphs)."""
+        return {"parts": [self.make(idx) for idx in group], "pad_to": pad_to}
 
     def make(self, idx: list[int]) -> dict[str, Any]:
         if self.kind == "llm":

@@ -148,9 +148,14 @@ def estimate(
     return est.proj_out(x).transpose(1, 2)
 
 
-def forward_fused(flow: Any, batches: list[dict[str, Any]]) -> dict[str, Any]:
+def forward_fused(
+    flow: Any, batches: list[dict[str, Any]], pad_to: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """{'loss'}: the mean of upstream's losses of ``batches`` (each as :func:`forward` computes
-    it, draws in upstream's order), from one pass of the DiT over all of them."""
+    it, draws in upstream's order), from one pass of the DiT over all of them. ``pad_to``
+    (rows, speech tokens): the DiT's input padded to that shape (CUDA graphs replay a few
+    shapes) with rows that hold no frame, after the draws: the loss and gradients are those
+    of the unpadded pass."""
     import torch
     import torch.nn.functional as F
 
@@ -161,13 +166,20 @@ def forward_fused(flow: Any, batches: list[dict[str, Any]]) -> dict[str, Any]:
         parts.append((*_draw(dec, x1, mu, spks, cond), mask))
         flags.append(torch.full((mu.shape[0],), bool(b["streaming"]), device=mu.device))
     n = max(p[0].shape[-1] for p in parts)
+    rows = real = sum(p[0].shape[0] for p in parts)
+    if pad_to is not None:
+        n = max(n, pad_to[1] * flow.token_mel_ratio)
+        rows = max(rows, pad_to[0])
 
     def cat(i: int) -> Any:
-        return torch.cat([F.pad(p[i], (0, n - p[i].shape[-1])) if p[i].dim() == 3 else p[i]
-                          for p in parts])  # fmt: skip
+        x = torch.cat([F.pad(p[i], (0, n - p[i].shape[-1])) if p[i].dim() == 3 else p[i]
+                       for p in parts])  # fmt: skip
+        return F.pad(x, (0, 0) * (x.dim() - 1) + (0, rows - x.shape[0]))
 
     y, mu, t, spks, cond, mask = cat(0), cat(2), cat(3), cat(4), cat(5), cat(6)
-    pred = estimate(dec.estimator, y, mask, mu, t, spks, cond, torch.cat(flags))
+    flags.append(torch.zeros(rows - real, dtype=torch.bool, device=mu.device))
+    streaming = torch.cat(flags)
+    pred = estimate(dec.estimator, y, mask, mu, t, spks, cond, streaming)
     losses, at = [], 0
     for y_k, u_k, *_, m_k in parts:
         b, _, tk = y_k.shape

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from voicelab.upstream.engine.steps import (
     mark_step,
     model_blocks,
     optimizer_step,
+    own_grads,
     rng_state,
     set_rng_state,
     split_idx,
@@ -264,6 +265,14 @@ class Profile:
         self.prof, self.dest = None, None
 
 
+#: The flow's CUDA graphs: at most this many pass shapes (each compiles on its own)...
+GRAPH_SHAPES = 8
+#: ...and under ``auto`` one per this many passes of the run, at least 3 (fewer pad too much):
+#: on an H100 a shape compiled in 10-13 s and graphs saved ~0.1 s a pass (40 min of audio: 4.8
+#: -> 1.6 s an epoch of ~33 passes), so a shape repays its compile after ~120 passes.
+FLOW_PASSES_PER_GRAPH_SHAPE = 150
+
+
 class Run:
     """One training run: built by :meth:`setup`, then :meth:`warm`, then per epoch
     :meth:`train_epoch`, :meth:`cv` and :meth:`save`; :func:`run` drives it."""
@@ -328,16 +337,17 @@ class Run:
         self._feed(sets)
         self.compiled = wants_compile(args.compile, device, args.features)
         # CUDA graphs: the llm's packed passes, each a whole optimizer step, all padded to
-        # the run's largest pass (one shape to record and replay).
+        # the run's largest pass (one shape to record and replay); the flow's passes padded
+        # to a few shapes (batching.graph_shapes).
+        self.graph_shapes: list[tuple[int, int]] = []
+        self.graph_reps: list[list[list[int]]] = []
         self.graphs = args.cuda_graphs != "off" and self._graphs_fit(args.cuda_graphs == "on")
         if self.graphs:
-            self.train_b.at_least = self._run_shape()
+            self.graphs = self._plan_graphs()
         if self.compiled:
-            compile_blocks(model_blocks(net, args.model), self.graphs)
+            compile_blocks(model_blocks(net, args.model), self.graphs, len(self.graph_shapes))
             if self.graphs:
-                rows, width = self.train_b.at_least
-                _say(f"voicelab engine: compiled blocks replay CUDA graphs (every pass {rows} rows"
-                     f" of {width})")  # fmt: skip
+                _say(f"voicelab engine: compiled blocks replay CUDA graphs ({self._graphs_line})")
         self._outputs()
 
     def _feed(self, sets: list[Any]) -> None:
@@ -457,7 +467,10 @@ class Run:
         (one batch without fusing)."""
         if self.packed:
             return self.train_b.make_packed(group)
-        return self.train_b.make_fused(group) if self._fused(group) else self.train_b.make(group[0])
+        if not self._fused(group):
+            return self.train_b.make(group[0])
+        pad_to = self._shape(group) if self.graph_shapes else None
+        return self.train_b.make_fused(group, pad_to)  # type: ignore[arg-type]
 
     def make_one(self, idx: list[int]) -> dict[str, Any]:
         return self.pass_batch([idx])
@@ -466,14 +479,23 @@ class Run:
         """The flow's fused pass, also for a step's batches that go one by one: the same DiT
         call (its mask built on the device, no host read per call) and the same inputs to the
         compiled blocks (upstream's own call compiled again for them: a 14 s stall in an H100
-        epoch)."""
-        return len(group) > 1 or self.fuse > 1
+        epoch); with CUDA graphs every pass (padded to one of the run's shapes)."""
+        return len(group) > 1 or self.fuse > 1 or self.graphs
 
     def make_cv(self, idx: list[int]) -> dict[str, Any]:
         return self.cv_b.make_packed([idx]) if self.packed else self.cv_b.make(idx)
 
     def _shape(self, group: list[list[int]]) -> tuple[int, ...]:
-        """The input shape a pass over ``group`` has (what the warm-up covers)."""
+        """The input shape a pass over ``group`` has (what the warm-up covers): the flow's
+        with CUDA graphs padded to one of the run's shapes."""
+        shape = self._own_shape(group)
+        if self.graph_shapes:
+            return batching.graph_shape(shape, self.graph_shapes)  # type: ignore[arg-type]
+        return shape
+
+    def _own_shape(self, group: list[list[int]]) -> tuple[int, ...]:
+        """A pass's shape before CUDA graphs pad it: (rows, length); the llm's packed rows at
+        least ``at_least``."""
         b = self.train_b
         if self.packed:
             rows, width = llm_loss.packed_shape(
@@ -487,13 +509,14 @@ class Run:
     def _graphs_fit(self, say: bool) -> bool:
         """Whether CUDA graphs apply to this run; with ``say`` (asked for), one line why not."""
         why = None
-        if not self.packed:
-            why = "the llm's packed passes only (the flow's passes vary in shape)"
+        llm = self.args.model == "llm"
+        if llm and not self.packed:
+            why = "the llm's packed passes only (VOICELAB_ENGINE_FUSE=off pads batches)"
         elif self.device.type != "cuda":
             why = "they need a CUDA GPU"
         elif not self.compiled:
             why = "the blocks are not compiled here (a GPU in the full memory mode compiles them)"
-        elif self.fuse == 1 and self.conf.accum > 1:
+        elif llm and self.fuse == 1 and self.conf.accum > 1:
             why = "a pass must hold a whole optimizer step (its batches do not fit one pass)"
         elif self.world > 1:
             why = "one process only for now (not yet measured with several GPUs)"
@@ -501,18 +524,63 @@ class Run:
             _say(f"voicelab engine: no CUDA graphs: {why}")
         return why is None
 
-    def _run_shape(self) -> tuple[int, int]:
-        """The largest (rows, row length) of any packed pass of this run's epochs (both layouts
-        have the same length, so the draws cannot change it)."""
-        shapes = [
-            self._shape(mine[g : g + self.fuse])
-            for e in range(self.start_epoch + 1, self.conf.max_epoch)
-            for mine in [self.epoch_batches(e)]
-            for g in range(0, len(mine), self.fuse)
-        ]
+    def _run_passes(self) -> Iterator[list[list[int]]]:
+        """Every pass of this run's epochs, as training will make them (the draws cannot
+        change a pass's shape: the llm's two layouts have the same length)."""
+        for e in range(self.start_epoch + 1, self.conf.max_epoch):
+            mine = self.epoch_batches(e)
+            for g in range(0, len(mine), self.fuse):
+                yield from self.passes(mine[g : g + self.fuse])
+
+    def _plan_graphs(self, most: int | None = None) -> bool:
+        """The shapes CUDA graphs replay: the llm's one (the largest packed pass of the run:
+        rows of padding are cheap), the flow's few (:func:`batching.graph_shapes`: every pass
+        padded to the cheapest that holds it; ``most`` of them, else as many as the run
+        repays), and a pass of each for the warm-up. False: the flow goes without graphs."""
+        self._graphs_line = "no pass left to train"
+        reps: dict[tuple[int, ...], list[list[int]]] = {}
+        shapes = []
+        for p in self._run_passes():
+            shapes.append(self._own_shape(p))
+            reps.setdefault(shapes[-1], p)
         if not shapes:  # nothing left to train
-            return 0, 0
-        return max(r for r, _ in shapes), max(w for _, w in shapes)
+            return True
+        if self.args.model == "llm":
+            self.train_b.at_least = (max(r for r, _ in shapes), max(w for _, w in shapes))
+            self._graphs_line = "every pass {} rows of {}".format(*self.train_b.at_least)
+            return True
+        if most is None:
+            most, why = self._flow_graph_shapes(len(shapes))
+            if why:
+                _say(f"voicelab engine: no CUDA graphs: {why}")
+                return False
+        self.graph_shapes = batching.graph_shapes(shapes, most)  # type: ignore[arg-type]
+        first = {self._shape(p): p for p in reversed(reps.values())}  # the earliest of each
+        self.graph_reps = [first[s] for s in self.graph_shapes]
+        work = sum(batching.dit_work(*s) for s in shapes)  # type: ignore[misc]
+        padded = sum(batching.dit_work(*batching.graph_shape(s, self.graph_shapes))  # type: ignore[arg-type]
+                     for s in shapes)  # fmt: skip
+        self._graphs_line = (
+            f"every pass padded to one of {len(self.graph_shapes)} shapes: "
+            + ", ".join(f"{r}x{t}" for r, t in self.graph_shapes)
+            + f" utterances x speech tokens; {padded / work:.2f}x the DiT work of unpadded passes"
+        )
+        return True
+
+    def _flow_graph_shapes(self, passes: int) -> tuple[int, str | None]:
+        """How many shapes the flow's graphs may use, or why none (``auto``): only where they
+        were measured to pay, and only as many as the run's passes repay."""
+        if self.args.cuda_graphs == "on":
+            return GRAPH_SHAPES, None
+        major = torch.cuda.get_device_capability(self.device)[0]
+        if major not in (9, 10):
+            why = "a slower card is busy computing, not waiting on Python"
+            return 0, f"the flow's pay on H100-class GPUs ({why}): --cuda-graphs to try"
+        k = min(GRAPH_SHAPES, passes // FLOW_PASSES_PER_GRAPH_SHAPE)
+        if k < 3:
+            per = f"one per {FLOW_PASSES_PER_GRAPH_SHAPE} passes"
+            return 0, f"the flow's {passes} passes repay too few shapes ({per}): --cuda-graphs"
+        return k, None
 
     # -- warm-up ---------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -524,6 +592,8 @@ class Run:
         groups = [p for g in range(0, len(first), self.fuse)
                   for p in self.passes(first[g : g + self.fuse])]  # fmt: skip
         # Every rank must run as many steps (each backward all-reduces): one when several.
+        if self.graph_reps:  # the flow's every graph shape, from any epoch of the run
+            groups = self.graph_reps
         warm = warm_groups(groups, self._shape, 8 if self.world == 1 else 1)
         if self.graphs:  # graph trees run a new graph once, record it on its second run
             warm = warm * 2
@@ -629,6 +699,7 @@ class Run:
         """No CUDA graphs from now on, and so no padding of passes to the run's largest."""
         self.graphs = False
         self.train_b.at_least = (0, 0)
+        self.graph_shapes, self.graph_reps = [], []
 
     # -- one epoch -------------------------------------------------------------------------------
     def _packed_step(self, group: list[list[int]]) -> list[dict[str, Any]]:
@@ -661,6 +732,8 @@ class Run:
 
     def _batch_steps(self, group: list[list[int]], done: int) -> list[dict[str, Any]]:
         """The batches of ``group`` one by one (the OOM guard may split each)."""
+        if self.graphs:
+            return self._graphed_batch_steps(group, done)
         outs: list[dict[str, Any]] = []
         c, args = self.conf, self.args
         for idx in group:
@@ -670,6 +743,30 @@ class Run:
                 return train_step(self.loss_module, b, c.accum, args.amp, self.device, sync, w)
 
             outs.append(guarded_step(self.guard, idx, self.make_one, step, self.world))
+        return outs
+
+    def _graphed_batch_steps(self, group: list[list[int]], done: int) -> list[dict[str, Any]]:
+        """The flow's batches of ``group`` one pass each under CUDA graphs: the gradient of a
+        pass that is not its step's last is moved out of the graphs' memory (the next replay
+        overwrites it; accumulating into it would read what the replay wrote). Out of memory:
+        the blocks compile again without graphs and the step starts over, through the guard."""
+        outs: list[dict[str, Any]] = []
+        c, args = self.conf, self.args
+        try:
+            for k, idx in enumerate(group):
+                if k:
+                    mark_step(True)
+                outs.append(train_step(
+                    self.loss_module, self.make_one(idx), c.accum, args.amp, self.device, True
+                ))  # fmt: skip
+                if (done + k + 1) % c.accum:
+                    own_grads(self.params)
+        except torch.OutOfMemoryError:
+            self.zero_grad()
+            torch.cuda.empty_cache()
+            self._compile_without_graphs()
+            _warn("out of GPU memory in a pass under CUDA graphs: compiled blocks without them")
+            return self._batch_steps(group, done)
         return outs
 
     def _optimizer_step(self) -> None:

@@ -33,7 +33,7 @@ class LossModule(torch.nn.Module):
                 return llm_loss.forward_packed(self.net, batch)
             return llm_loss.forward(self.net, batch)
         if "parts" in batch:
-            return flow_loss.forward_fused(self.net, batch["parts"])
+            return flow_loss.forward_fused(self.net, batch["parts"], batch.get("pad_to"))
         return flow_loss.forward(self.net, batch, bool(batch["streaming"]))
 
 
@@ -186,7 +186,7 @@ def wants_compile(setting: str, device: torch.device, features: tuple[str, ...])
     return importlib.util.find_spec("triton") is not None
 
 
-def compile_blocks(blocks: list[torch.nn.Module], graphs: bool = False) -> None:
+def compile_blocks(blocks: list[torch.nn.Module], graphs: bool = False, shapes: int = 1) -> None:
     """Regional compilation: each block compiled in place, with dynamic shapes (batches differ
     in length; one shape with ``graphs``). torch.compile inlines a module's parameters as
     inputs, so the blocks of a model share one compiled graph: one compile, not one per layer,
@@ -195,15 +195,18 @@ def compile_blocks(blocks: list[torch.nn.Module], graphs: bool = False) -> None:
     fused, and far fewer kernel launches (the eager step is host-bound); see docs/engine.md.
     ``graphs`` (``--cuda-graphs``): the compiled blocks replay CUDA graphs (torch.compile's
     ``reduce-overhead``, a graph per block) instead of launching their kernels one by one from
-    Python. The engine uses it for the llm's packed passes only, each a whole optimizer step:
-    a gradient kept from one pass to the next lives in a graph's memory that the next replay
-    overwrites (torch says "accessing tensor output of CUDAGraphs that has been overwritten";
-    seen on an H100 while the warm-up kept its passes' gradients). Every pass is padded to the
-    run's largest shape: one graph per block to record, in the warm-up, instead of one per
-    shape, each with its own memory in the graph pool. That one shape compiles static: with
-    dynamic shapes under ``reduce-overhead`` the compile took 97 s instead of 18 (Inductor's
-    code generation; 63 s on a cache hit), one H100."""
+    Python. A gradient kept from one pass to the next lives in a graph's memory that the next
+    replay overwrites (torch says "accessing tensor output of CUDAGraphs that has been
+    overwritten"; seen on an H100 while the warm-up kept its passes' gradients): the llm's
+    graphed passes each hold a whole optimizer step, the flow moves a step's gradients out
+    between its passes (:func:`own_grads`). Passes are padded to few shapes (the llm's to the
+    run's largest, the flow's to one of ``shapes``), each compiled static and recorded once: with
+    dynamic shapes under ``reduce-overhead`` the llm's compile took 97 s instead of 18
+    (Inductor's code generation; 63 s on a cache hit), one H100."""
     mode = "reduce-overhead" if graphs else None
+    if graphs:  # one compile per shape replayed (the flow's few); torch's limit is 8
+        conf = torch._dynamo.config
+        conf.recompile_limit = max(conf.recompile_limit, shapes + 2)
     for b in blocks:
         b.compile(dynamic=not graphs, mode=mode)
 
@@ -213,6 +216,15 @@ def mark_step(graphs: bool) -> None:
     overwritten (torch.compile's rule for replayed graphs); otherwise nothing."""
     if graphs:
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def own_grads(params: list[torch.nn.Parameter]) -> None:
+    """Gradients copied out of CUDA graphs' memory: torch keeps a first gradient as the
+    tensor the backward returned, which under graphs lives in memory the next replay of that
+    graph overwrites (a step of several passes accumulates across them)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad.clone()
 
 
 def uncompile_blocks(blocks: list[torch.nn.Module]) -> None:
