@@ -580,14 +580,12 @@ def test_cuda_graphs_warn_before_a_run_they_cannot_serve() -> None:
     """``--cuda-graphs`` where the engine cannot use them: one warning before training starts
     saying why (the engine's own line stays in the run's log)."""
     opts = tr.TrainOptions(cuda_graphs=True)
-    assert tr.cuda_graphs_unused(opts, "llm", "cuda", 1, "full") is None
-    assert tr.cuda_graphs_unused(opts, "flow", "cuda", 1, "full") is None
-    assert tr.cuda_graphs_unused(tr.TrainOptions(), "flow", "cpu", 2, "lora") is None
+    assert tr.cuda_graphs_unused(opts, "cuda", 1, "full") is None  # the llm's and the flow's
+    assert tr.cuda_graphs_unused(tr.TrainOptions(), "cpu", 2, "lora") is None
     for args, why in [
-        (("flow", "cpu", 1, "full"), "it needs a CUDA GPU"),
-        (("llm", "cpu", 1, "full"), "it needs a CUDA GPU"),
-        (("llm", "cuda", 2, "full"), "one GPU"),
-        (("llm", "cuda", 1, "checkpointing+lora"), "full memory mode (this run: checkpointing"),
+        (("cpu", 1, "full"), "it needs a CUDA GPU"),
+        (("cuda", 2, "full"), "one GPU"),
+        (("cuda", 1, "checkpointing+lora"), "full memory mode (this run: checkpointing"),
     ]:
         line = tr.cuda_graphs_unused(opts, *args)
         assert line and why in line and line.endswith("this run trains without CUDA graphs")

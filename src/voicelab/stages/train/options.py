@@ -128,7 +128,7 @@ def resolve_trainer(opts: TrainOptions, section: dict[str, Any]) -> str:
 
 
 def cuda_graphs_unused(
-    opts: TrainOptions, model: str, device: str, world: int, memory_mode: str | None
+    opts: TrainOptions, device: str, world: int, memory_mode: str | None
 ) -> str | None:
     """Why ``--cuda-graphs`` cannot apply to this run, as the warning the user sees before it
     starts (the engine then trains without graphs, and its log says why as well); None where

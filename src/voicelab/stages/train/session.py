@@ -208,7 +208,7 @@ def _preflight_or_raise(
         keep=run.opts.keep,
     )
     warnings = run.cfg.warnings + warnings
-    graphs = cuda_graphs_unused(run.opts, run.model, device, run.setup.world, run.mem_plan.mode)
+    graphs = cuda_graphs_unused(run.opts, device, run.setup.world, run.mem_plan.mode)
     if graphs:
         warnings.append(graphs)
     if run.plan.note:
