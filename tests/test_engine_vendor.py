@@ -597,6 +597,10 @@ def test_cuda_graphs_asked_for_where_they_cannot_apply_say_why(
                         n = max(len(r.train_b.tokens[i]) for b in p for i in b)
                         shape = r.pass_batch(p)["pad_to"]
                         assert shape in r.graph_shapes and shape[0] >= rows and shape[1] >= n
+            planned = list(r.graph_shapes)
+            r.start_epoch = 0  # resumed after epoch 0: the same shapes (a compile cache hit)
+            r._plan_graphs(most=2)
+            assert r.graph_shapes == planned
             return
         rows, width = r.train_b.at_least
         for e in (1, 2):

@@ -525,9 +525,10 @@ class Run:
         return why is None
 
     def _run_passes(self) -> Iterator[list[list[int]]]:
-        """Every pass of this run's epochs, as training will make them (the draws cannot
-        change a pass's shape: the llm's two layouts have the same length)."""
-        for e in range(self.start_epoch + 1, self.conf.max_epoch):
+        """Every pass of the run's epochs, as training makes them (the draws cannot change a
+        pass's shape: the llm's two layouts have the same length), the trained ones too: a
+        resumed run plans the shapes it planned at first, which Inductor's cache then holds."""
+        for e in range(self.conf.max_epoch):
             mine = self.epoch_batches(e)
             for g in range(0, len(mine), self.fuse):
                 yield from self.passes(mine[g : g + self.fuse])
