@@ -131,11 +131,13 @@ def test_flow_graph_shapes_hold_every_pass_with_little_padding() -> None:
     own = sum(batching.dit_work(*s) for s in shapes)
 
     def padded(chosen: list[tuple[int, int]]) -> float:
-        return sum(batching.dit_work(*batching.graph_shape(s, chosen)) for s in shapes) / own
+        return batching.padded_work(shapes, chosen)
 
     largest = [(max(r for r, _ in shapes), max(t for _, t in shapes))]
     eight = batching.graph_shapes(shapes, 8)
     assert padded(eight) < 1.8 < 4 < padded(largest)
+    direct = sum(batching.dit_work(*batching.graph_shape(s, eight)) for s in shapes) / own
+    assert abs(padded(eight) - direct) < 1e-9  # the log line's figure, pass by pass
     # Not one shape bigger than 1.6x the most work any pass holds (the memory a pass needs).
     assert max(batching.dit_work(*s) for s in eight) <= 1.6 * max(
         batching.dit_work(*s) for s in shapes)  # fmt: skip

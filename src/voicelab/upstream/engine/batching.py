@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 
@@ -124,15 +125,21 @@ def dit_work(rows: int, tokens: int) -> float:
     return rows * tokens * (1 + tokens / ATTN_TOKENS)
 
 
-def _cover_cost(counts: dict[tuple[int, int], int], shapes: list[tuple[int, int]]) -> float:
+Shape = tuple[int, int]  # (rows, speech tokens) of a flow pass
+
+
+def _cover_cost(counts: Counter[Shape], shapes: Sequence[Shape]) -> float:
     """The work of every pass padded to the cheapest of ``shapes`` that holds it."""
-    return sum(
-        n * min(dit_work(r, t) for r, t in shapes if r >= rows and t >= tokens)
-        for (rows, tokens), n in counts.items()
-    )
+    return sum(n * dit_work(*graph_shape(s, shapes)) for s, n in counts.items())
 
 
-def _merged(front: list[tuple[int, int]], counts: dict[tuple[int, int], int], k: int):
+def padded_work(shapes: Sequence[Shape], chosen: Sequence[Shape]) -> float:
+    """How many times their own DiT work ``shapes`` (a run's passes) take padded to ``chosen``."""
+    counts = Counter(shapes)
+    return _cover_cost(counts, chosen) / _cover_cost(counts, list(counts))
+
+
+def _merged(front: list[Shape], counts: Counter[Shape], k: int) -> list[Shape]:
     """``front`` (shapes no other shape holds, by length) merged, neighbour with neighbour,
     the cheapest merge first, down to ``k`` shapes that still hold every pass."""
     while len(front) > k:
@@ -145,7 +152,7 @@ def _merged(front: list[tuple[int, int]], counts: dict[tuple[int, int], int], k:
     return front
 
 
-def graph_shapes(shapes: Sequence[tuple[int, int]], most: int = 8) -> list[tuple[int, int]]:
+def graph_shapes(shapes: Sequence[Shape], most: int = 8) -> list[Shape]:
     """At most ``most`` (rows, tokens) pass shapes that hold every one of ``shapes`` with the
     least padded work (:func:`dit_work`): CUDA graphs replay one recording per shape, and each
     shape compiles on its own, so a run's flow passes are padded to a few.
@@ -155,9 +162,7 @@ def graph_shapes(shapes: Sequence[tuple[int, int]], most: int = 8) -> list[tuple
     most work, up to ``most``; the best ``c`` wins, shapes that hold no pass dropped. On
     lengths like the benchmark's (3-12 s) 8 shapes pad to 1.2-1.3x the unpadded work, on
     lengths spread like real recordings (1-20 s) to 1.6-1.7x (a simulation of our batching)."""
-    counts: dict[tuple[int, int], int] = {}
-    for s in shapes:
-        counts[s] = counts.get(s, 0) + 1
+    counts = Counter(shapes)
     if not counts:
         return []
     order = sorted(counts, key=lambda s: (s[1], -s[0]))
@@ -165,7 +170,7 @@ def graph_shapes(shapes: Sequence[tuple[int, int]], most: int = 8) -> list[tuple
     lengths = sorted({t for _, t in counts})
     # Candidates to add: every pass shape, and for each length the most rows up to it.
     extra = {*counts, *((max(r for r, t in counts if t <= n), n) for n in lengths)}
-    best: tuple[float, list[tuple[int, int]]] | None = None
+    best: tuple[float, list[Shape]] | None = None
     for c in range(1, min(most, len(front)) + 1):
         chosen = _merged(list(front), counts, c)
         cost = _cover_cost(counts, chosen)
@@ -182,7 +187,7 @@ def graph_shapes(shapes: Sequence[tuple[int, int]], most: int = 8) -> list[tuple
     return sorted(used, key=lambda s: (s[1], s[0]))
 
 
-def graph_shape(shape: tuple[int, int], shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+def graph_shape(shape: Shape, shapes: Sequence[Shape]) -> Shape:
     """The cheapest of ``shapes`` that holds ``shape`` (``shape`` itself where none does)."""
     fits = [s for s in shapes if s[0] >= shape[0] and s[1] >= shape[1]]
     return min(fits, key=lambda s: dit_work(*s)) if fits else shape

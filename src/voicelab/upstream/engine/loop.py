@@ -342,12 +342,12 @@ class Run:
         self.graph_shapes: list[tuple[int, int]] = []
         self.graph_reps: list[list[list[int]]] = []
         self.graphs = args.cuda_graphs != "off" and self._graphs_fit(args.cuda_graphs == "on")
-        if self.graphs:
-            self.graphs = self._plan_graphs()
+        plan = self._plan_graphs() if self.graphs else None
+        self.graphs = plan is not None
         if self.compiled:
             compile_blocks(model_blocks(net, args.model), self.graphs, len(self.graph_shapes))
-            if self.graphs:
-                _say(f"voicelab engine: compiled blocks replay CUDA graphs ({self._graphs_line})")
+            if plan:
+                _say(f"voicelab engine: compiled blocks replay CUDA graphs ({plan})")
         self._outputs()
 
     def _feed(self, sets: list[Any]) -> None:
@@ -533,40 +533,34 @@ class Run:
             for g in range(0, len(mine), self.fuse):
                 yield from self.passes(mine[g : g + self.fuse])
 
-    def _plan_graphs(self, most: int | None = None) -> bool:
+    def _plan_graphs(self, most: int | None = None) -> str | None:
         """The shapes CUDA graphs replay: the llm's one (the largest packed pass of the run:
         rows of padding are cheap), the flow's few (:func:`batching.graph_shapes`: every pass
         padded to the cheapest that holds it; ``most`` of them, else as many as the run
-        repays), and a pass of each for the warm-up. False: the flow goes without graphs."""
-        self._graphs_line = "no pass left to train"
-        reps: dict[tuple[int, ...], list[list[int]]] = {}
-        shapes = []
-        for p in self._run_passes():
-            shapes.append(self._own_shape(p))
-            reps.setdefault(shapes[-1], p)
-        if not shapes:  # nothing left to train
-            return True
+        repays), and a pass of each for the warm-up. The plan in words for the log; None: the
+        flow goes without graphs (its log line says why)."""
+        passes = list(self._run_passes())
+        shapes = [self._own_shape(p) for p in passes]
+        if not shapes:
+            return "no pass left to train"
         if self.args.model == "llm":
             self.train_b.at_least = (max(r for r, _ in shapes), max(w for _, w in shapes))
-            self._graphs_line = "every pass {} rows of {}".format(*self.train_b.at_least)
-            return True
+            return "every pass {} rows of {}".format(*self.train_b.at_least)
         if most is None:
             most, why = self._flow_graph_shapes(len(shapes))
             if why:
                 _say(f"voicelab engine: no CUDA graphs: {why}")
-                return False
+                return None
         self.graph_shapes = batching.graph_shapes(shapes, most)  # type: ignore[arg-type]
-        first = {self._shape(p): p for p in reversed(reps.values())}  # the earliest of each
+        first: dict[tuple[int, ...], list[list[int]]] = {}
+        for p in passes:  # the earliest pass of each shape warms it up
+            first.setdefault(self._shape(p), p)
         self.graph_reps = [first[s] for s in self.graph_shapes]
-        work = sum(batching.dit_work(*s) for s in shapes)  # type: ignore[misc]
-        padded = sum(batching.dit_work(*batching.graph_shape(s, self.graph_shapes))  # type: ignore[arg-type]
-                     for s in shapes)  # fmt: skip
-        self._graphs_line = (
-            f"every pass padded to one of {len(self.graph_shapes)} shapes: "
-            + ", ".join(f"{r}x{t}" for r, t in self.graph_shapes)
-            + f" utterances x speech tokens; {padded / work:.2f}x the DiT work of unpadded passes"
-        )
-        return True
+        work = batching.padded_work(shapes, self.graph_shapes)  # type: ignore[arg-type]
+        listed = ", ".join(f"{r}x{t}" for r, t in self.graph_shapes)
+        n = len(self.graph_shapes)
+        return (f"every pass padded to one of {n} shapes: {listed} utterances x speech tokens;"
+                f" {work:.2f}x the DiT work of unpadded passes")  # fmt: skip
 
     def _flow_graph_shapes(self, passes: int) -> tuple[int, str | None]:
         """How many shapes the flow's graphs may use, or why none (``auto``): only where they
