@@ -171,6 +171,51 @@ def test_full_size_fused_flow_pass_equals_upstreams_accumulation(
     _compare(mine["loss"], sum(ups) / 2, _grads(net), g_up)
 
 
+def _against_eager(
+    blocks: list[Any],
+    cases: list[Any],
+    run: Any,
+    *,
+    graphs: bool,
+    amp: bool,
+    shapes: int = 1,
+    pad: Any = None,
+    label: str = "",
+) -> None:
+    """``run(case, graphs, bf16) -> (loss, grads)`` for each case: the eager fp32 reference
+    first (and under bf16 what bf16 costs the compiled blocks without graphs), then ``pad()``
+    and the compiled blocks (with ``graphs``, their CUDA graphs: recorded on the second
+    round, replayed from the third) for three rounds: fp32 equal, bf16 within 1.5x that
+    cost."""
+    from voicelab.upstream.engine.steps import compile_blocks, uncompile_blocks
+
+    def worst(a: dict[str, Any], b: dict[str, Any]) -> float:
+        return max(_rel(a[k], b[k]) for k in b)
+
+    reference = [run(c, False, False) for c in cases]
+    bf16_cost = [0.0] * len(cases)
+    if amp:
+        compile_blocks(blocks)
+        bf16_cost = [worst(run(c, False, True)[1], reference[i][1]) for i, c in enumerate(cases)]
+        uncompile_blocks(blocks)
+    if pad is not None:
+        pad()
+    compile_blocks(blocks, graphs, shapes)
+    try:
+        for _ in range(3):
+            for i, c in enumerate(cases):
+                (loss, grads), (mine, g_mine) = reference[i], run(c, graphs, amp)
+                if not amp:
+                    _compare(mine, loss, g_mine, grads)
+                    continue
+                err = worst(g_mine, grads)
+                print(f"{label}bf16: graphs {err:.2e}, compiled without graphs {bf16_cost[i]:.2e}")
+                assert _rel(mine, loss) < 1e-2
+                assert err <= 1.5 * bf16_cost[i] + 1e-3, (err, bf16_cost[i])
+    finally:
+        uncompile_blocks(blocks)
+
+
 @pytest.mark.parametrize(
     ("graphs", "amp"),
     [(False, False), (True, False), (True, True)],
@@ -189,13 +234,7 @@ def test_full_size_compiled_blocks_give_the_eager_loss(
         pytest.skip("torch.compile's CUDA graphs need a CUDA GPU")
     from voicelab.upstream.engine import llm_loss
     from voicelab.upstream.engine.loop import LossModule
-    from voicelab.upstream.engine.steps import (
-        compile_blocks,
-        mark_step,
-        model_blocks,
-        train_step,
-        uncompile_blocks,
-    )
+    from voicelab.upstream.engine.steps import mark_step, model_blocks, train_step
 
     net = _net(full, "llm", device)  # training mode, as the engine (the llm has no dropout)
     feed = _feed(full, "llm", net, device, 32)
@@ -209,33 +248,15 @@ def test_full_size_compiled_blocks_give_the_eager_loss(
         out = train_step(LossModule(net, "llm"), feed.make_packed(group), 1, bf16, device, True)
         return out["loss"].clone(), _grads(net)
 
-    def worst(a: dict[str, Any], b: dict[str, Any]) -> float:
-        return max(_rel(a[k], b[k]) for k in b)
+    def pad() -> None:  # every pass one shape, as the engine pads them for graphs
+        if graphs:
+            shapes = [llm_loss.packed_shape([len(feed.pairs[i][0].ids) for i in g[0]])
+                      for g in groups]  # fmt: skip
+            feed.at_least = (max(r for r, _ in shapes) + 1, max(w for _, w in shapes))
 
-    reference = [one(g, False, False) for g in groups]
-    bf16_cost = [0.0, 0.0]
-    if amp:
-        compile_blocks(blocks)
-        for i, g in enumerate(groups):
-            bf16_cost[i] = worst(one(g, False, True)[1], reference[i][1])
-        uncompile_blocks(blocks)
-    if graphs:
-        shapes = [llm_loss.packed_shape([len(feed.pairs[i][0].ids) for i in g[0]]) for g in groups]
-        feed.at_least = (max(r for r, _ in shapes) + 1, max(w for _, w in shapes))
-    compile_blocks(blocks, graphs)
     try:
-        for _ in range(3):
-            for i, g in enumerate(groups):
-                (loss, grads), (mine, g_mine) = reference[i], one(g, graphs, amp)
-                if not amp:
-                    _compare(mine, loss, g_mine, grads)
-                    continue
-                err = worst(g_mine, grads)
-                print(f"bf16: graphs {err:.2e}, compiled without graphs {bf16_cost[i]:.2e}")
-                assert _rel(mine, loss) < 1e-2
-                assert err <= 1.5 * bf16_cost[i] + 1e-3, (err, bf16_cost[i])
+        _against_eager(blocks, groups, one, graphs=graphs, amp=amp, pad=pad)
     finally:
-        uncompile_blocks(blocks)
         feed.at_least = (0, 0)
 
 
@@ -253,14 +274,7 @@ def test_full_size_flow_cuda_graphs_give_the_eager_loss(
         pytest.skip("torch.compile's CUDA graphs need a CUDA GPU")
     from voicelab.upstream.engine.batching import padded
     from voicelab.upstream.engine.loop import LossModule
-    from voicelab.upstream.engine.steps import (
-        compile_blocks,
-        mark_step,
-        model_blocks,
-        own_grads,
-        train_step,
-        uncompile_blocks,
-    )
+    from voicelab.upstream.engine.steps import mark_step, model_blocks, own_grads, train_step
 
     net = _net(full, "flow", device).eval()
     feed = _feed(full, "flow", net, device, 32)
@@ -287,28 +301,5 @@ def test_full_size_flow_cuda_graphs_give_the_eager_loss(
                 own_grads(params)
         return torch.stack(losses).sum(), _grads(net)
 
-    def worst(x: dict[str, Any], y: dict[str, Any]) -> float:
-        return max(_rel(x[k], y[k]) for k in y)
-
-    reference = [step(s, False, False) for s in (fused, split)]
-    blocks = model_blocks(net, "flow")
-    bf16_cost = [0.0, 0.0]
-    if amp:
-        compile_blocks(blocks)
-        bf16_cost = [worst(step(s, False, True)[1], reference[i][1])
-                     for i, s in enumerate((fused, split))]  # fmt: skip
-        uncompile_blocks(blocks)
-    compile_blocks(blocks, True, 2)
-    try:
-        for _ in range(3):
-            for i, s in enumerate((fused, split)):
-                (loss, grads), (mine, g_mine) = reference[i], step(s, True, amp)
-                if not amp:
-                    _compare(mine, loss, g_mine, grads)
-                    continue
-                err = worst(g_mine, grads)
-                print(f"flow bf16: graphs {err:.2e}, compiled without graphs {bf16_cost[i]:.2e}")
-                assert _rel(mine, loss) < 1e-2
-                assert err <= 1.5 * bf16_cost[i] + 1e-3, (err, bf16_cost[i])
-    finally:
-        uncompile_blocks(blocks)
+    _against_eager(model_blocks(net, "flow"), [fused, split], step, graphs=True, amp=amp,
+                   shapes=2, label="flow ")  # fmt: skip
