@@ -72,9 +72,10 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   util 22.5 % vs 16.0 %, first epoch 1.07x; ``voicelab:fuseall`` (every step fused) 11,667
   (3.13x) in the same run. With ``--lengths spread`` (1-20 s) the rule against fusing every
   step: 7,166 vs 6,485 tokens/s, GPU busy 1.37 vs 1.44 s per epoch, peak 16,593 vs 25,533 MiB.
-- then the flow's CUDA graphs (one H100 each call): ``voicelab:graphs`` pads every pass to one
-  of 8 shapes: 29,932 vs upstream 4,002 (7.48x), util 59.4 %, warm-up 126.5 s (a compile per
-  shape), the default 10,907 (2.73x) in the same run; the call before, graphs against
+- then the flow's CUDA graphs (one H100 each call, 40 min of audio): ``voicelab:graphs`` pads
+  every pass to one of 8 shapes: 29,932 vs upstream 4,002 (7.48x), util 59.4 %, warm-up 126.5 s
+  (a compile per shape), the default 10,907 (2.73x) in the same run; the call before, graphs
+  against
   ``voicelab:nographs`` 33,998 vs 12,290 (2.77x), util 67.4 % vs 25.2 %. With ``--epochs 16``
   the default itself picks graphs (3 shapes): 26,768 vs 11,452 (2.34x), util 62.9 % vs 20.1 %,
   the same wall time (the checkpoint writer cannot keep up with 2 s epochs).
