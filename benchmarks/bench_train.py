@@ -79,6 +79,16 @@ Notes (one H200, bf16, 15 min of synthetic audio, default 2500 frames x accum 2)
   ``voicelab:nographs`` 33,998 vs 12,290 (2.77x), util 67.4 % vs 25.2 %. With ``--epochs 16``
   the default itself picks graphs (3 shapes): 26,768 vs 11,452 (2.34x), util 62.9 % vs 20.1 %,
   the same wall time (the checkpoint writer cannot keep up with 2 s epochs).
+- then how many shapes (one H100, 40 min of audio, 3 epochs, one call): ``voicelab:graphs1``,
+  ``graphs2``, ``graphs3`` (``VOICELAB_ENGINE_GRAPH_SHAPES``) against ``voicelab:nographs``:
+  18,278 / 26,298 / 30,855 vs 12,494 tokens/s, epochs 3.1 / 2.3 / 2.0 vs 4.9 s, GPU busy
+  2.38 / 1.52 / 1.37 vs 1.31 s an epoch (3.12x / 1.85x / 1.54x the unpadded DiT work), warm-up
+  23.2 / 35.7 / 32.4 (two of its shapes cached by the run before) vs 29.0 s: one static shape
+  compiles faster than the dynamic-shape blocks, and a pass still gains though it does three
+  times the work. ``auto`` now picks the count by these costs (``batching.graph_plan``): the
+  next call, the default (one shape) 22,569 vs upstream 3,948 (5.72x), util 88.4 % (useful
+  work a third of it), first epoch 0.99x, peak 22,211 vs 12,223 MiB; ``voicelab:nographs``
+  13,344 (3.38x), util 27.6 %.
 
 Run (GPU machine, vendor and the ``train`` extra importable)::
 
@@ -465,6 +475,10 @@ def main() -> None:
                 variant, "auto"
             )
             os.environ["VOICELAB_SAVE_FORK"] = "1" if variant == "fork" else ""
+            # "voicelab:graphsN": the flow's graphs with N shapes (VOICELAB_ENGINE_GRAPH_SHAPES)
+            shapes = re.fullmatch(r"graphs(\d+)", variant)
+            os.environ["VOICELAB_ENGINE_GRAPH_SHAPES"] = shapes[1] if shapes else ""
+            variant = "graphs" if shapes else variant
             opts = tr.TrainOptions(
                 device="cuda",
                 epochs=args.epochs,

@@ -104,6 +104,60 @@ def test_flow_fuses_a_step_only_where_padding_together_costs_little() -> None:
     assert chosen <= batching.FUSE_SLACK * alone and chosen < 0.75 * every
 
 
+def _flow_pass_shapes(
+    lengths: str, utterances: int, epochs: int, max_frames: int = 2000
+) -> list[tuple[int, int]]:
+    """(rows, padded speech tokens) of every flow pass of a run, as the engine batches and
+    fuses them (accum_grad 2): lengths ``uniform`` like the benchmark's (3-12 s) or
+    ``spread`` like real recordings (lognormal, 1-20 s)."""
+    rng = random.Random(2)
+    if lengths == "spread":
+        tokens = [max(25, min(500, int(rng.lognormvariate(4.8, 0.6)))) for _ in range(utterances)]
+    else:
+        tokens = [int(rng.uniform(75, 300)) for _ in range(utterances)]
+    frames = [2 * t for t in tokens]
+    shapes = []
+    for e in range(epochs):
+        batches = batching.epoch_batches(frames, max_frames, epoch=e, accum=2)
+        for k in range(0, len(batches), 2):
+            lens = [[tokens[i] for i in b] for b in batches[k : k + 2]]
+            passes = [[n for b in lens for n in b]] if batching.fuse_pays(lens, 32) else lens
+            shapes += [(len(p), batching.padded(max(p), 32)) for p in passes]
+    return shapes
+
+
+def test_graph_plan_takes_the_shapes_that_pay_in_the_run() -> None:
+    """``auto``'s choice of the flow's graph shapes: the fewest predicted seconds (compiling
+    the shapes, then the run's passes padded to them) against the run without graphs."""
+    assert batching.graph_plan([]) == ([], 0.0, 0.0)
+    costs = batching.GraphCosts()
+    plans = {}
+    for lengths, epochs in (("uniform", 3), ("uniform", 30), ("spread", 3), ("spread", 30)):
+        shapes = _flow_pass_shapes(lengths, utterances=316, epochs=epochs)
+        chosen, with_graphs, without = batching.graph_plan(shapes)
+        plans[lengths, epochs] = chosen
+        assert without == pytest.approx(len(shapes) * costs.pass_s)
+        assert (with_graphs < without) == bool(chosen)
+        largest = max(batching.dit_work(*s) for s in shapes)
+        assert all(batching.dit_work(*s) <= costs.memory * largest for s in chosen)
+        for s in shapes:  # every pass fits a chosen shape
+            assert not chosen or batching.graph_shape(s, chosen) in chosen
+    # Like the benchmark's lengths (40 min, 3 epochs): one shape (its compile replaces the
+    # dynamic one); a longer run repays more shapes and less padding.
+    assert len(plans["uniform", 3]) == 1 and len(plans["uniform", 30]) >= 2
+    # Lengths spread like real recordings: one or two shapes pad too much (memory, work), and
+    # a short run does not repay three compiles; a long one does.
+    assert plans["spread", 3] == [] and len(plans["spread", 30]) >= 3
+    # A card that is busy computing (passes cost their work, not their launches): never.
+    shapes = _flow_pass_shapes("uniform", utterances=316, epochs=30)
+    mean_work = sum(batching.dit_work(*s) for s in shapes) / len(shapes)
+    slow = batching.GraphCosts(pass_s=10 * costs.work_s * mean_work, work_s=10 * costs.work_s)
+    assert batching.graph_plan(shapes, costs=slow)[0] == []
+    # Compiling dear: one shape at most.
+    dear = batching.GraphCosts(shape_s=1e6)
+    assert len(batching.graph_plan(shapes, costs=dear)[0]) == 1
+
+
 def test_flow_graph_shapes_hold_every_pass_with_little_padding() -> None:
     """CUDA graphs replay a few shapes: every pass fits one of at most ``most`` shapes, and
     on lengths spread like real recordings (the batching's own passes, 30 epochs) padding to
@@ -112,16 +166,7 @@ def test_flow_graph_shapes_hold_every_pass_with_little_padding() -> None:
     assert batching.graph_shapes([(4, 64), (2, 128), (4, 64), (1, 256)]) == [
         (4, 64), (2, 128), (1, 256)]  # fmt: skip
     assert batching.graph_shapes([]) == []
-    rng = random.Random(2)
-    tokens = [max(25, min(500, int(rng.lognormvariate(4.8, 0.6)))) for _ in range(700)]
-    frames = [2 * t for t in tokens]
-    shapes = []
-    for e in range(30):
-        batches = batching.epoch_batches(frames, 2500, epoch=e, accum=2)
-        for k in range(0, len(batches), 2):
-            lens = [[tokens[i] for i in b] for b in batches[k : k + 2]]
-            passes = [[n for b in lens for n in b]] if batching.fuse_pays(lens, 32) else lens
-            shapes += [(len(p), batching.padded(max(p), 32)) for p in passes]
+    shapes = _flow_pass_shapes("spread", utterances=700, epochs=30, max_frames=2500)
     for most in (1, 4, 8):
         chosen = batching.graph_shapes(shapes, most)
         assert 1 <= len(chosen) <= most

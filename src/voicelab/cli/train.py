@@ -50,8 +50,8 @@ DEFAULT = ParameterSource.DEFAULT
     "--cuda-graphs/--no-cuda-graphs",
     default=None,
     help="the compiled blocks replay CUDA graphs (default: on one GPU in the full memory"
-    " mode; the flow only on H100-class GPUs in runs long enough to repay compiling its pass"
-    " shapes; docs/engine.md).",
+    " mode; the flow only on H100-class GPUs, padded to as few pass shapes as the run repays"
+    " compiling; docs/engine.md).",
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 mixed precision (default: on for GPU).")
 @click.option("--epochs", type=int, help="max_epoch (default sized to the data, usually 10).")

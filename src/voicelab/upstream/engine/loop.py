@@ -265,12 +265,9 @@ class Profile:
         self.prof, self.dest = None, None
 
 
-#: The flow's CUDA graphs: at most this many pass shapes (each compiles on its own)...
+#: The flow's CUDA graphs: at most this many pass shapes (each compiles on its own); under
+#: ``auto`` as many as pay in the run (:func:`batching.graph_plan`).
 GRAPH_SHAPES = 8
-#: ...and under ``auto`` one per this many passes of the run, at least 3 (fewer pad too much):
-#: on an H100 a shape compiled in 10-13 s and graphs saved ~0.1 s a pass (40 min of audio: 4.8
-#: -> 1.6 s an epoch of ~33 passes), so a shape repays its compile after ~120 passes.
-FLOW_PASSES_PER_GRAPH_SHAPE = 150
 
 
 class Run:
@@ -546,12 +543,14 @@ class Run:
         if self.args.model == "llm":
             self.train_b.at_least = (max(r for r, _ in shapes), max(w for _, w in shapes))
             return "every pass {} rows of {}".format(*self.train_b.at_least)
-        if most is None:
-            most, why = self._flow_graph_shapes(len(shapes))
+        if most is not None:
+            self.graph_shapes = batching.graph_shapes(shapes, most)  # type: ignore[arg-type]
+        else:
+            chosen, why = self._flow_graph_shapes(shapes)  # type: ignore[arg-type]
             if why:
                 _say(f"voicelab engine: no CUDA graphs: {why}")
                 return None
-        self.graph_shapes = batching.graph_shapes(shapes, most)  # type: ignore[arg-type]
+            self.graph_shapes = chosen
         first: dict[tuple[int, ...], list[list[int]]] = {}
         for p in passes:  # the earliest pass of each shape warms it up
             first.setdefault(self._shape(p), p)
@@ -562,20 +561,29 @@ class Run:
         return (f"every pass padded to one of {n} shapes: {listed} utterances x speech tokens;"
                 f" {work:.2f}x the DiT work of unpadded passes")  # fmt: skip
 
-    def _flow_graph_shapes(self, passes: int) -> tuple[int, str | None]:
-        """How many shapes the flow's graphs may use, or why none (``auto``): only where they
-        were measured to pay, and only as many as the run's passes repay."""
-        if self.args.cuda_graphs == "on":
-            return GRAPH_SHAPES, None
+    def _flow_graph_shapes(self, shapes: list[batching.Shape]) -> tuple[list[batching.Shape], str]:
+        """The shapes the flow's graphs pad the run's passes to, or why none (``auto``): on
+        H100-class GPUs, as many as repay their compile and their padding in this run
+        (:func:`batching.graph_plan`); ``on`` or a count given: up to that many, anywhere."""
+        forced = os.environ.get("VOICELAB_ENGINE_GRAPH_SHAPES", "")
+        if forced or self.args.cuda_graphs == "on":  # a count given: for measurements
+            most = min(GRAPH_SHAPES, max(1, int(forced))) if forced else GRAPH_SHAPES
+            return batching.graph_shapes(shapes, most), ""
         major = torch.cuda.get_device_capability(self.device)[0]
         if major not in (9, 10):
             why = "a slower card is busy computing, not waiting on Python"
-            return 0, f"the flow's pay on H100-class GPUs ({why}): --cuda-graphs to try"
-        k = min(GRAPH_SHAPES, passes // FLOW_PASSES_PER_GRAPH_SHAPE)
-        if k < 3:
-            per = f"one per {FLOW_PASSES_PER_GRAPH_SHAPE} passes"
-            return 0, f"the flow's {passes} passes repay too few shapes ({per}): --cuda-graphs"
-        return k, None
+            return [], f"the flow's pay on H100-class GPUs ({why}): --cuda-graphs to try"
+        chosen, with_graphs, without = batching.graph_plan(shapes, GRAPH_SHAPES)
+        if not chosen:
+            return [], (
+                f"padding the flow's {len(shapes)} passes to few shapes and compiling them"
+                f" would take longer than launching them (~{with_graphs:.0f} s predicted"
+                f" against ~{without:.0f} s): --cuda-graphs"
+            )
+        _say(f"voicelab engine: the flow's CUDA graphs: {len(chosen)} shape(s) for its"
+             f" {len(shapes)} passes (~{with_graphs:.0f} s predicted against ~{without:.0f} s"
+             " without)")  # fmt: skip
+        return chosen, ""
 
     # -- warm-up ---------------------------------------------------------------------------------
     def warm(self) -> None:
