@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,48 @@ def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
     assert sd["epoch"] == 2 and sd["step"] == 20 and torch.equal(sd["w"], torch.full((3,), 2.0))
     info = yaml.safe_load((tmp_path / "epoch_2_whole.yaml").read_text())
     assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
+
+
+@pytest.mark.parametrize("max_age", [600.0, 0.0], ids=["skipped", "too-old-to-skip"])
+def test_a_superseded_resume_state_is_skipped_while_the_writer_is_behind(
+    tmp_path: Path, max_age: float
+) -> None:
+    """Epochs that end faster than the writer writes: epoch 0's resume state (the optimizer,
+    twice the weights) is not written once epoch 1's snapshot supersedes it, unless the newest
+    written is older than ``resume_max_age``; every epoch's weights are, and the last resume."""
+    torch = pytest.importorskip("torch")
+    gate = threading.Event()
+
+    class Gate:  # pickled with epoch 0's weights: holds its writer until the test lets go
+        def __reduce__(self) -> tuple[Any, ...]:
+            assert gate.wait(30)
+            return (int, (0,))
+
+    resumes_at_save: dict[str, list[str]] = {}
+
+    def on_saved(pt: Path) -> None:
+        resumes_at_save[pt.name] = sorted(p.name for p in (tmp_path / "resume").glob("*.pt"))
+
+    saver = checkpoint.AsyncSaver(tmp_path, keep=None, on_saved=on_saved, use_fork=False)
+    saver.resume_max_age = max_age
+
+    def epoch(e: int) -> tuple[Any, ...]:
+        w = {"w": torch.full((3,), float(e)), "epoch": e, **({"gate": Gate()} if e == 0 else {})}
+        res = (checkpoint.resume_path(tmp_path, e), {"m": torch.full((6,), float(e))})
+        return checkpoint.whole_name(e), w, {"epoch": e}, res
+
+    saver.save(*epoch(0))  # its writer now waits inside the weights
+    saver.make_room(0)  # what the loop does before epoch 1's snapshot: epoch 0's is superseded
+    gate.set()
+    saver.save(*epoch(1))
+    saver.wait()
+    assert checkpoint.epochs_on_disk(tmp_path) == [0, 1]
+    skipped = max_age > 0
+    assert resumes_at_save["epoch_0_whole.pt"] == ([] if skipped else ["epoch_0.pt"])
+    assert saver.skipped_resume == int(skipped)
+    assert [p.name for p in (tmp_path / "resume").iterdir()] == ["epoch_1.pt"]
+    last = torch.load(checkpoint.resume_path(tmp_path, 1), weights_only=True)
+    assert torch.equal(last["m"], torch.full((6,), 1.0))
 
 
 def test_a_gpu_snapshot_needs_room_beside_the_training_peak() -> None:

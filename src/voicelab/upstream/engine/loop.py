@@ -961,6 +961,10 @@ class Run:
 
     def close(self) -> None:
         self.saver.wait()
+        if self.saver.skipped_resume:
+            _say(f"voicelab engine: {self.saver.skipped_resume} epochs' resume states not written:"
+                 " the next epoch's superseded each before the writer got to it (the newest is"
+                 " written)")  # fmt: skip
         if self.writer is not None:
             self.writer.close()
         if self.world > 1:
