@@ -565,15 +565,19 @@ class Run:
         """The shapes the flow's graphs pad the run's passes to, or why none (``auto``): on
         H100-class GPUs, as many as repay their compile and their padding in this run
         (:func:`batching.graph_plan`); ``on`` or a count given: up to that many, anywhere."""
-        forced = os.environ.get("VOICELAB_ENGINE_GRAPH_SHAPES", "")
+        forced = os.environ.get("VOICELAB_ENGINE_GRAPH_SHAPES", "").strip()
+        if forced and not (forced.isdigit() and 1 <= int(forced) <= GRAPH_SHAPES):
+            raise SystemExit(f"voicelab engine: VOICELAB_ENGINE_GRAPH_SHAPES={forced!r}: give"
+                             f" a whole number from 1 to {GRAPH_SHAPES}, or unset it")  # fmt: skip
         if forced or self.args.cuda_graphs == "on":  # a count given: for measurements
-            most = min(GRAPH_SHAPES, max(1, int(forced))) if forced else GRAPH_SHAPES
-            return batching.graph_shapes(shapes, most), ""
+            return batching.graph_shapes(shapes, int(forced or GRAPH_SHAPES)), ""
         major = torch.cuda.get_device_capability(self.device)[0]
         if major not in (9, 10):
             why = "a slower card is busy computing, not waiting on Python"
             return [], f"the flow's pay on H100-class GPUs ({why}): --cuda-graphs to try"
         chosen, with_graphs, without = batching.graph_plan(shapes, GRAPH_SHAPES)
+        if not chosen and with_graphs == float("inf"):
+            return [], "padding the flow's passes to few shapes would need too much memory"
         if not chosen:
             return [], (
                 f"padding the flow's {len(shapes)} passes to few shapes and compiling them"
