@@ -4,6 +4,7 @@ the ``--trainer`` plumbing of ``voicelab train``."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import random
 import threading
 from pathlib import Path
@@ -271,17 +272,22 @@ def test_async_saver_writes_upstream_files(tmp_path: Path) -> None:
     assert info["loss_dict"]["loss"] == pytest.approx(1 / 3) and "save_time" in info
 
 
-@pytest.mark.parametrize("max_age", [600.0, 0.0], ids=["skipped", "too-old-to-skip"])
-def test_a_superseded_resume_state_is_skipped_while_the_writer_is_behind(
-    tmp_path: Path, max_age: float
+@pytest.mark.parametrize(
+    ("held", "max_age"),
+    [("weights", 600.0), ("resume", 600.0), ("weights", 0.0)],
+    ids=["before-its-write", "part-way", "too-old-to-drop"],
+)
+def test_a_superseded_resume_state_is_dropped_while_the_writer_is_behind(
+    tmp_path: Path, held: str, max_age: float
 ) -> None:
     """Epochs that end faster than the writer writes: epoch 0's resume state (the optimizer,
-    twice the weights) is not written once epoch 1's snapshot supersedes it, unless the newest
-    written is older than ``resume_max_age``; every epoch's weights are, and the last resume."""
+    twice the weights) is not written once epoch 1's snapshot supersedes it, whether its writer
+    had not begun it or was part-way through it, unless the newest written is older than
+    ``resume_max_age``; every epoch's weights are written, and the last resume state."""
     torch = pytest.importorskip("torch")
     gate = threading.Event()
 
-    class Gate:  # pickled with epoch 0's weights: holds its writer until the test lets go
+    class Gate:  # pickled with epoch 0's state: holds its writer there until the test lets go
         def __reduce__(self) -> tuple[Any, ...]:
             assert gate.wait(30)
             return (int, (0,))
@@ -295,22 +301,44 @@ def test_a_superseded_resume_state_is_skipped_while_the_writer_is_behind(
     saver.resume_max_age = max_age
 
     def epoch(e: int) -> tuple[Any, ...]:
-        w = {"w": torch.full((3,), float(e)), "epoch": e, **({"gate": Gate()} if e == 0 else {})}
-        res = (checkpoint.resume_path(tmp_path, e), {"m": torch.full((6,), float(e))})
-        return checkpoint.whole_name(e), w, {"epoch": e}, res
+        gated = {"gate": Gate()} if e == 0 else {}
+        w = {"w": torch.full((3,), float(e)), "epoch": e, **(gated if held == "weights" else {})}
+        m = {"m": torch.full((6,), float(e)), **(gated if held == "resume" else {})}
+        return checkpoint.whole_name(e), w, {"epoch": e}, (checkpoint.resume_path(tmp_path, e), m)
 
-    saver.save(*epoch(0))  # its writer now waits inside the weights
+    saver.save(*epoch(0))  # its writer now waits inside the weights or the resume state
     saver.make_room(0)  # what the loop does before epoch 1's snapshot: epoch 0's is superseded
     gate.set()
     saver.save(*epoch(1))
     saver.wait()
     assert checkpoint.epochs_on_disk(tmp_path) == [0, 1]
-    skipped = max_age > 0
-    assert resumes_at_save["epoch_0_whole.pt"] == ([] if skipped else ["epoch_0.pt"])
-    assert saver.skipped_resume == int(skipped)
-    assert [p.name for p in (tmp_path / "resume").iterdir()] == ["epoch_1.pt"]
+    dropped = max_age > 0
+    assert resumes_at_save["epoch_0_whole.pt"] == ([] if dropped else ["epoch_0.pt"])
+    assert saver.skipped_resume == int(dropped)
+    assert [p.name for p in (tmp_path / "resume").iterdir()] == ["epoch_1.pt"]  # no temp left
     last = torch.load(checkpoint.resume_path(tmp_path, 1), weights_only=True)
     assert torch.equal(last["m"], torch.full((6,), 1.0))
+
+
+def test_a_stopped_torch_save_leaves_nothing(tmp_path: Path) -> None:
+    """A resume state's write stopped between its records (torch's writer then fails closing
+    the archive): :class:`checkpoint.Superseded`, no file, no temp folder; unstopped, the file
+    loads."""
+    torch = pytest.importorskip("torch")
+    state = {i: {"exp_avg": torch.randn(4096), "exp_avg_sq": torch.randn(4096)} for i in range(8)}
+    dest = tmp_path / "resume" / "epoch_3.pt"
+
+    def stop_after(writes: int) -> Any:
+        calls = itertools.count(1)
+        return lambda: next(calls) > writes
+
+    for writes in range(40):  # stopped after every number of writes the archive takes
+        with pytest.raises(checkpoint.Superseded):
+            checkpoint.atomic_torch_save(state, dest, stop=stop_after(writes))
+        assert list((tmp_path / "resume").iterdir()) == []
+    checkpoint.atomic_torch_save(state, dest, stop=lambda: False)
+    back = torch.load(dest, weights_only=True)
+    assert torch.equal(back[7]["exp_avg_sq"], state[7]["exp_avg_sq"])
 
 
 def test_a_gpu_snapshot_needs_room_beside_the_training_peak() -> None:

@@ -15,8 +15,9 @@ itself (seconds for the llm's 6 GB). ``keep`` limits how many epoch checkpoints 
 ones are deleted with their yaml; only the newest epoch keeps its resume state (the optimizer's
 moments are twice the weights: one per run, not one per epoch, is what an exact resume of the
 run needs). So where epochs end faster than the writer writes (a fast GPU, little data), an
-epoch's resume state that the next epoch's snapshot supersedes before the writer gets to it is
-not written (at most :data:`RESUME_MAX_AGE_S` without one); the last epoch's always is.
+epoch's resume state that the next epoch's snapshot supersedes before the writer has finished it
+is dropped, its write stopped part-way (at most :data:`RESUME_MAX_AGE_S` without one); the last
+epoch's always is written.
 """
 
 from __future__ import annotations
@@ -82,14 +83,48 @@ def prune_resume(run_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def atomic_torch_save(obj: Any, dest: Path) -> None:
+class Superseded(Exception):
+    """A resume state's write stopped part-way: a newer snapshot supersedes it."""
+
+
+class _Stoppable:
+    """The file torch.save writes through, raising :class:`Superseded` once ``stop()`` is true
+    (torch writes a checkpoint as many records: the optimizer's moments one per parameter)."""
+
+    def __init__(self, f: Any, stop: Callable[[], bool]) -> None:
+        self.f, self.stop = f, stop
+        self.stopped = False
+
+    def write(self, data: Any) -> int:
+        if self.stopped or self.stop():
+            self.stopped = True
+            raise Superseded
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(obj: Any, dest: Path, stop: Callable[[], bool] | None = None) -> None:
+    """``torch.save`` to ``dest`` atomically; with ``stop``, abandoned (nothing at ``dest``,
+    :class:`Superseded` raised) as soon as ``stop()`` says so."""
     import torch
 
     from voicelab.fsutil import atomic_path
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
+        if stop is None:
+            torch.save(obj, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                out = _Stoppable(f, stop)
+                try:
+                    torch.save(obj, out)
+                except Exception:
+                    if out.stopped:  # torch's writer may fail closing the stopped archive
+                        raise Superseded from None
+                    raise
 
 
 def write_info_yaml(dest: Path, info: dict[str, Any]) -> None:
@@ -138,15 +173,19 @@ def write_checkpoint(
     info: dict[str, Any],
     resume: tuple[Path, dict[str, Any]] | None,
     keep: int | None,
-    skip_resume: Callable[[], bool] = lambda: False,
+    superseded: Callable[[], bool] | None = None,
 ) -> bool:
-    """Upstream's files, then the resume state unless ``skip_resume()`` says it is superseded
-    by now; whether the resume state was written."""
+    """Upstream's files, then the resume state unless (or until) ``superseded()`` says a newer
+    snapshot makes it pointless; whether the resume state was written."""
     atomic_torch_save(weights, pt)
     write_info_yaml(pt.with_suffix(".yaml"), info)
-    wrote = resume is not None and not skip_resume()
-    if wrote:
-        atomic_torch_save(resume[1], resume[0])  # type: ignore[index]
+    wrote = False
+    if resume is not None and not (superseded and superseded()):
+        try:
+            atomic_torch_save(resume[1], resume[0], stop=superseded)
+            wrote = True
+        except Superseded:
+            pass
     prune(pt.parent, keep)
     return wrote
 
@@ -174,7 +213,7 @@ def available_ram() -> int | None:
 
 STAGING_BYTES = 64 << 20
 
-#: A resume state superseded by a newer snapshot before the writer got to it is skipped unless
+#: A resume state superseded by a newer snapshot before the writer finished it is dropped unless
 #: the newest one written is older than this: a hard crash (power, ``kill -9``) of a run whose
 #: writer is behind loses at most this much of an exact resume; Ctrl-C and the run's end wait for
 #: the newest. Measured on one H100 (flow, 40 min of audio, CUDA graphs): 3.3 s epochs waited
@@ -282,8 +321,8 @@ class AsyncSaver:
         self.skipped_resume = 0  # superseded resume states not written
 
     def supersede(self) -> None:
-        """A newer snapshot is coming: the last one's resume state, where its writer has not
-        begun it, is skipped (thread writers; a forked writer writes what it was given)."""
+        """A newer snapshot is coming: the last one's resume state is not written, or its write
+        stops where it is (thread writers; a forked writer writes what it was given)."""
         if self._stale is not None:
             self._stale.set()
 
@@ -292,14 +331,11 @@ class AsyncSaver:
         self._stale = threading.Event()
         return self._stale
 
-    def _skipper(self, stale: threading.Event) -> Callable[[], bool]:
-        def skip() -> bool:
-            if stale.is_set() and time.monotonic() - self._resume_at < self.resume_max_age:
-                self.skipped_resume += 1
-                return True
-            return False
+    def _superseded(self, stale: threading.Event) -> Callable[[], bool]:
+        def superseded() -> bool:
+            return stale.is_set() and time.monotonic() - self._resume_at < self.resume_max_age
 
-        return skip
+        return superseded
 
     def _finish(self, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -398,8 +434,11 @@ class AsyncSaver:
 
         def work() -> None:
             try:
-                if write_checkpoint(pt, weights, info, resume, self.keep, self._skipper(stale)):
+                stop = self._superseded(stale)
+                if write_checkpoint(pt, weights, info, resume, self.keep, stop):
                     self._resume_at = time.monotonic()
+                elif resume is not None:
+                    self.skipped_resume += 1
                 self.on_saved(pt)
             except BaseException as e:  # re-raised on the training thread by wait()
                 self._error = e
