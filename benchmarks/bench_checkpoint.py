@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def one_run(
         res = (checkpoint.resume_path(run, e), {"state": checkpoint.cpu_tree(moments)})
         saver.save(checkpoint.whole_name(e), w, {"epoch": e}, res)
         waits.append(round(time.time() - t, 2))
+        rule = "dropping superseded" if skip else "every resume state"
+        print(f"{rule}: epoch {e + 1}/{epochs} waited {waits[-1]:.2f} s", file=sys.stderr)
     t = time.time()
     saver.wait()
     final = time.time() - t
@@ -71,11 +74,21 @@ def one_run(
     }
 
 
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text}: give a number above 0")
+        return value
+
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights-mib", type=int, default=512)
-    ap.add_argument("--epoch-seconds", type=float, default=1.0)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--weights-mib", type=_positive(int), default=512)
+    ap.add_argument("--epoch-seconds", type=_positive(float), default=1.0)
+    ap.add_argument("--epochs", type=_positive(int), default=10)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

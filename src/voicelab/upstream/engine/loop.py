@@ -552,8 +552,9 @@ class Run:
                 return None
             self.graph_shapes = chosen
         first: dict[tuple[int, ...], list[list[int]]] = {}
-        for p in passes:  # the earliest pass of each shape warms it up
-            first.setdefault(self._shape(p), p)
+        chosen = self.graph_shapes
+        for p, s in zip(passes, shapes, strict=True):  # the earliest pass of a shape warms it up
+            first.setdefault(batching.graph_shape(s, chosen), p)  # type: ignore[arg-type]
         self.graph_reps = [first[s] for s in self.graph_shapes]
         work = batching.padded_work(shapes, self.graph_shapes)  # type: ignore[arg-type]
         listed = ", ".join(f"{r}x{t}" for r, t in self.graph_shapes)
@@ -574,7 +575,7 @@ class Run:
         major = torch.cuda.get_device_capability(self.device)[0]
         if major not in (9, 10):
             why = "a slower card is busy computing, not waiting on Python"
-            return [], f"the flow's pay on H100-class GPUs ({why}): --cuda-graphs to try"
+            return [], f"the flow's pay only on H100-class GPUs ({why}): --cuda-graphs to try"
         chosen, with_graphs, without = batching.graph_plan(shapes, GRAPH_SHAPES)
         if not chosen and with_graphs == float("inf"):
             return [], "padding the flow's passes to few shapes would need too much memory"
@@ -966,8 +967,8 @@ class Run:
     def close(self) -> None:
         self.saver.wait()
         if self.saver.skipped_resume:
-            _say(f"voicelab engine: {self.saver.skipped_resume} epochs' resume states not written:"
-                 " the next epoch's superseded each before the writer got to it (the newest is"
+            _say(f"voicelab engine: {self.saver.skipped_resume} epochs' resume states dropped:"
+                 " the next epoch's superseded each before its write finished (the newest is"
                  " written)")  # fmt: skip
         if self.writer is not None:
             self.writer.close()
